@@ -1,0 +1,180 @@
+"""The tf.data input pipeline: file paths and labels in, batches of images and labels out.
+
+::
+
+    from_tensor_slices(paths, labels, copies, weights)
+      -> read + decode JPEG + resize (parallel)        uint8, shape (S, S, 3)
+      -> cache() in memory (filled during the first epoch; one entry per image, not per copy)
+      -> [training] repeat each image `copies` times, shuffle
+      -> batch -> [training] augment the batch (different every epoch) -> float32 -> prefetch
+
+Images come out as float32 RGB in [0, 255], shape (N, S, S, 3): normalisation belongs to the
+model, which saves it with itself. Labels come out as ``{"age": float32 (N, 1) years,
+"gender": int32 (N,), "race": int32 (N,)}``.
+
+The cache keeps the resized images as uint8 (S*S*3 bytes each, ~27 kB at 96 px) and keeps
+each image once even when oversampling repeats it; repeats are made after the cache so
+augmentation makes them differ. Augmentation runs on whole batches with stateless random ops
+seeded from ``tf.data.Dataset.random(..., rerandomize_each_iteration=True)``, so it is
+reproducible for a seed yet different in every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from faceattr.errors import DataError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _decode(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Read one JPEG file -> uint8 RGB (image_size, image_size, 3), resized with antialiasing."""
+    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    # Area averaging, as cv2.INTER_AREA in models.preprocessing: training and serving resize alike.
+    image = tf.image.resize(image, (image_size, image_size), method="area")
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def load_images(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
+    """Decode and resize a few images (e.g. for a face grid) exactly as the pipeline does.
+
+    Returns float32 RGB in [0, 255], shape (N, image_size, image_size, 3).
+    """
+    images = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise DataError(f"{p}: no such image file")
+        try:
+            images.append(_decode(tf.constant(str(p)), int(image_size)).numpy())
+        except tf.errors.InvalidArgumentError as exc:
+            raise DataError(f"{p}: cannot decode image ({exc.message.splitlines()[0]})") from exc
+    if not images:
+        return np.zeros((0, image_size, image_size, 3), np.float32)
+    return np.stack(images).astype(np.float32)
+
+
+def _cfg(cfg: Mapping[str, Any] | None, key: str, default: float) -> float:
+    value = None if cfg is None else cfg.get(key, default)
+    return float(default if value is None else value)
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, Any] | None) -> tf.Tensor:
+    """Randomly augment a batch, float32 (N, H, W, 3) in [0, 255] -> same shape and range.
+
+    Per image: horizontal flip (``flip``), rotation uniform in ``[-rotation_deg,
+    rotation_deg]`` degrees (reflected borders), brightness shift up to ``brightness`` (on a
+    0-1 scale), contrast factor in ``[1 - contrast, 1 + contrast]`` and, with probability
+    ``blur``, a 3x3 box blur. ``seed`` is a shape (2,) int seed for stateless random ops.
+    """
+    n = tf.shape(images)[0]
+    h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
+    seeds = tf.random.experimental.stateless_split(seed, num=5)
+
+    def uniform(i: int, lo: float, hi: float, shape=None) -> tf.Tensor:
+        return tf.random.stateless_uniform(shape if shape is not None else [n], seeds[i], lo, hi)
+
+    def per_image(mask: tf.Tensor) -> tf.Tensor:
+        return tf.reshape(mask, [-1, 1, 1, 1])
+
+    if augment_cfg is not None and bool(augment_cfg.get("flip", False)):
+        images = tf.where(per_image(uniform(0, 0.0, 1.0) < 0.5), tf.reverse(images, axis=[2]), images)
+
+    rotation = math.radians(_cfg(augment_cfg, "rotation_deg", 0.0))
+    if rotation > 0:
+        angle = uniform(1, -rotation, rotation)
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        # Output pixel (x, y) samples input (cos*x - sin*y + dx, sin*x + cos*y + dy): a turn
+        # about the image centre.
+        dx = ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2
+        dy = ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2
+        zeros = tf.zeros_like(angle)
+        transforms = tf.stack([cos, -sin, dx, sin, cos, dy, zeros, zeros], axis=1)
+        images = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="REFLECT")
+
+    brightness = _cfg(augment_cfg, "brightness", 0.0)
+    if brightness > 0:
+        images = images + per_image(uniform(2, -brightness, brightness)) * 255.0
+
+    contrast = _cfg(augment_cfg, "contrast", 0.0)
+    if contrast > 0:
+        mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+        images = (images - mean) * per_image(uniform(3, 1.0 - contrast, 1.0 + contrast)) + mean
+
+    blur = _cfg(augment_cfg, "blur", 0.0)
+    if blur > 0:
+        kernel = tf.fill([3, 3, 3, 1], 1.0 / 9.0)
+        padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        blurred = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")
+        images = tf.where(per_image(uniform(4, 0.0, 1.0) < blur), blurred, images)
+
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def make_dataset(
+    frame: pd.DataFrame,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    augment_cfg: Mapping[str, Any] | None = None,
+    shuffle_buffer: int = 2048,
+    seed: int = 0,
+    with_weights: bool = False,
+) -> tf.data.Dataset:
+    """Batches of ``(images, labels)`` (or ``(images, labels, weights)``) from ``frame``.
+
+    Args:
+        frame: rows with ``path``, ``age`` (years), ``gender``, ``race``; ``copies`` (training
+            repeats, default 1) and ``weight`` (default 1.0) are used when present.
+        image_size: output side S in pixels.
+        training: repeat rows per ``copies``, shuffle and augment; otherwise keep the order of
+            ``frame`` and each image once.
+        augment_cfg: the ``data.augment`` node (see :func:`augment_batch`); training only.
+        with_weights: also yield per-image sample weights, float32 (N,).
+
+    Yields:
+        images float32 (N, S, S, 3) RGB in [0, 255]; labels ``{"age": float32 (N, 1),
+        "gender": int32 (N,), "race": int32 (N,)}``; weights float32 (N,) if asked. One epoch
+        of a training dataset holds ``frame["copies"].sum()`` images.
+    """
+    if frame.empty:
+        raise DataError("make_dataset: no images (the split is empty)")
+    n = len(frame)
+    copies = frame["copies"].to_numpy(np.int64) if "copies" in frame else np.ones(n, np.int64)
+    weights = frame["weight"].to_numpy(np.float32) if "weight" in frame else np.ones(n, np.float32)
+    labels = {
+        "age": frame["age"].to_numpy(np.float32)[:, None],
+        "gender": frame["gender"].to_numpy(np.int32),
+        "race": frame["race"].to_numpy(np.int32),
+    }
+    paths = frame["path"].astype(str).to_numpy()
+    size = int(image_size)
+
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels, weights, copies))
+    ds = ds.map(lambda p, y, w, c: (_decode(p, size), y, w, c), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.cache()
+    if training:
+        ds = ds.flat_map(lambda x, y, w, c: tf.data.Dataset.from_tensors((x, y, w)).repeat(c))
+        ds = ds.shuffle(max(1, int(shuffle_buffer)), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = ds.map(lambda x, y, w, c: (x, y, w))
+    ds = ds.batch(int(batch_size))
+    ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=AUTOTUNE)
+    if training and augment_cfg is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, s: (tf.ensure_shape(augment_batch(batch[0], s, augment_cfg), [None, size, size, 3]),
+                              batch[1], batch[2]),
+            num_parallel_calls=AUTOTUNE)
+    if not with_weights:
+        ds = ds.map(lambda x, y, w: (x, y))
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,12 @@
+"""Evaluation: metrics, reports, plots, a fairness breakdown and sweep comparison.
+
+- ``metrics``: numbers (age MAE/RMSE/R², accuracies, macro F1) and per-task report tables.
+- ``fairness``: the same numbers for every race x gender group, so failures are visible.
+- ``plots``: confusion heatmaps, training curves, age plots, a grid of test faces.
+- ``report``: ``write_evaluation`` writes all of the above for one test split, and the
+  ``evaluate`` command.
+- ``sweep``: one table and one plot comparing the runs of a sweep (``compare`` command and a
+  Hydra callback that runs when a multirun ends).
+
+Submodules are imported on use; importing this package is cheap.
+"""

@@ -1,0 +1,151 @@
+"""Everything an evaluation writes for one test split, and the ``evaluate`` command.
+
+``write_evaluation`` is called by ``training`` (after ``train --eval`` and by ``evaluate``)
+with the test rows and the model's predictions on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from faceattr.evaluation import fairness, plots
+from faceattr.evaluation.metrics import (
+    age_by_bin_frame,
+    age_report_frame,
+    classification_report_frame,
+    compute_metrics,
+    predicted_classes,
+)
+from faceattr.labels import DEFAULT_AGE_BIN_EDGES, GENDERS, RACES
+
+log = logging.getLogger(__name__)
+
+#: Files ``write_evaluation`` always writes (plots also as SVG when configured).
+OUTPUT_FILES: tuple[str, ...] = (
+    "metrics.json", "report_gender.csv", "report_race.csv", "report_age.csv", "age_by_bin.csv",
+    "predictions.csv", "fairness.csv", "confusion_gender.png", "confusion_race.png", "age_predictions.png",
+    "faces_grid.png", "fairness.png",
+)
+
+
+def _setting(cfg: Any, key: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def predictions_frame(frame: pd.DataFrame, predictions: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """One row per test face: true and predicted labels, confidences and class probabilities.
+
+    Columns: ``image``, ``age_true``, ``age_pred``, ``age_error`` (pred - true, years),
+    ``gender_true``, ``gender_pred``, ``gender_confidence``, ``race_true``, ``race_pred``,
+    ``race_confidence`` (class names; confidence = probability of the predicted class), then
+    ``p_gender_<name>`` and ``p_race_<name>`` for every class when probabilities are given.
+    """
+    frame = frame.reset_index(drop=True)
+    age_p = np.asarray(predictions["age"], dtype=float).reshape(-1)
+    out = pd.DataFrame({
+        "image": frame["image"] if "image" in frame else frame.index.astype(str),
+        "age_true": frame["age"].to_numpy(float),
+        "age_pred": age_p,
+        "age_error": age_p - frame["age"].to_numpy(float),
+    })
+    probs = {}
+    for task, names in (("gender", GENDERS), ("race", RACES)):
+        pred = np.asarray(predictions[task])
+        idx = predicted_classes(pred)
+        out[f"{task}_true"] = [names[i] for i in frame[task].to_numpy(int)]
+        out[f"{task}_pred"] = [names[i] for i in idx]
+        if pred.ndim == 2:
+            out[f"{task}_confidence"] = pred[np.arange(len(idx)), idx]
+            probs.update({f"p_{task}_{name}": pred[:, j] for j, name in enumerate(names)})
+    return pd.concat([out, pd.DataFrame(probs)], axis=1)
+
+
+def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+
+
+def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[str, np.ndarray],
+                     eval_cfg: DictConfig | Mapping[str, Any] | None,
+                     age_bin_edges: Sequence[float] = DEFAULT_AGE_BIN_EDGES,
+                     history_csv: Path | None = None) -> dict[str, float | int]:
+    """Write the full evaluation of one test split into ``out_dir``; return the metrics.
+
+    ``frame``: the test rows (``image``, ``path``, ``age`` in years, ``gender`` and ``race``
+    class indices, ...). ``predictions``: row-aligned with ``frame``: ``age`` (N,) years,
+    ``gender`` (N, 2) and ``race`` (N, 5) probabilities. ``eval_cfg``: the ``evaluation``
+    config group (``formats``, ``dpi``, ``grid_faces``). ``age_bin_edges``: years.
+    ``history_csv``: a Keras ``CSVLogger`` file for the training curves (skipped if None or
+    missing).
+
+    Writes ``metrics.json``, ``report_gender.csv``, ``report_race.csv``, ``report_age.csv``,
+    ``age_by_bin.csv``, ``predictions.csv``, ``fairness.csv`` and the plots
+    ``confusion_gender``, ``confusion_race``, ``age_predictions``, ``faces_grid``,
+    ``fairness`` and ``training_curves`` (if a history is given) as PNG (+ SVG if configured).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = frame.reset_index(drop=True)
+    n = len(frame)
+    for key in ("age", "gender", "race"):
+        if len(np.asarray(predictions[key])) != n:
+            raise ValueError(f"predictions[{key!r}] has {len(np.asarray(predictions[key]))} rows for {n} test rows")
+    formats = [str(f) for f in _setting(eval_cfg, "formats", ["png"])]
+    dpi = int(_setting(eval_cfg, "dpi", 120))
+    grid_faces = int(_setting(eval_cfg, "grid_faces", 16))
+    edges = [float(e) for e in age_bin_edges]
+
+    y_true = {"age": frame["age"].to_numpy(float), "gender": frame["gender"].to_numpy(int),
+              "race": frame["race"].to_numpy(int)}
+    y_pred = {"age": np.asarray(predictions["age"], dtype=float).reshape(-1),
+              "gender": np.asarray(predictions["gender"]), "race": np.asarray(predictions["race"])}
+
+    metrics = compute_metrics(y_true, y_pred)
+    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    for task in ("gender", "race"):
+        classification_report_frame(task, y_true[task], y_pred[task]).to_csv(
+            out_dir / f"report_{task}.csv", index=False, float_format="%.6g")
+        plots.plot_confusion(task, y_true[task], y_pred[task], out_dir / f"confusion_{task}", formats, dpi)
+    age_report_frame(y_true["age"], y_pred["age"], edges).to_csv(out_dir / "report_age.csv", index=False,
+                                                                 float_format="%.6g")
+    age_by_bin_frame(y_true["age"], y_pred["age"], edges).to_csv(out_dir / "age_by_bin.csv", index=False,
+                                                                 float_format="%.6g")
+    predictions_frame(frame, y_pred).to_csv(out_dir / "predictions.csv", index=False, float_format="%.6g")
+    plots.plot_age(y_true["age"], y_pred["age"], out_dir / "age_predictions", edges, formats, dpi)
+    plots.plot_faces_grid(frame, y_pred, out_dir / "faces_grid", grid_faces, formats, dpi)
+    fairness.write_fairness(out_dir, y_true, y_pred, formats, dpi)
+    if history_csv is not None and Path(history_csv).is_file():
+        plots.plot_training_curves(Path(history_csv), out_dir / "training_curves", formats, dpi)
+    elif history_csv is not None:
+        log.warning("%s not found; no training curves", history_csv)
+
+    log.info("test (n=%d): age MAE %.2f y, gender accuracy %.1f%%, race accuracy %.1f%% (macro F1 %.3f)",
+             n, metrics["age_mae"], 100 * metrics["gender_accuracy"], 100 * metrics["race_accuracy"],
+             metrics["race_macro_f1"])
+    log.info("evaluation reports and plots written to %s", out_dir)
+    return metrics
+
+
+def evaluate_command(cfg: DictConfig, run_dir: Path) -> dict:
+    """``python src/main.py evaluate``: evaluate the chosen model on its test split.
+
+    The model folder is ``cfg.model_path`` or the shipped model of ``cfg.model.name``; the
+    reports land in ``run_dir``. Returns the test metrics.
+    """
+    from faceattr.models.io import resolve_model_dir
+    from faceattr.training import evaluate_model_dir
+
+    model_dir = resolve_model_dir(cfg)
+    log.info("evaluating %s", model_dir)
+    return evaluate_model_dir(cfg, model_dir, run_dir)

@@ -1,0 +1,192 @@
+"""Face detectors behind one small interface: ``detect(image_bgr) -> list[Detection]``.
+
+``conf/detector/<name>.yaml`` picks one:
+
+- ``haar``: OpenCV 4's frontal-face Haar cascade. Fast, CPU only, no landmarks, no score.
+- ``mtcnn``: the ``mtcnn`` package (TensorFlow). Slower, gives a confidence and five
+  landmarks, which ``crop.crop_face`` uses to rotate the eyes level.
+- ``none``: no detection; the whole image is one face (pre-cropped chips such as UTKFace).
+
+Boxes are always in the pixels of the image passed in, even when a large image was
+downscaled to ``max_side`` for detection.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from faceattr.errors import ConfigError, InputError, ModelError
+
+log = logging.getLogger(__name__)
+
+#: Order of the five landmarks (image left/right, i.e. "left_eye" is the one further left).
+LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+#: Largest min_face_size mtcnn 1.0 handles (see ``MTCNNDetector.detect``), pixels.
+MTCNN_SAFE_MIN_FACE = 20
+
+
+@dataclass
+class Detection:
+    """One face: box in original-image pixels, a score in [0, 1], optional landmarks.
+
+    ``landmarks``: (5, 2) float32 (x, y) pixels in ``LANDMARK_NAMES`` order, or None.
+    """
+
+    x: int
+    y: int
+    w: int
+    h: int
+    score: float = 1.0
+    landmarks: np.ndarray | None = None
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """``(x, y, w, h)`` in pixels."""
+        return (self.x, self.y, self.w, self.h)
+
+
+class Detector(Protocol):
+    """What every detector offers."""
+
+    name: str
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        """Faces in an (H, W, 3) uint8 BGR image, boxes in its pixels."""
+        ...
+
+
+def _check_image(image_bgr: np.ndarray) -> None:
+    if not isinstance(image_bgr, np.ndarray) or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+        shape = getattr(image_bgr, "shape", None)
+        raise InputError(f"detector: expected an (H, W, 3) BGR image, got shape {shape}")
+
+
+def _downscale(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, float]:
+    """Shrink ``image`` so its longer side is at most ``max_side``; returns (image, scale<=1)."""
+    longest = max(image.shape[:2])
+    if not max_side or longest <= max_side:
+        return image, 1.0
+    scale = max_side / longest
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _to_original(x: float, y: float, w: float, h: float, scale: float, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Scale a box found in the downscaled image back to original pixels, clipped to the image."""
+    H, W = shape[:2]
+    x0, y0 = max(0, round(float(x) / scale)), max(0, round(float(y) / scale))
+    x1, y1 = min(W, round(float(x + w) / scale)), min(H, round(float(y + h) / scale))
+    return int(x0), int(y0), int(max(1, x1 - x0)), int(max(1, y1 - y0))
+
+
+class HaarDetector:
+    """OpenCV's frontal-face Haar cascade (``cv2.data``); score is always 1.0 (no confidence)."""
+
+    name = "haar"
+
+    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 40,
+                 max_side: int | None = 1280) -> None:
+        if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
+            # OpenCV 5 moved the cascades out of the main package.
+            raise ModelError(f"OpenCV {cv2.__version__} has no Haar cascades (cv2.CascadeClassifier); "
+                             "install opencv-python<5 or use detector=mtcnn")
+        path = Path(cv2.data.haarcascades) / HAAR_CASCADE
+        if not path.is_file():
+            raise ModelError(f"{path}: Haar cascade missing from the OpenCV install; reinstall opencv-python<5")
+        self._cascade = cv2.CascadeClassifier(str(path))
+        if self._cascade.empty():
+            raise ModelError(f"{path}: cannot load the Haar cascade")
+        self.scale_factor = float(scale_factor)
+        self.min_neighbors = int(min_neighbors)
+        self.min_size = int(min_size)
+        self.max_side = int(max_side) if max_side else None
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        _check_image(image_bgr)
+        small, scale = _downscale(image_bgr, self.max_side)
+        gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        boxes = self._cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+                                               minSize=(self.min_size, self.min_size))
+        out = [Detection(*_to_original(*b, scale, image_bgr.shape)) for b in np.asarray(boxes).reshape(-1, 4)]
+        log.debug("haar: %d face(s) in %dx%d image", len(out), image_bgr.shape[1], image_bgr.shape[0])
+        return out
+
+
+class MTCNNDetector:
+    """The ``mtcnn`` package (weights ship in its wheel); keeps confidence and 5 landmarks."""
+
+    name = "mtcnn"
+
+    def __init__(self, min_confidence: float = 0.9, min_size: int = 40, max_side: int | None = 1280) -> None:
+        try:
+            from mtcnn import MTCNN  # imported lazily: it builds TensorFlow graphs at import time
+        except ImportError as exc:
+            raise ModelError(f"detector=mtcnn needs the 'mtcnn' package ({exc}); pip install mtcnn") from None
+        self._mtcnn = MTCNN()
+        self.min_confidence = float(min_confidence)
+        self.min_size = int(min_size)
+        self.max_side = int(max_side) if max_side else None
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        _check_image(image_bgr)
+        small, scale = _downscale(image_bgr, self.max_side)
+        face_px = self.min_size
+        if face_px > MTCNN_SAFE_MIN_FACE:
+            # mtcnn 1.0's image pyramid ignores min_face_size when counting its levels, so a
+            # min_face_size above ~20 px shrinks the last level below PNet's 12 px and Keras
+            # raises. Shrinking the image instead is equivalent (and faster).
+            f = MTCNN_SAFE_MIN_FACE / face_px
+            small = cv2.resize(small, (max(1, round(small.shape[1] * f)), max(1, round(small.shape[0] * f))),
+                               interpolation=cv2.INTER_AREA)
+            scale, face_px = scale * f, MTCNN_SAFE_MIN_FACE
+        if min(small.shape[:2]) < 12:  # PNet's input size: nothing to find
+            return []
+        rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)  # MTCNN was trained on RGB
+        # numpy output keeps sub-pixel landmarks (the JSON output rounds them to ints).
+        rows = np.asarray(self._mtcnn.detect_faces(rgb, min_face_size=face_px, output_type="numpy",
+                                                   box_format="xywh"), dtype=np.float64).reshape(-1, 16)
+        out = []
+        for row in rows:
+            score = float(row[5])
+            if score < self.min_confidence:
+                continue
+            # Columns: image id, x, y, w, h, confidence, the 5 landmark x's, then their 5 y's, in
+            # LANDMARK_NAMES order (as mtcnn.utils.landmarks.parse_landmarks reads them).
+            landmarks = (np.stack([row[6:11], row[11:16]], axis=1) / scale).astype(np.float32)
+            out.append(Detection(*_to_original(*row[1:5], scale, image_bgr.shape), score=score, landmarks=landmarks))
+        log.debug("mtcnn: %d face(s) >= %.2f in %dx%d image", len(out), self.min_confidence,
+                  image_bgr.shape[1], image_bgr.shape[0])
+        return out
+
+
+class WholeImageDetector:
+    """No detection: the whole image is one face (for pre-cropped faces)."""
+
+    name = "none"
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        _check_image(image_bgr)
+        h, w = image_bgr.shape[:2]
+        return [Detection(0, 0, w, h, 1.0)]
+
+
+def make_detector(detector_cfg: Any) -> Detector:
+    """The detector named by ``detector_cfg.name`` (a ``conf/detector/*.yaml`` node or a dict)."""
+    get = detector_cfg.get
+    name = get("name")
+    if name == "haar":
+        return HaarDetector(scale_factor=get("scale_factor", 1.1), min_neighbors=get("min_neighbors", 5),
+                            min_size=get("min_size", 40), max_side=get("max_side", 1280))
+    if name == "mtcnn":
+        return MTCNNDetector(min_confidence=get("min_confidence", 0.9), min_size=get("min_size", 40),
+                             max_side=get("max_side", 1280))
+    if name == "none":
+        return WholeImageDetector()
+    raise ConfigError(f"detector.name: unknown detector {name!r} (haar|mtcnn|none)")

@@ -1,0 +1,78 @@
+"""The command-line contract: flags map onto Hydra overrides, Hydra's own features work, and
+user errors are one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from faceattr.cli import UsageError, flags_to_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main_py(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_flags_map_to_overrides():
+    assert flags_to_overrides("train", ["--model_type", "normal", "--eval", "--data_path", "d/x.tar.gz"]) == [
+        "model=normal", "data.path='d/x.tar.gz'", "train.eval=true"]
+    out = flags_to_overrides("run", ["--img", "a b.jpg", "it's.png", "--output", "p.json", "--no-display"])
+    assert out == ["run.img=['a b.jpg','it\\'s.png']", "run.output='p.json'", "run.display=false"]
+    assert flags_to_overrides("run", ["--video"]) == ["run.video='0'"]
+    assert flags_to_overrides("run", ["--video", "clip.mp4"]) == ["run.video='clip.mp4'"]
+
+
+@pytest.mark.parametrize("command,args", [("train", ["--img", "x"]), ("run", []), ("stats", ["--eval"]),
+                                          ("compare", []), ("run", ["--model_type", "resnet", "--img", "a"])])
+def test_bad_flags_are_usage_errors(command, args):
+    with pytest.raises(UsageError):
+        flags_to_overrides(command, args)
+
+
+def test_help_lists_every_command():
+    res = main_py("--help")
+    assert res.returncode == 0
+    for command in ("run", "train", "evaluate", "stats", "compare", "promote"):
+        assert f"  {command}" in res.stdout
+
+
+def test_command_help_shows_flags_and_config_groups():
+    res = main_py("train", "--help")
+    assert res.returncode == 0
+    assert "--model_type" in res.stdout and "--eval" in res.stdout
+    for group in ("model: facenet, normal", "rebalance: none, oversample, weights", "detector: haar, mtcnn, none"):
+        assert group in res.stdout
+
+
+def test_cfg_job_shows_composed_config_with_flag_overrides():
+    res = main_py("train", "--model_type", "normal", "--cfg", "job", "train.epochs=3", "data.limit=50")
+    assert res.returncode == 0, res.stderr
+    assert "name: normal" in res.stdout and "epochs: 3" in res.stdout and "limit: 50" in res.stdout
+    assert "command: train" in res.stdout
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "no_such_key=1"], "no_such_key"),
+    (["train", "model=resnet"], "model/resnet"),
+    (["train", "--bogus"], "--bogus"),
+    (["frobnicate"], "frobnicate"),
+    (["run", "--img", "missing.jpg", "train.epochs=[1"], "bad override"),
+])
+def test_user_errors_are_one_line(args, fragment):
+    res = main_py(*args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_dataset_is_one_line(tmp_path):
+    res = main_py("stats", "--data_path", str(tmp_path / "nowhere.tar.gz"), f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 2, res.stderr
+    assert "nowhere.tar.gz" in res.stderr and "Traceback" not in res.stderr
