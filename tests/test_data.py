@@ -421,3 +421,13 @@ def test_real_tarball_index_and_split():
     assert split.groupby("sha1")["split"].nunique().max() == 1
     counts = split["split"].value_counts(normalize=True)
     assert all(math.isclose(counts[s], r, abs_tol=0.01) for s, r in RATIOS.items())
+
+
+def test_training_batches_mix_ages_even_with_a_small_shuffle_buffer(fake_utkface):
+    """Files sorted by age must not reach the model as batches of one age (a real bug we had)."""
+    frame = utkface.index_images(fake_utkface).frame.sort_values("age").reset_index(drop=True)
+    frame["copies"], frame["weight"] = 1, 1.0
+    ds = make_dataset(frame, 16, batch_size=10, training=True, augment_cfg=None, shuffle_buffer=1, seed=3)
+    first = next(iter(ds))[1]["age"].numpy().ravel()
+    sorted_first = frame["age"].to_numpy()[:10]
+    assert first.std() > 3 * max(sorted_first.std(), 1.0), (first, sorted_first)

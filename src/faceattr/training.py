@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from faceattr.data.pipeline import make_dataset
 from faceattr.data.stats import write_statistics
@@ -271,7 +271,9 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     model_cfg = trained.get("model") or cfg.model
     if model_cfg.name != info.model_type:
         raise ModelError(f"{model_dir}: model_info says {info.model_type} but its config says {model_cfg.name}")
-    eval_cfg = OmegaConf.merge(cfg, {"model": model_cfg})
+    eval_cfg = cfg.copy()
+    with open_dict(eval_cfg):
+        eval_cfg.model = model_cfg  # the saved model's own settings, whatever --model_type says
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
     frame = prepared.frame
     split_csv = model_dir / "split.csv"

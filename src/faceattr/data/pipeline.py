@@ -148,6 +148,10 @@ def make_dataset(
     """
     if frame.empty:
         raise DataError("make_dataset: no images (the split is empty)")
+    if training:
+        # Files come sorted by name, i.e. by age: without a full permutation first, a shuffle
+        # buffer smaller than the split feeds batches of one age and the model chases them.
+        frame = frame.sample(frac=1.0, random_state=seed)
     n = len(frame)
     copies = frame["copies"].to_numpy(np.int64) if "copies" in frame else np.ones(n, np.int64)
     weights = frame["weight"].to_numpy(np.float32) if "weight" in frame else np.ones(n, np.float32)

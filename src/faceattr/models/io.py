@@ -73,7 +73,10 @@ def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Pa
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     name = "top.keras" if info.model_type == "facenet" else "model.keras"
-    keras_model.save(model_dir / name)
+    # An uncompiled clone carries the weights without the optimizer's state (3x the size).
+    clean = keras_model.__class__.from_config(keras_model.get_config())
+    clean.set_weights(keras_model.get_weights())
+    clean.save(model_dir / name)
     (model_dir / MODEL_INFO).write_text(json.dumps(asdict(info), indent=2, default=str))
     log.info("Saved %s model to %s", info.model_type, model_dir)
     return model_dir

@@ -1,0 +1,115 @@
+"""The real training loop, end to end through the CLI, on synthetic faces (everywhere) and on
+the shared UTKFace archive (skipped when absent).
+
+Each run is a subprocess of ``python src/main.py`` exactly as a user types it; a private
+``paths.cache`` keeps feature caches and extracted data out of the developer's own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import SHARED_TARBALL, make_fake_utkface
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CNN = ["model.input_size=32", "model.filters=[8,16]", "model.heads.hidden_units=[16]"]
+
+
+def main_py(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), *map(str, args)], capture_output=True,
+                         text=True, timeout=timeout, cwd=ROOT)
+    assert res.returncode == 0, f"{args}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fake") / "UTKFace"
+    make_fake_utkface(folder, 80)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def common(data: Path, cache: Path) -> list[str]:
+    return [f"data.path={data}", f"paths.cache={cache}", "train.epochs=2", "train.batch_size=16"]
+
+
+def test_normal_trains_saves_and_evaluates(fake_data, cache, tmp_path):
+    run = tmp_path / "run"
+    main_py("train", "--model_type", "normal", "--eval", *common(fake_data, cache), *TINY_CNN,
+            f"hydra.run.dir={run}")
+    for name in ("split.csv", "history.csv", "metrics.json", "train_summary.json", "model/model.keras",
+                 "model/model_info.json", "model/split.csv", "statistics/data_summary.json"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    split = pd.read_csv(run / "split.csv")
+    assert metrics["n_test"] == (split.split == "test").sum()
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1]
+    assert any((run / "tensorboard").rglob("events.out.tfevents*"))
+    # The saved model loads in safe mode and evaluates to the same numbers on the same split.
+    again = tmp_path / "eval"
+    main_py("evaluate", "--model_path", run / "model", *common(fake_data, cache), f"hydra.run.dir={again}")
+    assert json.loads((again / "metrics.json").read_text()) == pytest.approx(metrics, rel=1e-4)
+
+
+def test_facenet_second_run_reuses_cached_features(fake_data, cache, tmp_path):
+    times = []
+    for i in range(2):
+        start = time.perf_counter()
+        main_py("train", "--model_type", "facenet", *common(fake_data, cache), f"hydra.run.dir={tmp_path / str(i)}")
+        times.append(time.perf_counter() - start)
+    first, second = (json.loads((tmp_path / str(i) / "train_summary.json").read_text()) for i in range(2))
+    n_images = len(pd.read_csv(tmp_path / "0" / "split.csv").query("split != 'test'"))
+    assert first["feature_images_extracted"] >= n_images  # image and mirror of train, val
+    assert second["feature_images_extracted"] == 0
+    info = json.loads((tmp_path / "1" / "model" / "model_info.json").read_text())
+    assert info["model_type"] == "facenet" and info["facenet"]["cut_stage"] is None
+    # Only the trained top ships: far smaller than the 90 MB frozen graph.
+    assert (tmp_path / "1" / "model" / "top.keras").stat().st_size < 20e6
+
+
+def test_sweep_writes_a_two_row_summary(fake_data, cache, tmp_path):
+    sweep = tmp_path / "sweep"
+    main_py("train", "-m", "--model_type", "normal", "--eval", *common(fake_data, cache), *TINY_CNN,
+            "model.heads.dropout=0.1,0.5", f"hydra.sweep.dir={sweep}")
+    summary = pd.read_csv(sweep / "sweep_summary.csv")
+    assert len(summary) == 2
+    assert sorted(summary["model.heads.dropout"]) == [0.1, 0.5]
+    assert (sweep / "sweep_comparison.png").is_file()
+
+
+def test_promote_moves_the_previous_model_aside(fake_data, cache, tmp_path):
+    run = tmp_path / "run"
+    main_py("train", "--model_type", "normal", *common(fake_data, cache), *TINY_CNN, "train.epochs=1",
+            f"hydra.run.dir={run}")
+    shipped = tmp_path / "saved_model"
+    (shipped / "normal").mkdir(parents=True)
+    (shipped / "normal" / "mine.txt").write_text("a user's file")
+    main_py("promote", run, f"paths.saved_models={shipped}", f"hydra.run.dir={tmp_path / 'p'}")
+    assert (shipped / "normal" / "model.keras").is_file()
+    kept = list((shipped / ".previous").glob("normal-*/mine.txt"))
+    assert len(kept) == 1 and kept[0].read_text() == "a user's file"
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_facenet_on_3000_real_faces(tmp_path, cache):
+    if not SHARED_TARBALL.is_file():
+        pytest.skip(f"UTKFace archive not found at {SHARED_TARBALL}")
+    run = tmp_path / "run"
+    main_py("train", "--model_type", "facenet", "--eval", f"data.path={SHARED_TARBALL}", "data.limit=3000",
+            f"paths.cache={cache}", "train.epochs=25", f"hydra.run.dir={run}", timeout=1800)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["gender_accuracy"] >= 0.85 and metrics["race_accuracy"] >= 0.70, metrics
+    assert metrics["n_test"] >= 400
