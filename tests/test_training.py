@@ -113,3 +113,20 @@ def test_facenet_on_3000_real_faces(tmp_path, cache):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["gender_accuracy"] >= 0.85 and metrics["race_accuracy"] >= 0.70, metrics
     assert metrics["n_test"] >= 400
+
+
+def test_facenet_finetuning_last_block_on_embeddings(fake_data, cache, tmp_path):
+    from faceattr.models.facenet_graph import STAGES
+
+    run = tmp_path / "run"
+    main_py("train", "--model_type", "facenet", "--eval", *common(fake_data, cache), "train.epochs=1",
+            "model.finetune_blocks=1", "model.features=embedding", f"hydra.run.dir={run}")
+    info = json.loads((run / "model" / "model_info.json").read_text())
+    assert info["facenet"]["cut_stage"] == len(STAGES) - 1 and info["facenet"]["features"] == "embedding"
+    assert (run / "history_heads.csv").is_file() and (run / "history_finetune.csv").is_file()
+    # The saved top (fine-tuned block8_6 + heads) assembles with the packaged trunk and labels a photo.
+    out = tmp_path / "preds.csv"
+    main_py("run", "--img", ROOT / "examples" / "astronaut.jpg", "--model_path", run / "model", "--no-display",
+            "--output", out, f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'r'}")
+    rows = pd.read_csv(out)
+    assert len(rows) == 1 and rows.loc[0, "gender"] in ("male", "female") and 0 <= rows.loc[0, "age"] <= 116

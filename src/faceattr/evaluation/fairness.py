@@ -128,7 +128,7 @@ def plot_fairness(df: pd.DataFrame, stem: Path, formats: Sequence[str] = ("png",
             cbar_fmt = mpl.ticker.PercentFormatter(1.0, decimals=0) if "accuracy" in col else None
             sns.heatmap(vals.astype(float), annot=annot, fmt="", cmap=cmap, ax=ax, linewidths=0.5,
                         linecolor="white", annot_kws={"fontsize": 10}, vmin=overall - spread, vmax=overall + spread,
-                        cbar_kws={"format": cbar_fmt, "shrink": 0.8, "label": f"{cbar_label} (white = overall)"})
+                        cbar_kws={"format": cbar_fmt, "shrink": 0.8, "label": f"{cbar_label} (pale = overall)"})
             # Separate the marginals from the groups.
             ax.axhline(len(vals) - 1, color="black", linewidth=1.5)
             ax.axvline(vals.shape[1] - 1, color="black", linewidth=1.5)
