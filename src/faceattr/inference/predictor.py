@@ -109,11 +109,11 @@ class Predictor:
     @classmethod
     def from_config(cls, cfg: Any) -> Predictor:
         """From the composed config: ``model_path`` (or the shipped model), ``run.batch_size``,
-        ``train.tta_flip`` and ``paths.cache``."""
+        ``run.tta_flip`` and ``paths.cache``."""
         from faceattr.models.io import resolve_model_dir
 
         cache = cfg.paths.get("cache") if "paths" in cfg else None
-        tta = bool(cfg.train.get("tta_flip", True)) if "train" in cfg else True
+        tta = bool(cfg.run.get("tta_flip", False))
         return cls.load(resolve_model_dir(cfg), cache, batch_size=int(cfg.run.get("batch_size", 32)), tta_flip=tta)
 
     @property

@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import keras
@@ -54,7 +54,11 @@ class ModelInfo:
             raise ModelError(f"{model_dir}: not a model folder (no {MODEL_INFO})")
         try:
             raw = json.loads(path.read_text())
-            return cls(**raw)
+            known = {f.name for f in fields(cls)}
+            extra = sorted(set(raw) - known)
+            if extra:  # written by a newer version: load what we understand
+                log.warning("%s: ignoring unknown keys %s", path, ", ".join(extra))
+            return cls(**{k: v for k, v in raw.items() if k in known})
         except (json.JSONDecodeError, TypeError) as exc:
             raise ModelError(f"{path}: unreadable model description ({exc})") from None
 
