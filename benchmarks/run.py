@@ -339,7 +339,7 @@ def measure_keras(entry: ModelEntry, s: Settings) -> list[Row]:
 
     predictor = Predictor.from_loaded(entry.loaded, batch_size=32, tta_flip=False)
     size = predictor.input_size
-    one, many = face_batch(size, 1, predictor.margin or 0.4), face_batch(size, 32, predictor.margin or 0.4)
+    one, many = face_batch(size, 1, 0.1), face_batch(size, 32, 0.1)
     progress(f"{entry.name}: batch-1 latency ({s.latency_calls} calls)")
     lat = time_calls(lambda: predictor.predict_arrays(one), s.latency_calls, s.warmup)
     progress(f"{entry.name}: batch-32 throughput ({s.b32_calls} calls)")

@@ -19,17 +19,19 @@ from faceattr.inference.detectors import Detection
 from faceattr.models.preprocessing import resize_face
 
 
-def square_box(box: tuple[float, float, float, float], margin: float) -> tuple[float, float, float]:
+def square_box(box: tuple[float, float, float, float], margin: float,
+               shift_y: float = 0.0) -> tuple[float, float, float]:
     """Centre and side of the margin crop of an ``(x, y, w, h)`` box, all in pixels.
 
-    The side is ``max(w, h) * (1 + 2 * margin)``: ``margin`` x the box size on each side.
+    The side is ``max(w, h) * (1 + 2 * margin)``: ``margin`` x the box size on each side. The
+    centre moves down by ``shift_y`` x the box height (UTKFace chips sit lower than a Haar box).
     """
     x, y, w, h = (float(v) for v in box)
     if w <= 0 or h <= 0:
         raise ValueError(f"face box must have a positive size, got w={w} h={h}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    return x + w / 2.0, y + h / 2.0, max(w, h) * (1.0 + 2.0 * margin)
+    return x + w / 2.0, y + h / 2.0 + shift_y * h, max(w, h) * (1.0 + 2.0 * margin)
 
 
 def crop_square(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
@@ -68,14 +70,14 @@ def alignment_matrix(landmarks: np.ndarray, cx: float, cy: float, side: float) -
 
 
 def crop_face(image_rgb: np.ndarray, detection: Detection, margin: float, out_size: int,
-              align: bool = True) -> np.ndarray:
+              align: bool = True, shift_y: float = 0.0) -> np.ndarray:
     """The model's view of one face: (out_size, out_size, 3) uint8 RGB.
 
     ``image_rgb``: (H, W, 3) uint8. The detection box is grown by ``margin`` x its size on each
     side and made square (``square_box``). With ``align`` and landmarks, the image is first
     rotated about the eyes' centre so the eyes are level (UTKFace's chips are aligned).
     """
-    cx, cy, side = square_box(detection.box, margin)
+    cx, cy, side = square_box(detection.box, margin, shift_y)
     if align and detection.landmarks is not None and abs(eye_angle(detection.landmarks)) > 0.5:
         s = max(1, round(side))
         # One warp rotates and crops: only the s x s output pixels are computed.

@@ -116,11 +116,6 @@ class Predictor:
         tta = bool(cfg.run.get("tta_flip", False))
         return cls.load(resolve_model_dir(cfg), cache, batch_size=int(cfg.run.get("batch_size", 32)), tta_flip=tta)
 
-    @property
-    def margin(self) -> float | None:
-        """Crop margin (fraction of the face box) the model's training faces had, if known."""
-        return None if self.info is None else float(self.info.margin)
-
     # -- prediction ---------------------------------------------------------------------
     def prepare(self, faces_rgb: list[np.ndarray]) -> np.ndarray:
         """Crops (H, W, 3) uint8 RGB of any size -> (N, S, S, 3) float32 in [0, 255]."""

@@ -66,14 +66,17 @@ TRACKER_DEFAULTS = {"iou_threshold": 0.3, "max_missed": 10, "window": 30}
 class FacePipeline:
     """Image -> detections -> margin crops -> predictions. Plain arguments, no Hydra.
 
-    ``margin``: fraction of the face box added on each side; ``align``: rotate the eyes level
-    when the detector gives landmarks.
+    ``margin``: fraction of the face box added on each side; ``shift_y``: the crop's centre moves
+    down by this fraction of the box height; ``align``: rotate the eyes level when the detector
+    gives landmarks. Both numbers belong to the detector: each is calibrated so its crops frame
+    a face like the UTKFace training chips (see conf/detector/*.yaml).
     """
 
     detector: Detector
     predictor: Predictor
-    margin: float = 0.4
+    margin: float = 0.1
     align: bool = False
+    shift_y: float = 0.0
 
     def crops(self, image_bgr: np.ndarray) -> tuple[list[Detection], list[np.ndarray]]:
         """Detections in an (H, W, 3) BGR image and their (S, S, 3) RGB crops, S = model input."""
@@ -82,7 +85,7 @@ class FacePipeline:
             return [], []
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         size = self.predictor.input_size
-        return detections, [crop_face(rgb, d, self.margin, size, self.align) for d in detections]
+        return detections, [crop_face(rgb, d, self.margin, size, self.align, self.shift_y) for d in detections]
 
     def analyse(self, image_bgr: np.ndarray) -> list[tuple[Detection, FacePrediction]]:
         """Every face of one image with its prediction (one model call for all faces)."""
@@ -94,13 +97,8 @@ class FacePipeline:
         """Detector from ``cfg.detector``, model from ``model_path`` (see ``Predictor.from_config``)."""
         predictor = predictor or Predictor.from_config(cfg)
         det_cfg = cfg.detector
-        margin = det_cfg.get("margin")
-        if margin is None:
-            margin = predictor.margin if predictor.margin is not None else 0.4
-        elif det_cfg.get("name") != "none" and predictor.margin is not None and abs(margin - predictor.margin) > 1e-6:
-            log.warning("detector.margin=%s but the model was trained on crops with margin %s; "
-                        "predictions may be off", margin, predictor.margin)
-        return cls(make_detector(det_cfg), predictor, float(margin), bool(det_cfg.get("align", False)))
+        return cls(make_detector(det_cfg), predictor, margin=float(det_cfg.get("margin", 0.0)),
+                   align=bool(det_cfg.get("align", False)), shift_y=float(det_cfg.get("shift_y", 0.0)))
 
 
 def screen_available() -> bool:

@@ -42,7 +42,6 @@ class ModelInfo:
     genders: list[str] = field(default_factory=lambda: list(GENDERS))
     races: list[str] = field(default_factory=lambda: list(RACES))
     age_unit: str = AGE_UNIT
-    margin: float = 0.4                  # crop margin (fraction of the face box) the training faces had
     facenet: dict | None = None          # cut_stage, features, graph_sha256 for model_type=facenet
     trained_with: dict | None = None     # the composed training config, for the record
     format_version: int = FORMAT_VERSION
