@@ -238,7 +238,9 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     train_seconds = time.perf_counter() - start
     model_dir = run_dir / "model"
     trainer.save(model_dir, trained_with=OmegaConf.to_container(cfg, resolve=True))
-    shutil.copy(run_dir / "split.csv", model_dir / "split.csv")  # the exact test split travels with the model
+    # The exact test split and the training curves travel with the model (evaluate, promote).
+    shutil.copy(run_dir / "split.csv", model_dir / "split.csv")
+    shutil.copy(run_dir / "history.csv", model_dir / "history.csv")
     summary = {
         "model_dir": str(model_dir),
         "train_seconds": round(train_seconds, 1),
@@ -295,5 +297,5 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         from faceattr.models.io import load_keras_file
 
         trainer = FaceNetTrainer(eval_cfg, top=load_keras_file(model_dir / "top.keras"))
-    history = model_dir.parent / "history.csv"
-    return _evaluate(trainer, test, eval_cfg, run_dir, history if history.is_file() else None)
+    history = next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
+    return _evaluate(trainer, test, eval_cfg, run_dir, history)
