@@ -95,6 +95,11 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
     video = rows["video_fps", "normal"]["details"]
     assert video["frames"] == result["settings"]["video_frames"] and video["resolution"] == "640x480"
     assert video["faces_per_frame"] >= 1.5
+    # With run's default refresh, the model sees fewer faces than are tracked; with 1, all of them.
+    every = rows["video_fps_refresh1", "normal"]["details"]
+    assert every["refresh_every"] == 1 and every["model_faces_per_frame"] == pytest.approx(every["faces_per_frame"])
+    if video["refresh_every"] > 1:
+        assert video["model_faces_per_frame"] < video["faces_per_frame"]
 
     # The tiny model has no training log: skipped, with the reason and the way out.
     shipped = rows["shipped_train_seconds", "normal"]

@@ -18,13 +18,13 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from faceattr.cli import CONF_DIR, _register_resolvers
-from faceattr.errors import InputError, ModelError
+from faceattr.errors import ConfigError, InputError, ModelError
 from faceattr.inference.annotate import annotate, format_label, put_label
 from faceattr.inference.crop import alignment_matrix, crop_face, crop_square, square_box
 from faceattr.inference.detectors import Detection, make_detector
 from faceattr.inference.images import expand_inputs, read_image
 from faceattr.inference.predictor import FacePrediction, Predictor
-from faceattr.inference.run import COLUMNS, run_command
+from faceattr.inference.run import COLUMNS, FacePipeline, run_command, run_video
 from faceattr.inference.tracking import IoUTracker, greedy_match, iou, iou_matrix
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
 from faceattr.models import io
@@ -408,6 +408,54 @@ def test_run_video_sync_and_max_frames(tmp_path, tiny_model_dir):
                       "run.sync=true", "run.max_frames=8")
     result = run_command(cfg, tmp_path / "run")
     assert result["frames_processed"] == result["frames_written"] == 8 and count_frames(out)[0] == 8
+
+
+def test_tracker_refreshes_a_track_every_k_frames_and_new_faces_at_once():
+    tr = IoUTracker(refresh_every=3)
+    box, other = (0, 0, 50, 50), (200, 0, 50, 50)
+    asked = []
+    for frame in range(7):
+        dets = [box] if frame < 4 else [box, other]  # a second face appears in frame 4
+        need = tr.needs_prediction(dets)
+        asked.append(need)
+        tracks = tr.update(dets, [fake_pred(20 + frame, 0, 0, 0.9) if n else None for n in need])
+        assert all(t.prediction is not None for t in tracks)  # labels stay between refreshes
+    # The first face at frames 0, 3, 6; the new face at once (frame 4), then 3 frames later.
+    assert asked == [[True], [False], [False], [True], [False, True], [False, False], [True, False]]
+    first = next(t for t in tracks if t.box == box)
+    assert first.prediction.age == pytest.approx((20 + 23 + 26) / 3)  # only the refreshes were averaged
+    with pytest.raises(ValueError, match="refresh_every"):
+        IoUTracker(refresh_every=0)
+
+
+def test_detector_video_settings_override_for_video_only():
+    cfg = OmegaConf.load(CONF_DIR / "detector" / "haar.yaml")
+    assert make_detector(cfg).scale_factor == pytest.approx(cfg.scale_factor)
+    assert make_detector(cfg, video=True).scale_factor == pytest.approx(cfg.video.scale_factor)
+    assert make_detector(cfg, video=True).min_size == cfg.min_size  # what video doesn't set is kept
+
+
+@pytest.mark.parametrize("refresh, expected", [(1, 12), (3, 4)])
+def test_run_video_model_sees_each_face_every_refresh_frames(tmp_path, tiny_model_dir, refresh, expected):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, frames=12)
+    cfg = compose_cfg(f"run.video={_q(clip)}", f"run.output={_q(tmp_path / 'out.mp4')}", "run.sync=true",
+                      f"model_path={_q(tiny_model_dir)}", "detector=none", f"run.tracker.refresh_every={refresh}")
+    pipeline = FacePipeline.from_config(cfg, video=True)
+    faces_seen = []
+    real_predict = pipeline.predictor.predict
+    pipeline.predictor.predict = lambda crops: faces_seen.append(len(crops)) or real_predict(crops)
+    result = run_video(cfg, tmp_path / "run", pipeline)
+    assert result["frames_processed"] == 12
+    assert sum(faces_seen) - 1 == expected  # the first call is the warm-up's blank face
+
+
+def test_run_video_bad_tracker_setting_is_a_config_error(tmp_path, tiny_model_dir):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, frames=3)
+    with pytest.raises(ConfigError, match="run.tracker: refresh_every must be >= 1"):
+        run_command(compose_cfg(f"run.video={_q(clip)}", f"model_path={_q(tiny_model_dir)}",
+                                "run.tracker.refresh_every=0"), tmp_path / "run")
 
 
 def test_run_video_bad_sources(tmp_path, tiny_model_dir):

@@ -63,6 +63,47 @@ def test_normal_trains_saves_and_evaluates(fake_data, cache, tmp_path):
     assert json.loads((again / "metrics.json").read_text()) == pytest.approx(metrics, rel=1e-4)
 
 
+def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_split(fake_data, cache, tmp_path):
+    import keras
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from faceattr.errors import ConfigError
+    from faceattr.training import make_trainer
+
+    first = tmp_path / "first"
+    main_py("train", "--model_type", "normal", *common(fake_data, cache), *TINY_CNN, "train.epochs=1",
+            f"hydra.run.dir={first}")
+    # In process: the trainer starts from exactly the saved weights...
+    cfg = OmegaConf.create({"model": {"name": "normal", "input_size": 32}, "paths": {"cache": str(cache)},
+                            "train": {"init_from": str(first / "model")}})
+    split = pd.read_csv(first / "split.csv")
+    trainer = make_trainer(cfg, split)
+    saved = keras.models.load_model(first / "model" / "model.keras", compile=False)
+    for mine, theirs in zip(trainer.model.get_weights(), saved.get_weights(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    # ...unless one of its training images is held out in this run.
+    leaky = split.copy()
+    leaky.loc[leaky.index[leaky.split == "train"][0], "split"] = "test"
+    with pytest.raises(ConfigError, match="was trained on 1 image"):
+        make_trainer(cfg, leaky)
+    with pytest.raises(ConfigError, match="holds a normal model at 32px"):
+        make_trainer(OmegaConf.merge(cfg, {"model": {"input_size": 64}}), split)
+
+    # Through the CLI: same data and split -> trains on; another split seed -> one-line refusal.
+    second = tmp_path / "second"
+    main_py("train", "--model_type", "normal", *common(fake_data, cache), *TINY_CNN, "train.epochs=1",
+            f"train.init_from={first / 'model'}", f"hydra.run.dir={second}")
+    assert "Starting from the weights of" in (second / "app.log").read_text()
+    assert (second / "model" / "model.keras").is_file()
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "train", "--model_type", "normal",
+                          *common(fake_data, cache), *TINY_CNN, "data.split.seed=7",
+                          f"train.init_from={first / 'model'}", f"hydra.run.dir={tmp_path / 'third'}"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "train.init_from:" in res.stderr and "val/test split" in res.stderr
+
+
 def test_facenet_second_run_reuses_cached_features(fake_data, cache, tmp_path):
     times = []
     for i in range(2):

@@ -31,7 +31,7 @@ from faceattr.errors import ConfigError, ModelError
 from faceattr.labels import AGE_RANGE
 from faceattr.models.cnn import build_cnn
 from faceattr.models.heads import compile_args
-from faceattr.models.io import ModelInfo, load_model, promote, save_model
+from faceattr.models.io import ModelInfo, load_keras_file, load_model, promote, save_model
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,49 @@ class FaceNetTrainer:
         save_model(model_dir, ModelInfo("facenet", self.size, facenet=spec, trained_with=trained_with), self.top)
 
 
-def make_trainer(cfg: DictConfig) -> CNNTrainer | FaceNetTrainer:
+def check_init_split(init_dir: Path, frame: pd.DataFrame) -> None:
+    """Refuse to start from a model that trained on an image this run validates or tests on.
+
+    ``init_dir/split.csv`` is the starting model's split; ``frame`` this run's (``image``,
+    ``split``). Continuing from weights that saw a test face would leak it into the scores.
+    """
+    split_csv = Path(init_dir) / "split.csv"
+    if not split_csv.is_file():
+        raise ConfigError(f"train.init_from: {split_csv} missing; without the starting model's split "
+                          "its training images can't be kept out of this run's val/test split")
+    seen = set(pd.read_csv(split_csv).query("split == 'train'")["image"])
+    held_out = frame[frame.split.isin(["val", "test"])]
+    leaked = held_out[held_out["image"].isin(seen)]
+    if len(leaked):
+        raise ConfigError(f"train.init_from: {init_dir} was trained on {len(leaked)} image(s) of this run's "
+                          f"val/test split (e.g. {leaked['image'].iloc[0]}); use the same data and split seed")
+
+
+def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrainer | FaceNetTrainer:
+    """A trainer for ``model.name``; with ``train.init_from`` (a model folder) its weights are the
+    starting point, after checking against ``frame`` that they never trained on a val/test image."""
+    if cfg.model.name not in ("normal", "facenet"):
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r} (facenet|normal)")
+    init = None
+    if OmegaConf.is_missing(cfg.train, "init_from"):
+        raise ConfigError("train.init_from: this experiment continues a trained model; "
+                          "give its folder, e.g. train.init_from=outputs/train/<date>/<time>/model")
+    init_from = cfg.train.get("init_from")
+    if init_from:
+        init_dir = Path(str(init_from))
+        loaded = load_model(init_dir, Path(cfg.paths.cache))
+        if loaded.info.model_type != cfg.model.name or loaded.info.input_size != int(cfg.model.input_size):
+            raise ConfigError(f"train.init_from: {init_dir} holds a {loaded.info.model_type} model at "
+                              f"{loaded.info.input_size}px, this run trains {cfg.model.name} "
+                              f"at {cfg.model.input_size}px")
+        if frame is not None:
+            check_init_split(init_dir, frame)
+        # FaceNet: continue the trainable top (as saved), not the assembled end-to-end model.
+        init = loaded.model if cfg.model.name == "normal" else load_keras_file(init_dir / "top.keras")
+        log.info("Starting from the weights of %s", init_dir)
     if cfg.model.name == "normal":
-        return CNNTrainer(cfg)
-    if cfg.model.name == "facenet":
-        return FaceNetTrainer(cfg)
-    raise ConfigError(f"model.name: unknown model {cfg.model.name!r} (facenet|normal)")
+        return CNNTrainer(cfg, init)
+    return FaceNetTrainer(cfg, init)
 
 
 def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, history_csv: Path | None) -> dict:
@@ -232,7 +269,7 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
                      dpi=int(cfg.evaluation.dpi))
     frame = prepared.frame
-    trainer = make_trainer(cfg)
+    trainer = make_trainer(cfg, frame)
     start = time.perf_counter()
     history = trainer.fit(frame, run_dir)
     train_seconds = time.perf_counter() - start

@@ -177,9 +177,16 @@ class WholeImageDetector:
         return [Detection(0, 0, w, h, 1.0)]
 
 
-def make_detector(detector_cfg: Any) -> Detector:
-    """The detector named by ``detector_cfg.name`` (a ``conf/detector/*.yaml`` node or a dict)."""
-    get = detector_cfg.get
+def make_detector(detector_cfg: Any, video: bool = False) -> Detector:
+    """The detector named by ``detector_cfg.name`` (a ``conf/detector/*.yaml`` node or a dict).
+
+    ``video``: the node's ``video`` entries (if any) override the others, e.g. a coarser image
+    pyramid that keeps a live stream fast.
+    """
+    settings = dict(detector_cfg)
+    if video:
+        settings.update(dict(settings.get("video") or {}))
+    get = settings.get
     name = get("name")
     if name == "haar":
         return HaarDetector(scale_factor=get("scale_factor", 1.1), min_neighbors=get("min_neighbors", 5),

@@ -56,7 +56,7 @@ ANNOTATED_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 WINDOW = "faceattr"
 PENDING_BYTES = 256 * 2**20  # decoded images held while their faces wait for a model call
 QUIT_KEYS = {ord("q"), ord("Q"), 27}  # q or Esc
-TRACKER_DEFAULTS = {"iou_threshold": 0.3, "max_missed": 10, "window": 30}
+TRACKER_DEFAULTS = {"iou_threshold": 0.3, "max_missed": 10, "window": 30, "refresh_every": 1}
 
 
 # ----------------------------------------------------------------------------------------
@@ -81,11 +81,15 @@ class FacePipeline:
     def crops(self, image_bgr: np.ndarray) -> tuple[list[Detection], list[np.ndarray]]:
         """Detections in an (H, W, 3) BGR image and their (S, S, 3) RGB crops, S = model input."""
         detections = self.detector.detect(image_bgr)
+        return detections, self.crop(image_bgr, detections)
+
+    def crop(self, image_bgr: np.ndarray, detections: Sequence[Detection]) -> list[np.ndarray]:
+        """The (S, S, 3) RGB model input of each detection, margin and shift applied."""
         if not detections:
-            return [], []
+            return []
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         size = self.predictor.input_size
-        return detections, [crop_face(rgb, d, self.margin, size, self.align, self.shift_y) for d in detections]
+        return [crop_face(rgb, d, self.margin, size, self.align, self.shift_y) for d in detections]
 
     def analyse(self, image_bgr: np.ndarray) -> list[tuple[Detection, FacePrediction]]:
         """Every face of one image with its prediction (one model call for all faces)."""
@@ -93,11 +97,12 @@ class FacePipeline:
         return list(zip(detections, self.predictor.predict(faces), strict=True))
 
     @classmethod
-    def from_config(cls, cfg: Any, predictor: Predictor | None = None) -> FacePipeline:
-        """Detector from ``cfg.detector``, model from ``model_path`` (see ``Predictor.from_config``)."""
+    def from_config(cls, cfg: Any, predictor: Predictor | None = None, video: bool = False) -> FacePipeline:
+        """Detector from ``cfg.detector`` (with its ``video`` settings when ``video``), model from
+        ``model_path`` (see ``Predictor.from_config``)."""
         predictor = predictor or Predictor.from_config(cfg)
         det_cfg = cfg.detector
-        return cls(make_detector(det_cfg), predictor, margin=float(det_cfg.get("margin", 0.0)),
+        return cls(make_detector(det_cfg, video=video), predictor, margin=float(det_cfg.get("margin", 0.0)),
                    align=bool(det_cfg.get("align", False)), shift_y=float(det_cfg.get("shift_y", 0.0)))
 
 
@@ -387,8 +392,12 @@ class InferenceWorker:
 
 def _tracking_process(pipeline: FacePipeline, tracker: IoUTracker) -> Callable[[np.ndarray], list[TrackView]]:
     def process(frame: np.ndarray) -> list[TrackView]:
-        detections, crops = pipeline.crops(frame)
-        tracks = tracker.update(detections, pipeline.predictor.predict(crops))
+        detections = pipeline.detector.detect(frame)
+        # Only new faces and tracks due a refresh go through the model (run.tracker.refresh_every).
+        need = tracker.needs_prediction(detections)
+        due = [d for d, n in zip(detections, need, strict=True) if n]
+        fresh = iter(pipeline.predictor.predict(pipeline.crop(frame, due)))
+        tracks = tracker.update(detections, [next(fresh) if n else None for n in need])
         return [TrackView(t.track_id, t.box, t.prediction, t.missed) for t in tracks]
 
     return process
@@ -447,7 +456,7 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> 
         cap.release()
         raise InputError(f"{name}: cannot be opened" + (" (no frames)" if is_camera else " as a video (no frames)"))
     try:
-        pipeline = pipeline or FacePipeline.from_config(cfg)
+        pipeline = pipeline or FacePipeline.from_config(cfg, video=True)
         pipeline.predictor.warmup()  # trace the model now, not on the first frame
     except BaseException:
         cap.release()
@@ -469,7 +478,11 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> 
 
     live = is_camera or "://" in source
     sync = bool(cfg.run.get("sync", False)) and not live
-    tracker = IoUTracker(**{**TRACKER_DEFAULTS, **dict(cfg.run.get("tracker") or {})})
+    try:
+        tracker = IoUTracker(**{**TRACKER_DEFAULTS, **dict(cfg.run.get("tracker") or {})})
+    except (TypeError, ValueError) as exc:
+        cap.release()
+        raise ConfigError(f"run.tracker: {exc}") from None
     worker = InferenceWorker(_tracking_process(pipeline, tracker), threaded=not sync)
     worker.start()
     read = written = 0

@@ -7,6 +7,12 @@ is their mean, gender and race the class with the largest summed probability. A 
 finds no detection keeps its last box and labels for up to ``max_missed`` updates, so a
 missed detection or two doesn't make the label flicker; then it is dropped.
 
+The model need not see every face in every frame: with ``refresh_every = k`` a track's face
+goes through the model when the track is new and then on every k-th frame it is matched
+(:meth:`IoUTracker.needs_prediction` says which detections of a frame need one). The labels
+average many predictions anyway, so k = 2-3 costs no visible quality and divides the model
+work per frame by k.
+
 No model is needed: predictions are any objects with ``age``, ``gender_probs`` and
 ``race_probs`` (``predictor.FacePrediction``).
 """
@@ -78,6 +84,7 @@ class Track:
     window: int = 30
     hits: int = 1
     missed: int = 0
+    since_prediction: int = 0  # matched frames since the model last saw this face
     history: deque = field(default_factory=deque)
 
     def __post_init__(self) -> None:
@@ -86,6 +93,9 @@ class Track:
     def add(self, prediction: FacePrediction | None) -> None:
         if prediction is not None:
             self.history.append(prediction)
+            self.since_prediction = 0
+        else:
+            self.since_prediction += 1
 
     @property
     def prediction(self) -> FacePrediction | None:
@@ -105,15 +115,36 @@ class IoUTracker:
 
     ``iou_threshold``: least overlap for a detection to continue a track. ``max_missed``:
     updates a track survives without a detection (its box and labels stay). ``window``:
-    predictions averaged per track.
+    predictions averaged per track. ``refresh_every``: a matched track wants a new prediction
+    every this many frames (1 = every frame).
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, window: int = 30) -> None:
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, window: int = 30,
+                 refresh_every: int = 1) -> None:
         self.iou_threshold = float(iou_threshold)
         self.max_missed = int(max_missed)
         self.window = int(window)
+        if int(refresh_every) < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        self.refresh_every = int(refresh_every)
         self.tracks: list[Track] = []
         self._ids = itertools.count(1)
+
+    @staticmethod
+    def _boxes(detections: Sequence[Detection | Box]) -> list[Box]:
+        return [tuple(int(v) for v in (d.box if isinstance(d, Detection) else d)) for d in detections]
+
+    def needs_prediction(self, detections: Sequence[Detection | Box]) -> list[bool]:
+        """Which of this frame's detections the model should see, without changing any track:
+        those that start a new track, a track with no prediction yet, or a track whose last
+        prediction is ``refresh_every`` or more matched frames old. ``update`` matches the
+        same way, so pass it None for the others."""
+        boxes = self._boxes(detections)
+        need = [True] * len(boxes)
+        for r, c in greedy_match(iou_matrix([t.box for t in self.tracks], boxes), self.iou_threshold):
+            track = self.tracks[r]
+            need[c] = not track.history or track.since_prediction + 1 >= self.refresh_every
+        return need
 
     def update(self, detections: Sequence[Detection | Box],
                predictions: Sequence[FacePrediction | None] | None = None) -> list[Track]:
@@ -122,7 +153,7 @@ class IoUTracker:
         ``detections``: ``Detection``s or ``(x, y, w, h)`` boxes of this frame;
         ``predictions``: one per detection (or None to track boxes only).
         """
-        boxes = [tuple(int(v) for v in (d.box if isinstance(d, Detection) else d)) for d in detections]
+        boxes = self._boxes(detections)
         preds = list(predictions) if predictions is not None else [None] * len(boxes)
         if len(preds) != len(boxes):
             raise ValueError(f"{len(boxes)} detections but {len(preds)} predictions")
