@@ -76,3 +76,24 @@ def test_missing_dataset_is_one_line(tmp_path):
     res = main_py("stats", "--data_path", str(tmp_path / "nowhere.tar.gz"), f"hydra.run.dir={tmp_path / 'run'}")
     assert res.returncode == 2, res.stderr
     assert "nowhere.tar.gz" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_config_composes(experiment):
+    """Each named run in conf/experiment composes with the real config tree and trains its model."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from faceattr.cli import CONF_DIR, _register_resolvers
+
+    _register_resolvers()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=["command=train", f"experiment={experiment}"])
+    finally:
+        GlobalHydra.instance().clear()
+    assert cfg.model.name == experiment.split("_")[0]
+    assert cfg.train.eval is True and cfg.data.limit is None  # shipped runs use all data and report test
+    OmegaConf.to_container(cfg.train, resolve=True, throw_on_missing=False)

@@ -96,6 +96,9 @@ def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_spl
             f"train.init_from={first / 'model'}", f"hydra.run.dir={second}")
     assert "Starting from the weights of" in (second / "app.log").read_text()
     assert (second / "model" / "model.keras").is_file()
+    # The continued model's curves hold both runs' epochs, numbered on.
+    assert list(pd.read_csv(second / "model" / "history.csv")["epoch"]) == [0, 1]
+    assert json.loads((second / "train_summary.json").read_text())["init_from"] == str(first / "model")
     res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "train", "--model_type", "normal",
                           *common(fake_data, cache), *TINY_CNN, "data.split.seed=7",
                           f"train.init_from={first / 'model'}", f"hydra.run.dir={tmp_path / 'third'}"],

@@ -207,6 +207,18 @@ class FaceNetTrainer:
         save_model(model_dir, ModelInfo("facenet", self.size, facenet=spec, trained_with=trained_with), self.top)
 
 
+def join_histories(earlier_csv: Path, this_csv: Path, out_csv: Path) -> pd.DataFrame:
+    """Write the epoch log of a continued model: the earlier runs' epochs, then this run's with
+    ``epoch`` numbered on from them. Without an earlier log, this run's alone."""
+    this = pd.read_csv(this_csv)
+    if Path(earlier_csv).is_file():
+        earlier = pd.read_csv(earlier_csv)
+        this = this.assign(epoch=this["epoch"] + int(earlier["epoch"].max()) + 1)
+        this = pd.concat([earlier, this], ignore_index=True)
+    this.to_csv(out_csv, index=False)
+    return this
+
+
 def check_init_split(init_dir: Path, frame: pd.DataFrame) -> None:
     """Refuse to start from a model that trained on an image this run validates or tests on.
 
@@ -277,7 +289,11 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.save(model_dir, trained_with=OmegaConf.to_container(cfg, resolve=True))
     # The exact test split and the training curves travel with the model (evaluate, promote).
     shutil.copy(run_dir / "split.csv", model_dir / "split.csv")
-    shutil.copy(run_dir / "history.csv", model_dir / "history.csv")
+    init_from = cfg.train.get("init_from")
+    if init_from:  # a continued model's curves show its whole training, earlier runs first
+        join_histories(Path(str(init_from)) / "history.csv", run_dir / "history.csv", model_dir / "history.csv")
+    else:
+        shutil.copy(run_dir / "history.csv", model_dir / "history.csv")
     summary = {
         "model_dir": str(model_dir),
         "train_seconds": round(train_seconds, 1),
@@ -285,6 +301,8 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
         "best_val_loss": float(history["val_loss"].min()),
         "objective": float(history["val_loss"].min()),
     }
+    if init_from:
+        summary["init_from"] = str(init_from)  # train_seconds and epochs_run count this run only
     if isinstance(trainer, FaceNetTrainer):
         summary["feature_images_extracted"] = trainer.cache.images_extracted
         summary["feature_seconds"] = round(trainer.cache.seconds_extracting, 1)
