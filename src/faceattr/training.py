@@ -31,7 +31,7 @@ from faceattr.errors import ConfigError, ModelError
 from faceattr.labels import AGE_RANGE
 from faceattr.models.cnn import build_cnn
 from faceattr.models.heads import compile_args
-from faceattr.models.io import ModelInfo, load_keras_file, load_model, promote, save_model
+from faceattr.models.io import ModelInfo, load_trainable, promote, save_model
 
 log = logging.getLogger(__name__)
 
@@ -237,31 +237,35 @@ def check_init_split(init_dir: Path, frame: pd.DataFrame) -> None:
                           f"val/test split (e.g. {leaked['image'].iloc[0]}); use the same data and split seed")
 
 
+def trainer_for(cfg: DictConfig, trained: keras.Model | None = None) -> CNNTrainer | FaceNetTrainer:
+    """The trainer of ``model.name``, holding ``trained`` (what ``load_trainable`` returns) or a
+    freshly built model."""
+    if cfg.model.name == "normal":
+        return CNNTrainer(cfg, trained)
+    if cfg.model.name == "facenet":
+        return FaceNetTrainer(cfg, trained)
+    raise ConfigError(f"model.name: unknown model {cfg.model.name!r} (facenet|normal)")
+
+
 def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrainer | FaceNetTrainer:
     """A trainer for ``model.name``; with ``train.init_from`` (a model folder) its weights are the
     starting point, after checking against ``frame`` that they never trained on a val/test image."""
-    if cfg.model.name not in ("normal", "facenet"):
-        raise ConfigError(f"model.name: unknown model {cfg.model.name!r} (facenet|normal)")
-    init = None
     if OmegaConf.is_missing(cfg.train, "init_from"):
         raise ConfigError("train.init_from: this experiment continues a trained model; "
                           "give its folder, e.g. train.init_from=outputs/train/<date>/<time>/model")
     init_from = cfg.train.get("init_from")
-    if init_from:
-        init_dir = Path(str(init_from))
-        loaded = load_model(init_dir, Path(cfg.paths.cache))
-        if loaded.info.model_type != cfg.model.name or loaded.info.input_size != int(cfg.model.input_size):
-            raise ConfigError(f"train.init_from: {init_dir} holds a {loaded.info.model_type} model at "
-                              f"{loaded.info.input_size}px, this run trains {cfg.model.name} "
-                              f"at {cfg.model.input_size}px")
-        if frame is not None:
-            check_init_split(init_dir, frame)
-        # FaceNet: continue the trainable top (as saved), not the assembled end-to-end model.
-        init = loaded.model if cfg.model.name == "normal" else load_keras_file(init_dir / "top.keras")
-        log.info("Starting from the weights of %s", init_dir)
-    if cfg.model.name == "normal":
-        return CNNTrainer(cfg, init)
-    return FaceNetTrainer(cfg, init)
+    if not init_from:
+        return trainer_for(cfg)
+    init_dir = Path(str(init_from))
+    info = ModelInfo.read(init_dir)
+    if info.model_type != cfg.model.name or info.input_size != int(cfg.model.input_size):
+        raise ConfigError(f"train.init_from: {init_dir} holds a {info.model_type} model at "
+                          f"{info.input_size}px, this run trains {cfg.model.name} at {cfg.model.input_size}px")
+    if frame is not None:
+        check_init_split(init_dir, frame)
+    trainer = trainer_for(cfg, load_trainable(init_dir, info))
+    log.info("Starting from the weights of %s", init_dir)
+    return trainer
 
 
 def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, history_csv: Path | None) -> dict:
@@ -346,11 +350,6 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         test = frame[frame.split == "test"]
     if test.empty:
         raise ModelError(f"{model_dir}: none of its test images were found in {cfg.data.path}")
-    if info.model_type == "normal":
-        trainer = CNNTrainer(eval_cfg, model=load_model(model_dir, Path(cfg.paths.cache)).model)
-    else:
-        from faceattr.models.io import load_keras_file
-
-        trainer = FaceNetTrainer(eval_cfg, top=load_keras_file(model_dir / "top.keras"))
+    trainer = trainer_for(eval_cfg, load_trainable(model_dir, info))
     history = next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
     return _evaluate(trainer, test, eval_cfg, run_dir, history)

@@ -447,6 +447,10 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> 
         if not source.isdigit() and Path(source).exists() and out_path.resolve() == Path(source).resolve():
             raise InputError(f"{out_path}: the output would overwrite the input video")
     max_frames = int(cfg.run.max_frames) if cfg.run.get("max_frames") else None
+    try:
+        tracker = IoUTracker(**{**TRACKER_DEFAULTS, **dict(cfg.run.get("tracker") or {})})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"run.tracker: {exc}") from None
     cap, name, is_camera = _open_source(source)  # fail fast on a bad source, before loading the model
     display = _want_display(bool(cfg.run.get("display", False)))
     if out_path is None and not display:
@@ -478,11 +482,6 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> 
 
     live = is_camera or "://" in source
     sync = bool(cfg.run.get("sync", False)) and not live
-    try:
-        tracker = IoUTracker(**{**TRACKER_DEFAULTS, **dict(cfg.run.get("tracker") or {})})
-    except (TypeError, ValueError) as exc:
-        cap.release()
-        raise ConfigError(f"run.tracker: {exc}") from None
     worker = InferenceWorker(_tracking_process(pipeline, tracker), threaded=not sync)
     worker.start()
     read = written = 0

@@ -134,6 +134,10 @@ class IoUTracker:
     def _boxes(detections: Sequence[Detection | Box]) -> list[Box]:
         return [tuple(int(v) for v in (d.box if isinstance(d, Detection) else d)) for d in detections]
 
+    def _match(self, boxes: list[Box]) -> list[tuple[int, int]]:
+        """(track index, box index) pairs, greedy by IoU (see ``greedy_match``)."""
+        return greedy_match(iou_matrix([t.box for t in self.tracks], boxes), self.iou_threshold)
+
     def needs_prediction(self, detections: Sequence[Detection | Box]) -> list[bool]:
         """Which of this frame's detections the model should see, without changing any track:
         those that start a new track, a track with no prediction yet, or a track whose last
@@ -141,7 +145,7 @@ class IoUTracker:
         same way, so pass it None for the others."""
         boxes = self._boxes(detections)
         need = [True] * len(boxes)
-        for r, c in greedy_match(iou_matrix([t.box for t in self.tracks], boxes), self.iou_threshold):
+        for r, c in self._match(boxes):
             track = self.tracks[r]
             need[c] = not track.history or track.since_prediction + 1 >= self.refresh_every
         return need
@@ -157,7 +161,7 @@ class IoUTracker:
         preds = list(predictions) if predictions is not None else [None] * len(boxes)
         if len(preds) != len(boxes):
             raise ValueError(f"{len(boxes)} detections but {len(preds)} predictions")
-        pairs = greedy_match(iou_matrix([t.box for t in self.tracks], boxes), self.iou_threshold)
+        pairs = self._match(boxes)
         matched_tracks = {r for r, _ in pairs}
         matched_dets = {c for _, c in pairs}
         for r, c in pairs:

@@ -75,7 +75,7 @@ def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Pa
     """Write ``keras_model`` (whole CNN, or FaceNet's trained top) and ``model_info.json``."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    name = "top.keras" if info.model_type == "facenet" else "model.keras"
+    name = trainable_file(info.model_type)
     # An uncompiled clone carries the weights without the optimizer's state (3x the size).
     clean = keras_model.__class__.from_config(keras_model.get_config())
     clean.set_weights(keras_model.get_weights())
@@ -94,6 +94,16 @@ def load_keras_file(path: Path) -> keras.Model:
         raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
 
 
+def trainable_file(model_type: str) -> str:
+    """The file holding what a model folder's training produced: the whole CNN, or FaceNet's top."""
+    return "top.keras" if model_type == "facenet" else "model.keras"
+
+
+def load_trainable(model_dir: Path, info: ModelInfo) -> keras.Model:
+    """The Keras model a trainer holds (the CNN, or FaceNet's trainable top), safe mode."""
+    return load_keras_file(Path(model_dir) / trainable_file(info.model_type))
+
+
 def load_model(model_dir: Path, cache_dir: Path | None = None) -> LoadedModel:
     """Load a model folder as one end-to-end Keras model (safe mode).
 
@@ -104,12 +114,11 @@ def load_model(model_dir: Path, cache_dir: Path | None = None) -> LoadedModel:
         raise ModelError(f"{model_dir}: no such model folder (train one, or check --model_path)")
     info = ModelInfo.read(model_dir)
     if info.model_type == "normal":
-        model = load_keras_file(model_dir / "model.keras")
+        model = load_trainable(model_dir, info)
     elif info.model_type == "facenet":
         from faceattr.models.facenet import assemble_end_to_end
 
-        top = load_keras_file(model_dir / "top.keras")
-        model = assemble_end_to_end(top, info, cache_dir)
+        model = assemble_end_to_end(load_trainable(model_dir, info), info, cache_dir)
     else:
         raise ModelError(f"{model_dir / MODEL_INFO}: unknown model_type {info.model_type!r}")
     return LoadedModel(model=model, info=info, path=model_dir)
