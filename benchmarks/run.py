@@ -8,10 +8,12 @@ measurement: ``metric, model, value, unit, target, pass``. What each metric mean
 ``benchmarks/README.md``. A model whose folder is missing gets ``skipped`` rows with the
 reason instead of stopping the run; a measurement that fails gets an ``error`` row.
 
-The script measures the project's own code paths (``Predictor``'s compiled call,
-``FacePipeline`` + ``InferenceWorker`` as ``run --video`` uses them with ``run.sync=true``,
+The script measures the project's own code paths (``Predictor`` with the runner ``run``
+serves, ``FacePipeline`` + ``InferenceWorker`` as ``run --video`` uses them with ``run.sync=true``,
 ``python src/main.py run --img`` as a subprocess, ``FeatureCache``), not copies of them.
-TensorFlow's thread pools are left at their defaults (all cores).
+``latency_b1``/``throughput_b32``/``video_fps`` use what ``run`` serves (``run.backend``: the
+TensorFlow Lite export when the model folder has a current one); ``*_keras`` rows give the
+Keras model's figures beside them. TensorFlow's thread pools are left at their defaults (all cores).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ TARGETS: dict[tuple[str, str], tuple[str, float]] = {
     ("video_fps", "facenet"): (">=", 12.0),
 }
 METRIC_ORDER = (
-    "latency_b1", "throughput_b32", "run_img_cold", "video_fps", "video_fps_refresh1", "train_images_per_s",
+    "latency_b1", "latency_b1_keras", "throughput_b32", "throughput_b32_keras", "run_img_cold", "video_fps",
+    "video_fps_refresh1", "train_images_per_s",
     "feature_extraction_images_per_s", "shipped_train_seconds", "shipped_epochs_run",
     "shipped_train_images_per_s", "shipped_feature_seconds", "shipped_feature_images_per_s",
     "shipped_head_seconds", "head_only_seconds",
@@ -222,6 +225,7 @@ class ModelEntry:
     raw_info: dict[str, Any] | None = None    # model_info.json as written (any extra keys kept)
     missing: str | None = None                # why the folder can't be used
     loaded: Any = None                        # models.io.LoadedModel, once loaded
+    served: Any = None                        # the inference.runtime runner `run` serves (run.backend)
     load_error: str | None = None
 
     @property
@@ -264,11 +268,13 @@ def _rel(path: Path) -> str:
 def load_entry(entry: ModelEntry) -> None:
     if not entry.usable or entry.loaded is not None:
         return
+    from faceattr.inference.runtime import open_runner
     from faceattr.models.io import load_model
 
     progress(f"loading {entry.name} from {_rel(entry.dir)}")
     try:
         entry.loaded = load_model(entry.dir, CACHE)
+        entry.served, _ = open_runner(entry.dir, default_run_setting("backend", "auto"), CACHE)
     except Exception as exc:  # a broken model is reported, the other rows still run
         entry.load_error = f"{_rel(entry.dir)}: cannot load ({type(exc).__name__}: {exc})"
 
@@ -295,11 +301,34 @@ def model_config(name: str, entry: ModelEntry | None):
     return OmegaConf.load(CONF / "model" / f"{name}.yaml"), f"conf/model/{name}.yaml"
 
 
-def default_tta_flip() -> bool:
-    """``run.tta_flip`` of the default config: what ``run`` (Predictor.from_config) uses."""
+def default_run_setting(key: str, fallback: Any) -> Any:
+    """``run.<key>`` of the default config: what ``run`` (Predictor.from_config) uses."""
     from omegaconf import OmegaConf
 
-    return bool(OmegaConf.load(CONF / "config.yaml").run.get("tta_flip", False))
+    return OmegaConf.load(CONF / "config.yaml").run.get(key, fallback)
+
+
+def default_tta_flip() -> bool:
+    return bool(default_run_setting("tta_flip", False))
+
+
+def served_predictor(entry: ModelEntry, batch_size: int, tta_flip: bool):
+    """A ``Predictor`` over the runner ``run`` serves for this model."""
+    from faceattr.inference.predictor import Predictor
+
+    info = entry.loaded.info
+    return Predictor(entry.served, info.input_size, batch_size=batch_size, tta_flip=tta_flip, info=info,
+                     path=entry.dir)
+
+
+def backend_details(entry: ModelEntry, runner: Any) -> dict[str, Any]:
+    details = {"backend": runner.backend}
+    if runner.backend == "tflite":
+        export = (entry.raw_info or {}).get("export") or {}
+        details.update(quantization=export.get("quantization"), path="LiteRT interpreter (XNNPACK)")
+    else:
+        details["path"] = "Keras model in a tf.function"
+    return details
 
 
 def photo_face():
@@ -332,22 +361,29 @@ def face_batch(size: int, n: int, margin: float = 0.4):
 # ----------------------------------------------------------------------------------------
 # Latency and throughput
 # ----------------------------------------------------------------------------------------
-def measure_keras(entry: ModelEntry, s: Settings) -> list[Row]:
-    """Batch-1 latency and batch-32 throughput through ``Predictor.predict_arrays`` (its
-    compiled ``tf.function``), flip TTA off so one face is one forward pass."""
+def measure_model(entry: ModelEntry, s: Settings, keras_rows: bool = False) -> list[Row]:
+    """Batch-1 latency and batch-32 throughput through ``Predictor.predict_arrays``, flip TTA off
+    so one face is one forward pass: with the runner ``run`` serves, or (``keras_rows``, metrics
+    ``*_keras``) with the Keras model."""
     from faceattr.inference.predictor import Predictor
 
-    predictor = Predictor.from_loaded(entry.loaded, batch_size=32, tta_flip=False)
+    if keras_rows:
+        predictor = Predictor.from_loaded(entry.loaded, batch_size=32, tta_flip=False)
+    else:
+        predictor = served_predictor(entry, 32, False)
+    suffix = "_keras" if keras_rows else ""
     size = predictor.input_size
     one, many = face_batch(size, 1, 0.1), face_batch(size, 32, 0.1)
-    progress(f"{entry.name}: batch-1 latency ({s.latency_calls} calls)")
+    progress(f"{entry.name}: batch-1 latency, {predictor.backend} ({s.latency_calls} calls)")
     lat = time_calls(lambda: predictor.predict_arrays(one), s.latency_calls, s.warmup)
-    progress(f"{entry.name}: batch-32 throughput ({s.b32_calls} calls)")
+    progress(f"{entry.name}: batch-32 throughput, {predictor.backend} ({s.b32_calls} calls)")
     b32 = time_calls(lambda: predictor.predict_arrays(many), s.b32_calls, max(1, s.warmup // 2))
-    common = {"input_size": size, "tta_flip": False, "path": "Predictor.predict_arrays (tf.function)"}
+    common = {"input_size": size, "tta_flip": False, **backend_details(entry, predictor.runner)}
+    note = predictor.backend + (f", {common['quantization']} weights" if common.get("quantization") else "")
     return [
-        Row("latency_b1", entry.name, round(_median(lat) * 1000.0, 3), "ms/face", details={**common, **_stats_ms(lat)}),
-        Row("throughput_b32", entry.name, round(32 / _median(b32), 2), "faces/s",
+        Row(f"latency_b1{suffix}", entry.name, round(_median(lat) * 1000.0, 3), "ms/face", note=note,
+            details={**common, **_stats_ms(lat)}),
+        Row(f"throughput_b32{suffix}", entry.name, round(32 / _median(b32), 2), "faces/s", note=note,
             details={**common, "batch": 32, **_stats_ms(b32)}),
     ]
 
@@ -426,7 +462,6 @@ def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
     from omegaconf import OmegaConf
 
     from faceattr.inference.annotate import draw_fps
-    from faceattr.inference.predictor import Predictor
     from faceattr.inference.run import (
         TRACKER_DEFAULTS,
         VIDEO_CODECS,
@@ -439,7 +474,7 @@ def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
 
     config = OmegaConf.load(CONF / "config.yaml")
     det_cfg = OmegaConf.load(CONF / "detector" / "haar.yaml")
-    predictor = Predictor.from_loaded(entry.loaded, batch_size=int(config.run.batch_size), tta_flip=tta_flip)
+    predictor = served_predictor(entry, int(config.run.batch_size), tta_flip)
     pipeline = FacePipeline.from_config(OmegaConf.create({"detector": det_cfg}), predictor=predictor, video=True)
     predictor.warmup()  # as run_video does, before its loop
     tracker_cfg = {**TRACKER_DEFAULTS, **OmegaConf.to_container(config.run.tracker)}
@@ -513,7 +548,7 @@ def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
     return Row(metric, entry.name, round(read / elapsed, 2), "frames/s", details={
         "frames": read, "resolution": f"{width}x{height}", "seconds": round(elapsed, 3), "detector": "haar",
         "detector_scale_factor": float(pipeline.detector.scale_factor),
-        "refresh_every": int(tracker_cfg["refresh_every"]),
+        "refresh_every": int(tracker_cfg["refresh_every"]), **backend_details(entry, entry.served),
         "tta_flip": tta_flip, "faces_per_frame": round(faces / max(read, 1), 2),
         "model_faces_per_frame": round(model_faces / max(read, 1), 2),
         "detect_ms_per_frame": round(spent["detect"] * 1000 / max(read, 1), 2),
@@ -795,7 +830,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"run only these sections: {', '.join(SECTIONS)}")
     p.add_argument("--no-baseline", action="store_true", help="leave out the frozen-graph rows")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip test-time augmentation in the video pipeline (default: as `run`, train.tta_flip)")
+                   help="flip test-time augmentation in the video pipeline (default: as `run`, run.tta_flip)")
     p.add_argument("--train-summary", action="append", default=[], metavar="NAME=PATH",
                    help="a training run's train_summary.json for the shipped NAME model (repeatable)")
     p.add_argument("--head-only-seconds", metavar="SECONDS|FILE",
@@ -838,7 +873,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "latency" in sections:
             for entry in entries.values():
                 if entry.usable:
-                    rows += guarded("latency_b1", entry.name, "ms/face", lambda e=entry: measure_keras(e, settings))
+                    rows += guarded("latency_b1", entry.name, "ms/face", lambda e=entry: measure_model(e, settings))
+                    if entry.served.backend != "keras":  # the Keras graph beside it, for comparison
+                        rows += guarded("latency_b1_keras", entry.name, "ms/face",
+                                        lambda e=entry: measure_model(e, settings, keras_rows=True))
                 else:
                     rows += [unusable("latency_b1", entry, "ms/face"), unusable("throughput_b32", entry, "faces/s")]
         if "baseline" in sections:
@@ -864,7 +902,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     rows.append(unusable("video_fps", entry, "frames/s"))
         for entry in entries.values():  # free the models before the subprocesses and training
-            entry.loaded = None
+            entry.loaded = entry.served = None
         if "run_img" in sections:
             for entry in entries.values():
                 if entry.missing:
@@ -908,11 +946,12 @@ def _compare_with_baseline(rows: list[Row]) -> None:
     """Note the facenet model's speed-up over the frozen graph on its latency/throughput rows."""
     by_key = {(r.metric, r.model): r for r in rows if r.status == "ok" and r.value}
     for metric, faster_is_lower in (("latency_b1", True), ("throughput_b32", False)):
-        base, ours = by_key.get((metric, BASELINE)), by_key.get((metric, "facenet"))
-        if base and ours:
-            ratio = base.value / ours.value if faster_is_lower else ours.value / base.value
-            ours.details["speedup_vs_frozen_graph"] = round(ratio, 2)
-            ours.note = (ours.note + "; " if ours.note else "") + f"{ratio:.2f}x the frozen graph's speed"
+        base = by_key.get((metric, BASELINE))
+        for ours in (by_key.get((metric, "facenet")), by_key.get((f"{metric}_keras", "facenet"))):
+            if base and ours:
+                ratio = base.value / ours.value if faster_is_lower else ours.value / base.value
+                ours.details["speedup_vs_frozen_graph"] = round(ratio, 2)
+                ours.note = (ours.note + "; " if ours.note else "") + f"{ratio:.2f}x the frozen graph's speed"
 
 
 def format_table(result: dict[str, Any]) -> str:

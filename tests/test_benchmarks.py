@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from faceattr.cli import CONF_DIR
 from faceattr.models import io
 from faceattr.models.cnn import build_cnn
+from faceattr.models.export import export_tflite
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "run.py"
@@ -38,6 +39,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("bench_model") / "model"
     io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
+    export_tflite(model_dir)  # as training does: `run` serves the export, the Keras rows sit beside it
     return model_dir
 
 
@@ -73,7 +75,8 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
     rows = {(r["metric"], r["model"]): r for r in result["rows"]}
     assert not any(r["model"] == "facenet" for r in result["rows"])  # --models normal
     measured = [("latency_b1", "normal"), ("throughput_b32", "normal"), ("run_img_cold", "normal"),
-                ("video_fps", "normal"), ("train_images_per_s", "normal")]
+                ("video_fps", "normal"), ("train_images_per_s", "normal"), ("latency_b1_keras", "normal"),
+                ("throughput_b32_keras", "normal")]
     baseline = [("latency_b1", "frozen_graph"), ("throughput_b32", "frozen_graph")]
     for key in measured + (baseline if _graph_available() else []):
         row = rows[key]
@@ -81,6 +84,12 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
         assert isinstance(row["value"], int | float) and row["value"] > 0, key
     for key in baseline if not _graph_available() else []:
         assert rows[key]["status"] == "skipped" and rows[key]["note"]
+
+    # What `run` serves (the export) is what the targeted rows measure; Keras is beside it.
+    for metric in ("latency_b1", "throughput_b32", "video_fps"):
+        assert rows[metric, "normal"]["details"]["backend"] == "tflite", metric
+    assert rows["latency_b1_keras", "normal"]["details"]["backend"] == "keras"
+    assert rows["latency_b1_keras", "normal"]["target"] is None
 
     # Targets and verdicts where the issue sets them, none elsewhere.
     assert rows["latency_b1", "normal"]["target"] == "<= 5"

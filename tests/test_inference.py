@@ -250,7 +250,7 @@ def test_flip_tta_averages_the_mirror(tiny_model_dir):
     plain = Predictor.load(tiny_model_dir, tta_flip=False)
     face = np.random.default_rng(1).integers(0, 255, (TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
     a, b = plain.predict_arrays(plain.prepare([face, face[:, ::-1]]))["age"]
-    tta = Predictor(plain.model, TINY_SIZE, tta_flip=True).predict_arrays(plain.prepare([face]))["age"][0]
+    tta = Predictor(plain.runner, TINY_SIZE, tta_flip=True).predict_arrays(plain.prepare([face]))["age"][0]
     assert tta == pytest.approx((a + b) / 2, abs=1e-3)
 
 

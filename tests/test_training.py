@@ -42,15 +42,16 @@ def cache(tmp_path_factory) -> Path:
 
 
 def common(data: Path, cache: Path) -> list[str]:
-    return [f"data.path={data}", f"paths.cache={cache}", "train.epochs=2", "train.batch_size=16"]
+    # The TensorFlow Lite export costs seconds per run; the tests that check it turn it back on.
+    return [f"data.path={data}", f"paths.cache={cache}", "train.epochs=2", "train.batch_size=16", "export.tflite=false"]
 
 
 def test_normal_trains_saves_and_evaluates(fake_data, cache, tmp_path):
     run = tmp_path / "run"
     main_py("train", "--model_type", "normal", "--eval", *common(fake_data, cache), *TINY_CNN,
-            f"hydra.run.dir={run}")
+            "export.tflite=true", "export.quantization=float32", f"hydra.run.dir={run}")
     for name in ("split.csv", "history.csv", "metrics.json", "train_summary.json", "model/model.keras",
-                 "model/model_info.json", "model/split.csv", "statistics/data_summary.json"):
+                 "model/model.tflite", "model/model_info.json", "model/split.csv", "statistics/data_summary.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     split = pd.read_csv(run / "split.csv")
@@ -61,6 +62,12 @@ def test_normal_trains_saves_and_evaluates(fake_data, cache, tmp_path):
     again = tmp_path / "eval"
     main_py("evaluate", "--model_path", run / "model", *common(fake_data, cache), f"hydra.run.dir={again}")
     assert json.loads((again / "metrics.json").read_text()) == pytest.approx(metrics, rel=1e-4)
+    # The exported file `run` serves, fed whole images through OpenCV (not tf.data) scores the
+    # same, up to the two JPEG decoders' pixel differences.
+    served = tmp_path / "eval_tflite"
+    main_py("evaluate", "--model_path", run / "model", *common(fake_data, cache), "evaluation.backend=tflite",
+            f"hydra.run.dir={served}")
+    assert json.loads((served / "metrics.json").read_text()) == pytest.approx(metrics, rel=0.02, abs=0.01)
 
 
 def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_split(fake_data, cache, tmp_path):
@@ -164,13 +171,30 @@ def test_facenet_finetuning_last_block_on_embeddings(fake_data, cache, tmp_path)
 
     run = tmp_path / "run"
     main_py("train", "--model_type", "facenet", "--eval", *common(fake_data, cache), "train.epochs=1",
-            "model.finetune_blocks=1", "model.features=embedding", f"hydra.run.dir={run}")
+            "model.finetune_blocks=1", "model.features=embedding", "export.tflite=true", f"hydra.run.dir={run}")
     info = json.loads((run / "model" / "model_info.json").read_text())
     assert info["facenet"]["cut_stage"] == len(STAGES) - 1 and info["facenet"]["features"] == "embedding"
     assert (run / "history_heads.csv").is_file() and (run / "history_finetune.csv").is_file()
-    # The saved top (fine-tuned block8_6 + heads) assembles with the packaged trunk and labels a photo.
-    out = tmp_path / "preds.csv"
-    main_py("run", "--img", ROOT / "examples" / "astronaut.jpg", "--model_path", run / "model", "--no-display",
-            "--output", out, f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'r'}")
-    rows = pd.read_csv(out)
-    assert len(rows) == 1 and rows.loc[0, "gender"] in ("male", "female") and 0 <= rows.loc[0, "age"] <= 116
+    # The saved top (fine-tuned block8_6 + heads) assembles with the packaged trunk and labels a
+    # photo; its TensorFlow Lite export (trunk included, int8 weights) gives nearly the same labels.
+    rows = {}
+    for backend in ("keras", "tflite"):
+        out = tmp_path / f"preds_{backend}.csv"
+        main_py("run", "--img", ROOT / "examples" / "astronaut.jpg", "--model_path", run / "model", "--no-display",
+                "--output", out, f"paths.cache={cache}", f"run.backend={backend}",
+                f"hydra.run.dir={tmp_path / backend}")
+        rows[backend] = pd.read_csv(out)
+        assert f"input 160px, {backend}" in (tmp_path / backend / "app.log").read_text()
+    keras_row, lite_row = rows["keras"].loc[0], rows["tflite"].loc[0]
+    assert len(rows["keras"]) == 1 and keras_row["gender"] in ("male", "female") and 0 <= keras_row["age"] <= 116
+    assert abs(lite_row["age"] - keras_row["age"]) < 2.0
+    assert abs(lite_row["gender_confidence"] - keras_row["gender_confidence"]) < 0.05
+
+
+def test_cosine_schedule_decays_the_learning_rate_every_epoch(fake_data, cache, tmp_path):
+    run = tmp_path / "run"
+    main_py("train", "--model_type", "normal", *common(fake_data, cache), *TINY_CNN, "train.epochs=3",
+            "train.schedule=cosine", "train.learning_rate=1e-3", "train.early_stopping_patience=5",
+            f"hydra.run.dir={run}")
+    rates = pd.read_csv(run / "history.csv")["learning_rate"].tolist()
+    assert len(rates) == 3 and rates[0] < 1e-3 and rates[0] > rates[1] > rates[2] >= 1e-5

@@ -29,6 +29,7 @@ HANDLERS = {
     "stats": "faceattr.data.stats:stats_command",
     "compare": "faceattr.evaluation.sweep:compare_command",
     "promote": "faceattr.models.io:promote_command",
+    "export": "faceattr.models.export:export_command",
 }
 
 _register_resolvers()

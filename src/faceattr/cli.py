@@ -27,6 +27,7 @@ COMMANDS = {
     "stats": "write dataset statistics (plots and data_summary.json)",
     "compare": "summarise and plot a sweep or a set of runs: compare DIR [DIR ...]",
     "promote": "copy a training run's model into saved_model/: promote RUN_DIR",
+    "export": "write a model folder's TensorFlow Lite file, what `run` serves: export [MODEL_DIR]",
 }
 # Hydra's own flags pass through untouched; the value tells how many arguments follow.
 HYDRA_FLAGS = {
@@ -52,7 +53,7 @@ def _quote(value: str) -> str:
 def _flag_parser(command: str) -> argparse.ArgumentParser:
     """The sugar flags of one command; everything else is Hydra's."""
     p = argparse.ArgumentParser(prog=f"python src/main.py {command}", add_help=False)
-    if command in ("run", "train", "evaluate"):
+    if command in ("run", "train", "evaluate", "export"):
         p.add_argument("--model_type", choices=["facenet", "normal"], help="model family (model=...)")
     if command in ("run", "evaluate"):
         p.add_argument("--model_path", help="a trained model folder (default: saved_model/<model_type>)")
@@ -108,7 +109,7 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
 
     parser.error = fail  # type: ignore[method-assign]
     ns, rest = parser.parse_known_args(sugar)
-    if command in ("compare", "promote"):
+    if command in ("compare", "promote", "export"):
         positional = [r for r in rest if not r.startswith("-")]
         rest = [r for r in rest if r.startswith("-")]
     if rest:
@@ -141,6 +142,11 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
         if len(positional) != 1:
             fail("give exactly one training run folder")
         out.append(f"model_path={_quote(positional[0])}")
+    if command == "export":
+        if len(positional) > 1:
+            fail("give at most one model folder (default: the shipped model of --model_type)")
+        if positional:
+            out.append(f"model_path={_quote(positional[0])}")
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm import tqdm
 
 from faceattr.data.pipeline import make_dataset
 from faceattr.data.stats import write_statistics
@@ -32,6 +34,7 @@ from faceattr.labels import AGE_RANGE
 from faceattr.models.cnn import build_cnn
 from faceattr.models.heads import compile_args
 from faceattr.models.io import ModelInfo, load_trainable, promote, save_model
+from faceattr.models.preprocessing import load_face
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,14 @@ class ThroughputLogger(keras.callbacks.Callback):
         log.info("epoch %d: %.1f training images/s (validation included)", epoch + 1, rate)
 
 
+class LearningRateLogger(keras.callbacks.Callback):
+    """Puts the scheduled learning rate of each epoch's end into the logs (history.csv)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
 def _labels(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {
         "age": frame["age"].to_numpy(np.float32)[:, None],
@@ -75,8 +86,20 @@ def _to_predictions(outputs: list[dict]) -> Predictions:
 
 def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Path,
               images_per_epoch: int, learning_rate: float, phase: str = "") -> pd.DataFrame:
-    """Compile and fit with the standard callbacks; returns the epoch history as a frame."""
-    model.compile(optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=cfg.train.weight_decay),
+    """Compile and fit with the standard callbacks; returns the epoch history as a frame.
+
+    ``train.schedule``: ``plateau`` halves the learning rate when val_loss stalls; ``cosine``
+    decays it from ``learning_rate`` to 1 % over ``train.epochs`` (steady weights at the end,
+    where noisy validation metrics made checkpoint selection a lottery).
+    """
+    schedule = str(cfg.train.get("schedule", "plateau"))
+    if schedule not in ("plateau", "cosine"):
+        raise ConfigError(f"train.schedule: {schedule!r} is not one of plateau, cosine")
+    lr: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
+    if schedule == "cosine":
+        steps = math.ceil(images_per_epoch / int(cfg.train.batch_size)) * int(cfg.train.epochs)
+        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.01)
+    model.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.train.weight_decay),
                   **compile_args(cfg.model.heads))
     throughput = ThroughputLogger(images_per_epoch)
     suffix = f"_{phase}" if phase else ""
@@ -87,7 +110,8 @@ def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Pa
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                          patience=cfg.train.lr_plateau_patience, min_lr=1e-6),
+                                          patience=cfg.train.lr_plateau_patience, min_lr=1e-6)
+        if schedule == "plateau" else LearningRateLogger(),
         keras.callbacks.CSVLogger(run_dir / f"history{suffix}.csv", append=True),
         keras.callbacks.TensorBoard(run_dir / "tensorboard" / (phase or "main"), write_graph=False),
         keras.callbacks.BackupAndRestore(run_dir / "backup" / (phase or "main")),
@@ -129,6 +153,26 @@ class CNNTrainer:
 
     def save(self, model_dir: Path, trained_with: dict) -> None:
         save_model(model_dir, ModelInfo("normal", self.size, trained_with=trained_with), self.model)
+
+
+class ServedModel:
+    """Evaluates a model the way ``run`` serves it (``evaluation.backend=tflite``): whole test
+    images through ``inference.Predictor``, the same resize as training, no feature cache."""
+
+    def __init__(self, predictor, chunk: int = 256):
+        self.predictor = predictor
+        self.chunk = chunk
+
+    def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
+        self.predictor.tta_flip = tta_flip
+        size, paths = self.predictor.input_size, frame["path"].tolist()
+        parts = []
+        with tqdm(total=len(paths), desc=f"test faces ({self.predictor.backend})", unit="img") as bar:
+            for start in range(0, len(paths), self.chunk):
+                batch = np.stack([load_face(p, size) for p in paths[start:start + self.chunk]]).astype(np.float32)
+                parts.append(self.predictor.predict_arrays(batch))
+                bar.update(len(batch))
+        return _to_predictions([{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}])
 
 
 class FaceNetTrainer:
@@ -307,6 +351,10 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     }
     if init_from:
         summary["init_from"] = str(init_from)  # train_seconds and epochs_run count this run only
+    if cfg.export.tflite:  # what `run` serves by default (models.export)
+        from faceattr.models.export import export_tflite
+
+        summary["tflite"] = str(export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization)))
     if isinstance(trainer, FaceNetTrainer):
         summary["feature_images_extracted"] = trainer.cache.images_extracted
         summary["feature_seconds"] = round(trainer.cache.seconds_extracting, 1)
@@ -350,6 +398,12 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         test = frame[frame.split == "test"]
     if test.empty:
         raise ModelError(f"{model_dir}: none of its test images were found in {cfg.data.path}")
-    trainer = trainer_for(eval_cfg, load_trainable(model_dir, info))
+    backend = str(cfg.evaluation.get("backend", "keras"))
+    if backend == "keras":
+        trainer = trainer_for(eval_cfg, load_trainable(model_dir, info))
+    else:  # what `run` serves: the images through the exported file, not the cached features
+        from faceattr.inference.predictor import Predictor
+
+        trainer = ServedModel(Predictor.load(model_dir, cfg.paths.cache, backend=backend))
     history = next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
     return _evaluate(trainer, test, eval_cfg, run_dir, history)

@@ -4,7 +4,8 @@
 
 The saved model owns its preprocessing (``models.io``): it takes float32 RGB in [0, 255] of
 shape (N, S, S, 3). The only step here is resizing a crop to S with the same function the
-training pipeline uses (``models.preprocessing.resize_face``), so serving can't drift.
+training pipeline uses (``models.preprocessing.resize_face``), so serving can't drift. What
+runs the network (the Keras model or its TensorFlow Lite export) is ``inference.runtime``'s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from faceattr.errors import InputError, ModelError
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
 from faceattr.models.preprocessing import resize_face
 
-if TYPE_CHECKING:  # TensorFlow/Keras load on first use, so `run` reports a bad input path in a second
+if TYPE_CHECKING:  # TensorFlow/Keras load on first use (never, with the TensorFlow Lite runner)
+    from faceattr.inference.runtime import Runner
     from faceattr.models.io import LoadedModel, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -56,65 +58,66 @@ class FacePrediction:
 
 
 class Predictor:
-    """Maps face crops to ``FacePrediction``s with a loaded end-to-end Keras model.
+    """Maps face crops to ``FacePrediction``s with a loaded end-to-end model.
 
-    ``model``: takes (N, S, S, 3) float32 RGB in [0, 255], returns a dict with ``age`` (N, 1)
-    years, ``gender`` (N, 2) and ``race`` (N, 5) probabilities. ``batch_size``: faces per model
-    call. ``tta_flip``: average each face's outputs with its mirror image's (one call of 2N).
+    ``runner`` (``inference.runtime``): takes (N, S, S, 3) float32 RGB in [0, 255], returns
+    ``age`` (N,) years, ``gender`` (N, 2) and ``race`` (N, 5) probabilities. ``batch_size``: faces
+    per call. ``tta_flip``: average each face's outputs with its mirror image's (one call of 2N).
 
     Thread safety: ``predict`` may be called from a worker thread; calls are serialised.
     """
 
-    def __init__(self, model: Any, input_size: int, *, batch_size: int = 32, tta_flip: bool = True,
+    def __init__(self, runner: Runner, input_size: int, *, batch_size: int = 32, tta_flip: bool = True,
                  info: ModelInfo | None = None, path: Path | None = None) -> None:
         if info is not None and (list(info.genders) != list(GENDERS) or list(info.races) != list(RACES)):
             raise ModelError(f"{path or 'model'}: its classes {info.genders}/{info.races} differ from this "
                              f"toolkit's {list(GENDERS)}/{list(RACES)}; outputs would be mislabelled")
-        self.model = model
+        self.runner = runner
         self.input_size = int(input_size)
         self.batch_size = max(1, int(batch_size))
         self.tta_flip = bool(tta_flip)
         self.info = info
         self.path = path
         self._lock = threading.Lock()
-        import tensorflow as tf
 
-        self._tf = tf
-        s = self.input_size
-        # A tf.function with a fixed signature (any batch size) is traced once and then skips
-        # Keras' per-call overhead. Batch 1 on 2 CPU cores: 32 px test CNN 1.8 ms vs 2.3 ms
-        # (predict_on_batch) vs ~30 ms (eager call); default 96 px CNN 13.6 vs 13.8 vs 75 ms.
-        # XLA (jit_compile) was 5-30% faster but compiles again for every new batch size.
-        self._forward = tf.function(lambda x: model(x, training=False),
-                                    input_signature=[tf.TensorSpec((None, s, s, 3), tf.float32)],
-                                    reduce_retracing=True)
+    @property
+    def backend(self) -> str:
+        """``keras`` or ``tflite``: what runs the network."""
+        return self.runner.backend
 
     # -- construction -------------------------------------------------------------------
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, *, batch_size: int = 32, tta_flip: bool = True) -> Predictor:
-        """From ``models.io.load_model``'s result."""
-        return cls(loaded.model, loaded.info.input_size, batch_size=batch_size, tta_flip=tta_flip,
+        """From ``models.io.load_model``'s result (the Keras model)."""
+        from faceattr.inference.runtime import KerasRunner
+
+        return cls(KerasRunner(loaded.model, loaded.info.input_size), loaded.info.input_size,
+                   batch_size=batch_size, tta_flip=tta_flip,
                    info=loaded.info, path=loaded.path)
 
     @classmethod
     def load(cls, model_dir: str | Path, cache_dir: str | Path | None = None, *, batch_size: int = 32,
-             tta_flip: bool = True) -> Predictor:
-        """Load a model folder (``model_info.json`` + weights) and wrap it."""
-        from faceattr.models.io import load_model
+             tta_flip: bool = True, backend: str = "auto", threads: int | None = None) -> Predictor:
+        """Load a model folder (``model_info.json`` + weights) with ``backend`` (auto | tflite |
+        keras, see ``inference.runtime``) and wrap it."""
+        from faceattr.inference.runtime import open_runner
 
-        loaded = load_model(Path(model_dir), Path(cache_dir) if cache_dir else None)
-        log.info("Loaded %s model from %s (input %dpx)", loaded.info.model_type, loaded.path, loaded.info.input_size)
-        return cls.from_loaded(loaded, batch_size=batch_size, tta_flip=tta_flip)
+        runner, info = open_runner(Path(model_dir), backend, Path(cache_dir) if cache_dir else None, threads)
+        log.info("Loaded %s model from %s (input %dpx, %s)", info.model_type, model_dir, info.input_size,
+                 runner.backend)
+        return cls(runner, info.input_size, batch_size=batch_size, tta_flip=tta_flip, info=info, path=Path(model_dir))
 
     @classmethod
     def from_config(cls, cfg: Any) -> Predictor:
         """From the composed config: ``model_path`` (or the shipped model), ``run.batch_size``,
-        ``run.tta_flip`` and ``paths.cache``."""
+        ``run.tta_flip``, ``run.backend``, ``run.threads`` and ``paths.cache``."""
         from faceattr.models.io import resolve_model_dir
 
         cache = cfg.paths.get("cache") if "paths" in cfg else None
         tta = bool(cfg.run.get("tta_flip", False))
-        return cls.load(resolve_model_dir(cfg), cache, batch_size=int(cfg.run.get("batch_size", 32)), tta_flip=tta)
+        threads = cfg.run.get("threads")
+        return cls.load(resolve_model_dir(cfg), cache, batch_size=int(cfg.run.get("batch_size", 32)), tta_flip=tta,
+                        backend=str(cfg.run.get("backend", "auto")), threads=int(threads) if threads else None)
 
     # -- prediction ---------------------------------------------------------------------
     def prepare(self, faces_rgb: list[np.ndarray]) -> np.ndarray:
@@ -144,7 +147,7 @@ class Predictor:
                 k = len(x)
                 if self.tta_flip:
                     x = np.concatenate([x, x[:, :, ::-1, :]], axis=0)  # mirror = flip the width axis
-                res = {key: np.asarray(val) for key, val in self._forward(self._tf.constant(x)).items()}
+                res = self.runner(x)
                 age = res["age"].reshape(-1)
                 gender, race = res["gender"], res["race"]
                 if self.tta_flip:
@@ -165,5 +168,5 @@ class Predictor:
                                                                           strict=True)]
 
     def warmup(self) -> None:
-        """Trace the compiled call once, so the first real face isn't slow (video start-up)."""
+        """Run one face, so the first real face isn't slow (tracing, buffer planning; video start-up)."""
         self.predict([np.zeros((self.input_size, self.input_size, 3), np.uint8)])

@@ -10,22 +10,31 @@ files loaded with ``safe_mode=True``:
 
 ``load_model`` always returns one end-to-end Keras model: float32 RGB in [0, 255] of shape
 (N, S, S, 3), S = ``info.input_size``, to the outputs described in ``models.heads``.
+
+A folder may also hold ``model.tflite``, the same end-to-end model exported for ``run``
+(``models.export``); ``info.export`` records how, and the sha256 of the Keras file it came
+from, so a stale export is detected. Keras is imported on first use only: ``run`` with the
+exported model never imports TensorFlow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 from omegaconf import DictConfig
 
 from faceattr.errors import ModelError
 from faceattr.labels import AGE_UNIT, GENDERS, RACES
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ class ModelInfo:
     age_unit: str = AGE_UNIT
     facenet: dict | None = None          # cut_stage, features, graph_sha256 for model_type=facenet
     trained_with: dict | None = None     # the composed training config, for the record
+    export: dict | None = None           # model.tflite's file, quantization, source_sha256 (models.export)
     format_version: int = FORMAT_VERSION
 
     @classmethod
@@ -80,12 +90,14 @@ def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Pa
     clean = keras_model.__class__.from_config(keras_model.get_config())
     clean.set_weights(keras_model.get_weights())
     clean.save(model_dir / name)
-    (model_dir / MODEL_INFO).write_text(json.dumps(asdict(info), indent=2, default=str))
+    write_info(model_dir, info)
     log.info("Saved %s model to %s", info.model_type, model_dir)
     return model_dir
 
 
 def load_keras_file(path: Path) -> keras.Model:
+    import keras
+
     if not path.is_file():
         raise ModelError(f"{path}: model weights missing")
     try:
@@ -97,6 +109,20 @@ def load_keras_file(path: Path) -> keras.Model:
 def trainable_file(model_type: str) -> str:
     """The file holding what a model folder's training produced: the whole CNN, or FaceNet's top."""
     return "top.keras" if model_type == "facenet" else "model.keras"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (ties an export to the Keras file it came from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_info(model_dir: Path, info: ModelInfo) -> None:
+    """(Re)write ``model_info.json``."""
+    (Path(model_dir) / MODEL_INFO).write_text(json.dumps(asdict(info), indent=2, default=str))
 
 
 def load_trainable(model_dir: Path, info: ModelInfo) -> keras.Model:

@@ -1,0 +1,141 @@
+"""The TensorFlow Lite export ``run`` serves: a tiny real CNN exported with the real converter,
+run by the real LiteRT interpreter, compared with the Keras model it came from."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from faceattr.cli import CONF_DIR
+from faceattr.errors import ConfigError, ModelError
+from faceattr.inference.predictor import Predictor
+from faceattr.inference.runtime import KerasRunner, LiteRunner, open_runner
+from faceattr.models import io
+from faceattr.models.cnn import build_cnn
+from faceattr.models.export import TFLITE_FILE, export_tflite
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
+SIZE = 32
+
+
+def tiny_cnn(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "model" / "normal.yaml"),
+                          {"input_size": SIZE, "filters": [16, 32], "heads": {"hidden_units": [64]}})
+    return build_cnn(cfg)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, Path]:
+    """One tiny CNN saved twice, exported as float32 and as dynamic int8."""
+    out = {}
+    model = tiny_cnn(0)
+    for quantization in ("float32", "dynamic"):
+        folder = tmp_path_factory.mktemp(quantization)
+        io.save_model(folder, io.ModelInfo(model_type="normal", input_size=SIZE), model)
+        export_tflite(folder, quantization=quantization)
+        out[quantization] = folder
+    return out
+
+
+def faces(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def test_export_records_its_source_and_matches_keras(exported):
+    folder = exported["float32"]
+    info = io.ModelInfo.read(folder)
+    assert info.export["quantization"] == "float32"
+    assert info.export["source_sha256"] == io.file_sha256(folder / "model.keras")
+    assert info.export["bytes"] == (folder / TFLITE_FILE).stat().st_size
+    keras_out = KerasRunner(io.load_model(folder).model, SIZE)(faces(5))
+    lite = LiteRunner(folder / TFLITE_FILE)
+    for batch in (5, 1, 5):  # the interpreter is resized between batch sizes
+        lite_out = lite(faces(5)[:batch])
+        assert lite_out["age"].shape == (batch,) and lite_out["gender"].shape == (batch, 2)
+        assert lite_out["race"].shape == (batch, 5)
+        for key in ("age", "gender", "race"):
+            np.testing.assert_allclose(lite_out[key], keras_out[key][:batch], rtol=1e-4, atol=1e-4)
+
+
+def test_dynamic_quantization_is_smaller_and_close(exported):
+    small, exact = exported["dynamic"] / TFLITE_FILE, exported["float32"] / TFLITE_FILE
+    assert small.stat().st_size < 0.6 * exact.stat().st_size  # int8 weights (tensors over 1,024 values)
+    a, b = LiteRunner(small)(faces(8)), LiteRunner(exact)(faces(8))
+    np.testing.assert_allclose(a["gender"].sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(a["race"] - b["race"]).max() < 0.05 and np.isfinite(a["age"]).all()
+
+
+def test_auto_serves_a_current_export_and_falls_back_when_stale(exported, tmp_path, caplog):
+    folder = tmp_path / "m"
+    shutil.copytree(exported["float32"], folder)
+    runner, _ = open_runner(folder, "auto")
+    assert runner.backend == "tflite"
+    # Retrain (new weights into model.keras): the export no longer describes the model.
+    io.save_model(folder, io.ModelInfo.read(folder), tiny_cnn(1))
+    info = io.ModelInfo.read(folder)
+    assert info.export is not None  # kept from the earlier export, now stale
+    with caplog.at_level(logging.INFO):
+        runner, _ = open_runner(folder, "auto")
+    assert runner.backend == "keras" and "older than model.keras" in caplog.text
+    with pytest.raises(ModelError, match="older than model.keras"):
+        open_runner(folder, "tflite")
+
+
+def test_backend_errors_are_clear(exported, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(exported["float32"], folder)
+    with pytest.raises(ConfigError, match="run.backend"):
+        open_runner(folder, "onnx")
+    (folder / TFLITE_FILE).write_bytes(b"not a flatbuffer")
+    info = io.ModelInfo.read(folder)
+    info.export["source_sha256"] = io.file_sha256(folder / "model.keras")
+    io.write_info(folder, info)
+    with pytest.raises(ModelError, match="cannot load the TensorFlow Lite model"):
+        open_runner(folder, "tflite")
+    (folder / TFLITE_FILE).unlink()
+    with pytest.raises(ModelError, match="model.tflite is missing"):
+        open_runner(folder, "tflite")
+
+
+def test_predictor_flip_tta_through_tflite(exported):
+    pred = Predictor.load(exported["float32"], backend="tflite", tta_flip=False)
+    assert pred.backend == "tflite"
+    x = faces(1)
+    a = pred.predict_arrays(np.concatenate([x, x[:, :, ::-1]]))["age"]
+    pred.tta_flip = True
+    assert pred.predict_arrays(x)["age"][0] == pytest.approx(a.mean(), abs=1e-3)
+
+
+def test_run_with_the_export_never_imports_tensorflow(exported, tmp_path):
+    """What makes `run` start fast: the CLI path through LiteRT does not import TensorFlow."""
+    out = tmp_path / "preds.csv"
+    res = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "src" / "main.py"), "run", "--img",
+                          str(ASTRONAUT), "--model_path", str(exported["dynamic"]), "--output", str(out),
+                          "--no-display", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in res.stderr.splitlines() if line.startswith("import time:")}
+    assert "ai_edge_litert" in imported or any(m.startswith("ai_edge_litert") for m in imported)
+    assert not [m for m in imported if m == "tensorflow" or m == "keras"]
+    assert out.read_text().count("\n") == 2  # header + the astronaut
+
+
+def test_export_command_refuses_an_unknown_quantization(exported, tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "export", str(exported["float32"]),
+                          "export.quantization=int4", f"hydra.run.dir={tmp_path / 'x'}"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "export.quantization" in res.stderr and "Traceback" not in res.stderr
+    assert json.loads((exported["float32"] / "model_info.json").read_text())["export"]["quantization"] == "float32"
