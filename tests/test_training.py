@@ -128,6 +128,13 @@ def test_facenet_second_run_reuses_cached_features(fake_data, cache, tmp_path):
     assert info["model_type"] == "facenet" and info["facenet"]["cut_stage"] is None
     # Only the trained top ships: far smaller than the 90 MB frozen graph.
     assert (tmp_path / "1" / "model" / "top.keras").stat().st_size < 20e6
+    # That top takes pooled features: continuing it with a fine-tuned block is one clear line.
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "train", "--model_type", "facenet",
+                          *common(fake_data, cache), "model.finetune_blocks=1",
+                          f"train.init_from={tmp_path / '1' / 'model'}", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "train.init_from:" in res.stderr and "finetune_blocks" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_sweep_writes_a_two_row_summary(fake_data, cache, tmp_path):

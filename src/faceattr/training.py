@@ -305,6 +305,14 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrain
     if info.model_type != cfg.model.name or info.input_size != int(cfg.model.input_size):
         raise ConfigError(f"train.init_from: {init_dir} holds a {info.model_type} model at "
                           f"{info.input_size}px, this run trains {cfg.model.name} at {cfg.model.input_size}px")
+    if info.model_type == "facenet":  # the top's input must be what this run's cache holds
+        from faceattr.models.facenet import cut_stage
+
+        want = {"cut_stage": cut_stage(cfg.model), "features": str(cfg.model.features)}
+        have = {key: (info.facenet or {}).get(key, "pooled" if key == "features" else None) for key in want}
+        if have != want:
+            raise ConfigError(f"train.init_from: {init_dir} has a FaceNet top for {have}, this run trains one for "
+                              f"{want} (match model.finetune_blocks and model.features)")
     if frame is not None:
         check_init_split(init_dir, frame)
     trainer = trainer_for(cfg, load_trainable(init_dir, info))
