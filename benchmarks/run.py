@@ -269,12 +269,14 @@ def load_entry(entry: ModelEntry) -> None:
     if not entry.usable or entry.loaded is not None:
         return
     from faceattr.inference.runtime import open_runner
-    from faceattr.models.io import load_model
+    from faceattr.models.io import LoadedModel, load_model
 
     progress(f"loading {entry.name} from {_rel(entry.dir)}")
     try:
-        entry.loaded = load_model(entry.dir, CACHE)
-        entry.served, _ = open_runner(entry.dir, default_run_setting("backend", "auto"), CACHE)
+        entry.served, info = open_runner(entry.dir, default_run_setting("backend", "auto"), CACHE)
+        # Served by Keras already: its model is the one the Keras rows would load again.
+        entry.loaded = (LoadedModel(entry.served.model, info, entry.dir) if entry.served.backend == "keras"
+                        else load_model(entry.dir, CACHE))
     except Exception as exc:  # a broken model is reported, the other rows still run
         entry.load_error = f"{_rel(entry.dir)}: cannot load ({type(exc).__name__}: {exc})"
 

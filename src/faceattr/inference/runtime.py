@@ -132,8 +132,6 @@ def open_runner(model_dir: Path, backend: str = "auto", cache_dir: Path | None =
     if backend not in BACKENDS:
         raise ConfigError(f"run.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     model_dir = Path(model_dir)
-    if not model_dir.exists():
-        raise ModelError(f"{model_dir}: no such model folder (train one, or check --model_path)")
     info = ModelInfo.read(model_dir)
     if backend in ("auto", "tflite"):
         problem = export_problem(model_dir, info)

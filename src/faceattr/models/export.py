@@ -75,11 +75,9 @@ def export_tflite(model_dir: Path, cache_dir: Path | None = None, quantization: 
 def export_command(cfg, run_dir: Path) -> dict:
     """``python src/main.py export [MODEL_DIR]``: (re)export a model folder (default: the shipped
     model of ``model.name``) with ``export.quantization``."""
-    from faceattr.models.io import resolve_model_dir
+    from faceattr.models.io import model_folder, resolve_model_dir
 
-    model_dir = resolve_model_dir(cfg)
-    if (model_dir / "model" / "model_info.json").is_file():  # a training run folder
-        model_dir = model_dir / "model"
+    model_dir = model_folder(resolve_model_dir(cfg))
     target = export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization))
     print(f"Exported {target} ({cfg.export.quantization})")
     return {"exported": str(target), "quantization": str(cfg.export.quantization)}

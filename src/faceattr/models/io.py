@@ -58,6 +58,8 @@ class ModelInfo:
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelInfo:
+        if not Path(model_dir).exists():
+            raise ModelError(f"{model_dir}: no such model folder (train one, or check --model_path)")
         path = Path(model_dir) / MODEL_INFO
         if not path.is_file():
             raise ModelError(f"{model_dir}: not a model folder (no {MODEL_INFO})")
@@ -136,8 +138,6 @@ def load_model(model_dir: Path, cache_dir: Path | None = None) -> LoadedModel:
     ``cache_dir`` holds the converted FaceNet weights (made once from the pip package).
     """
     model_dir = Path(model_dir)
-    if not model_dir.exists():
-        raise ModelError(f"{model_dir}: no such model folder (train one, or check --model_path)")
     info = ModelInfo.read(model_dir)
     if info.model_type == "normal":
         model = load_trainable(model_dir, info)
@@ -178,10 +178,13 @@ def promote(run_model_dir: Path, saved_models: Path) -> Path:
     return target
 
 
+def model_folder(path: Path) -> Path:
+    """``path`` itself, or its ``model/`` when ``path`` is a training run folder."""
+    path = Path(path)
+    return path / "model" if (path / "model" / MODEL_INFO).is_file() else path
+
+
 def promote_command(cfg: DictConfig, run_dir: Path) -> dict:
     """``python src/main.py promote RUN_DIR``: RUN_DIR is a training run or its ``model/``."""
-    src = Path(cfg.model_path)
-    if (src / "model" / MODEL_INFO).is_file():
-        src = src / "model"
-    target = promote(src, Path(cfg.paths.saved_models))
+    target = promote(model_folder(Path(cfg.model_path)), Path(cfg.paths.saved_models))
     return {"promoted": str(target)}
