@@ -26,10 +26,12 @@ def test_flags_map_to_overrides():
     assert out == ["run.img=['a b.jpg','it\\'s.png']", "run.output='p.json'", "run.display=false"]
     assert flags_to_overrides("run", ["--video"]) == ["run.video='0'"]
     assert flags_to_overrides("run", ["--video", "clip.mp4"]) == ["run.video='clip.mp4'"]
+    assert flags_to_overrides("ensemble", ["a/model", "b c"]) == ["ensemble.members=['a/model','b c']"]
 
 
 @pytest.mark.parametrize("command,args", [("train", ["--img", "x"]), ("run", []), ("stats", ["--eval"]),
-                                          ("compare", []), ("run", ["--model_type", "resnet", "--img", "a"])])
+                                          ("compare", []), ("run", ["--model_type", "resnet", "--img", "a"]),
+                                          ("ensemble", ["only/one"])])
 def test_bad_flags_are_usage_errors(command, args):
     with pytest.raises(UsageError):
         flags_to_overrides(command, args)

