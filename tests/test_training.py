@@ -54,6 +54,7 @@ def test_normal_trains_saves_and_evaluates(fake_data, cache, tmp_path):
                  "model/model.tflite", "model/model_info.json", "model/split.csv", "statistics/data_summary.json"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics.pop("split") == "test"  # the rest are numbers
     split = pd.read_csv(run / "split.csv")
     assert metrics["n_test"] == (split.split == "test").sum()
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1]
@@ -61,13 +62,21 @@ def test_normal_trains_saves_and_evaluates(fake_data, cache, tmp_path):
     # The saved model loads in safe mode and evaluates to the same numbers on the same split.
     again = tmp_path / "eval"
     main_py("evaluate", "--model_path", run / "model", *common(fake_data, cache), f"hydra.run.dir={again}")
-    assert json.loads((again / "metrics.json").read_text()) == pytest.approx(metrics, rel=1e-4)
+    again_metrics = json.loads((again / "metrics.json").read_text())
+    assert again_metrics.pop("split") == "test" and again_metrics == pytest.approx(metrics, rel=1e-4)
+    # Choosing between models uses the validation split, and says so.
+    on_val = tmp_path / "eval_val"
+    main_py("evaluate", "--model_path", run / "model", *common(fake_data, cache), "evaluation.split=val",
+            f"hydra.run.dir={on_val}")
+    val_metrics = json.loads((on_val / "metrics.json").read_text())
+    assert val_metrics["split"] == "val" and val_metrics["n_test"] == (split.split == "val").sum()
     # The exported file `run` serves, fed whole images through OpenCV (not tf.data) scores the
     # same, up to the two JPEG decoders' pixel differences.
     served = tmp_path / "eval_tflite"
     main_py("evaluate", "--model_path", run / "model", *common(fake_data, cache), "evaluation.backend=tflite",
             f"hydra.run.dir={served}")
-    assert json.loads((served / "metrics.json").read_text()) == pytest.approx(metrics, rel=0.02, abs=0.01)
+    served_metrics = json.loads((served / "metrics.json").read_text())
+    assert served_metrics.pop("split") == "test" and served_metrics == pytest.approx(metrics, rel=0.02, abs=0.01)
 
 
 def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_split(fake_data, cache, tmp_path):
@@ -240,6 +249,35 @@ def test_facenet_finetuning_last_block_on_embeddings(fake_data, cache, tmp_path)
     assert len(rows["keras"]) == 1 and keras_row["gender"] in ("male", "female") and 0 <= keras_row["age"] <= 116
     assert abs(lite_row["age"] - keras_row["age"]) < 2.0
     assert abs(lite_row["gender_confidence"] - keras_row["gender_confidence"]) < 0.05
+
+    # An ensemble of this fine-tuned top and a frozen-backbone one (pooled features) is fed from
+    # the earlier cut: the frozen member gets the packaged block8_6 and pooling in front, and the
+    # end-to-end ensemble equals the mean of the two end-to-end members.
+    import keras
+    import numpy as np
+
+    from faceattr.models.io import load_model
+
+    frozen = tmp_path / "frozen"
+    main_py("train", "--model_type", "facenet", *common(fake_data, cache), "train.epochs=1", "model.zoom_out=1.2",
+            f"hydra.run.dir={frozen}")
+    main_py("ensemble", run, frozen, f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'ens'}")
+    ens_info = json.loads((tmp_path / "ens" / "model" / "model_info.json").read_text())
+    assert ens_info["facenet"]["cut_stage"] == len(STAGES) - 1
+    faces = np.random.default_rng(1).uniform(0, 255, (3, 160, 160, 3)).astype(np.float32)
+    got, tuned, plain = (load_model(d / "model", cache).model.predict_on_batch(faces)
+                         for d in (tmp_path / "ens", run, frozen))
+    for key in ("age", "gender", "race"):
+        np.testing.assert_allclose(got[key], (np.asarray(tuned[key]) + np.asarray(plain[key])) / 2, atol=1e-3)
+    keras.backend.clear_session()
+    # Another framing would need another trunk: refused in one line.
+    other = tmp_path / "other"
+    main_py("train", "--model_type", "facenet", *common(fake_data, cache), "train.epochs=1", "model.zoom_out=1.0",
+            f"hydra.run.dir={other}")
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "ensemble", str(run), str(other),
+                          f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 2 and "zoom_out" in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
 
 
 def test_cosine_schedule_decays_the_learning_rate_every_epoch(fake_data, cache, tmp_path):

@@ -326,14 +326,15 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrain
     return trainer
 
 
-def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, history_csv: Path | None) -> dict:
+def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, history_csv: Path | None,
+              split: str = "test") -> dict:
     from faceattr.evaluation.report import write_evaluation
 
     start = time.perf_counter()
     predictions = trainer.predict(test, tta_flip=bool(cfg.train.tta_flip))
     log.info("predicted %d test faces in %.1f s", len(test), time.perf_counter() - start)
     return write_evaluation(out_dir, test, predictions, cfg.evaluation,
-                            age_bin_edges=list(cfg.data.age_bin_edges), history_csv=history_csv)
+                            age_bin_edges=list(cfg.data.age_bin_edges), history_csv=history_csv, split=split)
 
 
 def train_command(cfg: DictConfig, run_dir: Path) -> dict:
@@ -388,7 +389,12 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
 
     The test images are those of the ``split.csv`` saved with the model, so an evaluation
     can't drift onto training images if the data config or seed changed since.
+    ``evaluation.split=val`` scores the validation split instead, to choose between models
+    (e.g. a single model or an ensemble) while the test split stays unseen.
     """
+    split = str(cfg.evaluation.get("split", "test"))
+    if split not in ("test", "val"):
+        raise ConfigError(f"evaluation.split: {split!r} is not one of test, val")
     model_dir = Path(model_dir)
     info = ModelInfo.read(model_dir)
     trained = OmegaConf.create(info.trained_with or {})
@@ -402,16 +408,17 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     frame = prepared.frame
     split_csv = model_dir / "split.csv"
     if split_csv.is_file():
-        test_names = set(pd.read_csv(split_csv).query("split == 'test'")["image"])
+        test_names = set(pd.read_csv(split_csv).query("split == @split")["image"])
         test = frame[frame["image"].isin(test_names)]
         if len(test) < len(test_names):
-            log.warning("%d of the model's %d test images are not in %s", len(test_names) - len(test),
-                        len(test_names), cfg.data.path)
+            log.warning("%d of the model's %d %s images are not in %s", len(test_names) - len(test),
+                        len(test_names), split, cfg.data.path)
     else:
         log.warning("%s has no split.csv: using the split of the current data config", model_dir)
-        test = frame[frame.split == "test"]
+        test = frame[frame.split == split]
     if test.empty:
-        raise ModelError(f"{model_dir}: none of its test images were found in {cfg.data.path}")
+        raise ModelError(f"{model_dir}: none of its {split} images were found in {cfg.data.path}")
+    log.info("evaluating on the %s split: %d images", split, len(test))
     backend = str(cfg.evaluation.get("backend", "keras"))
     if backend == "keras":
         trainer = trainer_for(eval_cfg, load_trainable(model_dir, info))
@@ -420,4 +427,4 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
 
         trainer = ServedModel(Predictor.load(model_dir, cfg.paths.cache, backend=backend))
     history = next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
-    return _evaluate(trainer, test, eval_cfg, run_dir, history)
+    return _evaluate(trainer, test, eval_cfg, run_dir, history, split)

@@ -79,7 +79,7 @@ def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[str, np.ndarray],
                      eval_cfg: DictConfig | Mapping[str, Any] | None,
                      age_bin_edges: Sequence[float] = DEFAULT_AGE_BIN_EDGES,
-                     history_csv: Path | None = None) -> dict[str, float | int]:
+                     history_csv: Path | None = None, split: str = "test") -> dict[str, float | int]:
     """Write the full evaluation of one test split into ``out_dir``; return the metrics.
 
     ``frame``: the test rows (``image``, ``path``, ``age`` in years, ``gender`` and ``race``
@@ -87,7 +87,7 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     ``gender`` (N, 2) and ``race`` (N, 5) probabilities. ``eval_cfg``: the ``evaluation``
     config group (``formats``, ``dpi``, ``grid_faces``). ``age_bin_edges``: years.
     ``history_csv``: a Keras ``CSVLogger`` file for the training curves (skipped if None or
-    missing).
+    missing). ``split``: the name of the split ``frame`` holds, recorded in ``metrics.json``.
 
     Writes ``metrics.json``, ``report_gender.csv``, ``report_race.csv``, ``report_age.csv``,
     ``age_by_bin.csv``, ``predictions.csv``, ``fairness.csv`` and the plots
@@ -112,7 +112,8 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
               "gender": np.asarray(predictions["gender"]), "race": np.asarray(predictions["race"])}
 
     metrics = compute_metrics(y_true, y_pred)
-    (out_dir / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
+    record = {**_json_safe(metrics), "split": split}  # val when choosing between models
+    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     for task in ("gender", "race"):
         classification_report_frame(task, y_true[task], y_pred[task]).to_csv(
             out_dir / f"report_{task}.csv", index=False, float_format="%.6g")

@@ -7,8 +7,12 @@ most of the work and still runs once per face.
 
 The members must be interchangeable, or the ensemble would be wrong or leak:
 
-- the same model type and input size, and for FaceNet the same cut point, feature kind,
-  framing (``zoom_out``) and graph, so one trunk (and one feature cache) feeds them all;
+- the same model type and input size, and for FaceNet the same framing (``zoom_out``) and
+  graph, so one trunk (and one feature cache) feeds them all. FaceNet members may differ in
+  their cut point: the ensemble takes the activations at the earliest cut among them, and a
+  member cut later (a frozen-backbone top, say, beside a fine-tuned one) gets the frozen
+  packaged stages in between put in front of its top. Frozen-backbone members alone must share
+  the feature kind (pooled or embedding);
 - the same train/val/test split (identical ``split.csv``), so the ensemble's test split is one
   that none of its members trained on. Train members with another ``seed`` but the same
   ``data.split.seed``.
@@ -34,7 +38,7 @@ log = logging.getLogger(__name__)
 
 OUTPUTS = ("age", "gender", "race")
 #: What must agree between FaceNet members for one trunk to feed them all.
-FACENET_KEYS = {"cut_stage": None, "features": "pooled", "zoom_out": 1.0, "graph_sha256": None}
+FACENET_KEYS = {"zoom_out": 1.0, "graph_sha256": None}
 
 
 def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.Model:
@@ -69,6 +73,9 @@ def check_members(dirs: list[Path]) -> list[ModelInfo]:
             mine, theirs = _facenet_spec(info), _facenet_spec(first)
             if mine != theirs:
                 raise ConfigError(f"ensemble: {folder} has a FaceNet top for {mine}, {first_dir} one for {theirs}")
+            if _cut(info) is None and _cut(first) is None and _features(info) != _features(first):
+                raise ConfigError(f"ensemble: {folder} takes {_features(info)} features, {first_dir} "
+                                  f"{_features(first)}; frozen-backbone members must share the feature kind")
         if not split.equals(splits[0]):
             raise ConfigError(f"ensemble: {folder}/split.csv differs from {first_dir}/split.csv; members must "
                               "share one split (same data and data.split.seed) or a test face may have been trained on")
@@ -87,12 +94,52 @@ def _facenet_spec(info: ModelInfo) -> dict:
     return {key: spec.get(key, default) for key, default in FACENET_KEYS.items()}
 
 
+def _cut(info: ModelInfo) -> int | None:
+    return (info.facenet or {}).get("cut_stage")
+
+
+def _features(info: ModelInfo) -> str:
+    return (info.facenet or {}).get("features", "pooled")
+
+
+def facenet_tops(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None) -> tuple[list[keras.Model], int]:
+    """The members' FaceNet tops, all fed from the earliest cut among them; returns them and the
+    index of the member whose cut (and so whose trunk and cached features) the ensemble uses.
+
+    A frozen-backbone top (cut None) counts as cut after the last stage. A member cut later than
+    the earliest gets the packaged, frozen stages from the earliest cut to its own in front.
+    """
+    from faceattr.models import facenet_graph as fg
+    from faceattr.models.facenet import _weights
+
+    last = len(fg.STAGES)
+    cuts = [last if _cut(info) is None else _cut(info) for info in infos]
+    lead = cuts.index(min(cuts))
+    weights = _weights(cache_dir) if len(set(cuts)) > 1 else None
+    tops = []
+    for i, (folder, info, cut) in enumerate(zip(dirs, infos, cuts, strict=True)):
+        top = load_trainable(folder, info)
+        if cut != cuts[lead]:
+            shape = fg.cut_shape(cuts[lead], info.input_size)
+            bridge = fg.build_facenet(weights, cuts[lead], _cut(info), output=_features(info), input_shape=shape,
+                                      name=f"frozen_stages_{i}")
+            bridge.trainable = False
+            inputs = keras.Input(shape, name="features")
+            top = keras.Model(inputs, top(bridge(inputs)), name=f"bridged_{i}")
+        tops.append(top)
+    return tops, lead
+
+
 def ensemble_command(cfg, run_dir: Path) -> dict:
     """``python src/main.py ensemble DIR DIR ...``: write ``<run dir>/model``, the members' mean."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
     infos = check_members(dirs)
-    model = average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)])
-    first = infos[0]
+    if infos[0].model_type == "facenet":
+        members, lead = facenet_tops(dirs, infos, Path(cfg.paths.cache))
+    else:
+        members, lead = [load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)], 0
+    model = average_models(members)
+    first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
                      ensemble={"members": [str(d) for d in dirs], "combine": "mean"})
     model_dir = Path(run_dir) / "model"
@@ -105,6 +152,7 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
         # The whole cost of the ensemble: every member's training (and feature extraction).
         "train_seconds": round(sum(s.get("train_seconds", 0.0) for s in summaries), 1),
         "feature_seconds": round(sum(s.get("feature_seconds", 0.0) for s in summaries), 1),
+        "feature_images_extracted": sum(s.get("feature_images_extracted", 0) for s in summaries),
         "member_summaries": summaries,
     }
     if cfg.export.tflite:
