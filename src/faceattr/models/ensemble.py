@@ -49,13 +49,13 @@ def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.
     """
     first = members[0].inputs[0]
     inputs = keras.Input(tuple(first.shape[1:]), name=first.name.split(":")[0] or "inputs")
-    outputs = []
-    for i, member in enumerate(members):
-        # Nested models are saved under their names, so each member gets its own.
-        renamed = keras.Model(member.inputs, member.output, name=f"member_{i}")  # output: the dict
-        outputs.append(renamed(inputs))
-    averaged = {key: layers.Average(name=key)([out[key] for out in outputs]) for key in OUTPUTS}
-    return keras.Model(inputs, averaged, name=name)
+    # Nested models are saved under their names, so each member gets its own (output: the dict).
+    outputs = [keras.Model(m.inputs, m.output, name=f"member_{i}")(inputs) for i, m in enumerate(members)]
+    return keras.Model(inputs, _average(outputs), name=name)
+
+
+def _average(outputs: list[dict]) -> dict:
+    return {key: layers.Average(name=key)([out[key] for out in outputs]) for key in OUTPUTS}
 
 
 def check_members(dirs: list[Path]) -> list[ModelInfo]:
@@ -102,12 +102,13 @@ def _features(info: ModelInfo) -> str:
     return (info.facenet or {}).get("features", "pooled")
 
 
-def facenet_tops(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None) -> tuple[list[keras.Model], int]:
-    """The members' FaceNet tops, all fed from the earliest cut among them; returns them and the
-    index of the member whose cut (and so whose trunk and cached features) the ensemble uses.
+def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None) -> tuple[keras.Model, int]:
+    """The members' FaceNet tops averaged, all fed from the earliest cut among them; returns the
+    model and the index of the member whose cut (and so whose trunk and cached features) it takes.
 
-    A frozen-backbone top (cut None) counts as cut after the last stage. A member cut later than
-    the earliest gets the packaged, frozen stages from the earliest cut to its own in front.
+    A frozen-backbone top (cut None) counts as cut after the last stage. Members cut later than
+    the earliest get the packaged, frozen stages from the earliest cut to their own in front,
+    one copy per distinct cut and feature kind.
     """
     from faceattr.models import facenet_graph as fg
     from faceattr.models.facenet import _weights
@@ -115,19 +116,25 @@ def facenet_tops(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | Non
     last = len(fg.STAGES)
     cuts = [last if _cut(info) is None else _cut(info) for info in infos]
     lead = cuts.index(min(cuts))
-    weights = _weights(cache_dir) if len(set(cuts)) > 1 else None
-    tops = []
+    if len(set(cuts)) == 1:
+        return average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]), lead
+    weights, size = _weights(cache_dir), infos[lead].input_size
+    inputs = keras.Input(fg.cut_shape(cuts[lead], size), name="features")
+    bridged: dict[tuple[int | None, str], keras.KerasTensor] = {}
+    outputs = []
     for i, (folder, info, cut) in enumerate(zip(dirs, infos, cuts, strict=True)):
-        top = load_trainable(folder, info)
+        x = inputs
         if cut != cuts[lead]:
-            shape = fg.cut_shape(cuts[lead], info.input_size)
-            bridge = fg.build_facenet(weights, cuts[lead], _cut(info), output=_features(info), input_shape=shape,
-                                      name=f"frozen_stages_{i}")
-            bridge.trainable = False
-            inputs = keras.Input(shape, name="features")
-            top = keras.Model(inputs, top(bridge(inputs)), name=f"bridged_{i}")
-        tops.append(top)
-    return tops, lead
+            key = (_cut(info), _features(info))
+            if key not in bridged:
+                stages = fg.build_facenet(weights, cuts[lead], _cut(info), output=_features(info),
+                                          input_shape=fg.cut_shape(cuts[lead], size), name=f"frozen_stages_{i}")
+                stages.trainable = False
+                bridged[key] = stages(inputs)
+            x = bridged[key]
+        top = load_trainable(folder, info)
+        outputs.append(keras.Model(top.inputs, top.output, name=f"member_{i}")(x))
+    return keras.Model(inputs, _average(outputs), name="ensemble"), lead
 
 
 def ensemble_command(cfg, run_dir: Path) -> dict:
@@ -135,10 +142,9 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
     infos = check_members(dirs)
     if infos[0].model_type == "facenet":
-        members, lead = facenet_tops(dirs, infos, Path(cfg.paths.cache))
+        model, lead = facenet_ensemble(dirs, infos, Path(cfg.paths.cache))
     else:
-        members, lead = [load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)], 0
-    model = average_models(members)
+        model, lead = average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]), 0
     first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
                      ensemble={"members": [str(d) for d in dirs], "combine": "mean"})
