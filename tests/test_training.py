@@ -121,6 +121,12 @@ def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_spl
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "train.init_from:" in res.stderr and "val/test split" in res.stderr
+    # An experiment that continues a model refuses to start without one, before touching the data.
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "train", "experiment=normal_full_cosine",
+                          *common(fake_data, cache), f"hydra.run.dir={tmp_path / 'fourth'}"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "continues a trained model" in res.stderr
+    assert not (tmp_path / "fourth" / "split.csv").exists()
 
 
 def test_facenet_second_run_reuses_cached_features(fake_data, cache, tmp_path):
@@ -233,8 +239,10 @@ def test_facenet_finetuning_last_block_on_embeddings(fake_data, cache, tmp_path)
     info = json.loads((run / "model" / "model_info.json").read_text())
     assert info["facenet"]["cut_stage"] == len(STAGES) - 1 and info["facenet"]["features"] == "embedding"
     assert info["facenet"]["zoom_out"] == 1.2  # the trunk that run assembles (and exports) zooms out too
-    # model.heads_epochs sets the heads-only phase apart from the fine-tuning phase (train.epochs).
+    # model.heads_epochs sets the heads-only phase apart from the fine-tuning phase (train.epochs);
+    # the model's history holds both, numbered on.
     assert len(pd.read_csv(run / "history_heads.csv")) == 1 and len(pd.read_csv(run / "history_finetune.csv")) == 2
+    assert list(pd.read_csv(run / "model" / "history.csv")["epoch"]) == [0, 1, 2]
     # The saved top (fine-tuned block8_6 + heads) assembles with the packaged trunk and labels a
     # photo; its TensorFlow Lite export (trunk included, int8 weights) gives nearly the same labels.
     rows = {}

@@ -232,15 +232,16 @@ class FaceNetTrainer:
         # Fine-tuning: heads first on the frozen stages, then everything at a lower rate, so
         # random heads don't push large gradients into pretrained weights.
         backbone = self.top.get_layer("facenet_top")
-        backbone.trainable = False
-        heads_epochs = self.cfg.model.get("heads_epochs")  # null: train.epochs
-        heads_history = fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n,
-                                  float(self.cfg.train.learning_rate), phase="heads", epochs=heads_epochs)
+        heads_epochs = self.cfg.model.get("heads_epochs")  # null: train.epochs; 0: no heads-only phase
+        if heads_epochs is None or int(heads_epochs) > 0:
+            backbone.trainable = False
+            fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n, float(self.cfg.train.learning_rate),
+                      phase="heads", epochs=heads_epochs)
         backbone.trainable = True
-        tuned = fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n,
-                          float(self.cfg.model.finetune_learning_rate), phase="finetune")
-        shutil.copy(run_dir / "history_finetune.csv", run_dir / "history.csv")
-        return pd.concat([heads_history, tuned], ignore_index=True)
+        fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n, float(self.cfg.model.finetune_learning_rate),
+                  phase="finetune")
+        # history.csv (and the model's training curves) shows both phases, heads first.
+        return join_histories(run_dir / "history_heads.csv", run_dir / "history_finetune.csv", run_dir / "history.csv")
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
         outputs = [self.top.predict(self.features(frame, flip=False).astype(np.float32), verbose=0)]
@@ -299,9 +300,6 @@ def trainer_for(cfg: DictConfig, trained: keras.Model | None = None) -> CNNTrain
 def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrainer | FaceNetTrainer:
     """A trainer for ``model.name``; with ``train.init_from`` (a model folder) its weights are the
     starting point, after checking against ``frame`` that they never trained on a val/test image."""
-    if OmegaConf.is_missing(cfg.train, "init_from"):
-        raise ConfigError("train.init_from: this experiment continues a trained model; "
-                          "give its folder, e.g. train.init_from=outputs/train/<date>/<time>/model")
     init_from = cfg.train.get("init_from")
     if not init_from:
         return trainer_for(cfg)
@@ -339,6 +337,11 @@ def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, histo
 
 def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     """``python src/main.py train``: train, save to ``<run dir>/model``, optionally evaluate/promote."""
+    # Experiments that continue a model say so with train.require_init_from: a "???" value would
+    # not do, since OmegaConf keeps the default's null when merging a missing value over it.
+    if cfg.train.get("require_init_from") and not cfg.train.get("init_from"):
+        raise ConfigError("train.init_from: this experiment continues a trained model; "
+                          "give its folder, e.g. train.init_from=outputs/train/<date>/<time>/model")
     keras.utils.set_random_seed(int(cfg.seed))
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
     write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
