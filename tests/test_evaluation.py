@@ -177,7 +177,7 @@ def test_write_evaluation_writes_every_file(evaluated, synthetic):
         assert img is not None and img.shape[0] > 200 and img.shape[1] > 200, name
     saved = json.loads((out / "metrics.json").read_text())
     assert set(REQUIRED_METRICS) <= set(saved) and saved["n_test"] == 60
-    assert saved == pytest.approx(metrics)
+    assert saved.pop("split") == "test" and saved == pytest.approx(metrics)  # which split, then the numbers
     assert metrics == pytest.approx(compute_metrics(
         {k: synthetic["frame"][k].to_numpy() for k in ("age", "gender", "race")}, synthetic["predictions"]))
     preds = pd.read_csv(out / "predictions.csv")

