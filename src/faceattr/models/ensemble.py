@@ -32,7 +32,8 @@ import pandas as pd
 from keras import layers
 
 from faceattr.errors import ConfigError
-from faceattr.models.facenet import spec_of
+from faceattr.models import facenet_graph as fg
+from faceattr.models.facenet import packaged_weights, spec_of
 from faceattr.models.io import ModelInfo, load_trainable, model_folder, promote, save_model
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.
     # Nested models are saved under their names, so each member gets its own (output: the dict).
     outputs = [keras.Model(m.inputs, m.output, name=f"member_{i}")(inputs) for i, m in enumerate(members)]
     return keras.Model(inputs, _average(outputs), name=name)
+
+
+def _load_all(dirs: list[Path], infos: list[ModelInfo]) -> list[keras.Model]:
+    return [load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]
 
 
 def _average(outputs: list[dict]) -> dict:
@@ -110,14 +115,11 @@ def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path |
     the earliest get the packaged, frozen stages from the earliest cut to their own in front,
     one copy per distinct cut and feature kind.
     """
-    from faceattr.models import facenet_graph as fg
-    from faceattr.models.facenet import packaged_weights
-
     last = len(fg.STAGES)
     cuts = [last if _cut(info) is None else _cut(info) for info in infos]
     lead = cuts.index(min(cuts))
     if len(set(cuts)) == 1:
-        return average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]), lead
+        return average_models(_load_all(dirs, infos)), lead
     weights, size = packaged_weights(cache_dir), infos[lead].input_size
     inputs = keras.Input(fg.cut_shape(cuts[lead], size), name="features")
     bridged: dict[tuple[int | None, str], keras.KerasTensor] = {}
@@ -144,7 +146,7 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
     if infos[0].model_type == "facenet":
         model, lead = facenet_ensemble(dirs, infos, Path(cfg.paths.cache))
     else:
-        model, lead = average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]), 0
+        model, lead = average_models(_load_all(dirs, infos)), 0
     first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
                      ensemble={"members": [str(d) for d in dirs], "combine": "mean"})
