@@ -370,6 +370,54 @@ def test_augment_batch_shapes_and_seed():
     assert not np.array_equal(a.numpy(), augment_batch(images, seed + 1, AUGMENT).numpy())
 
 
+def _square_batch(n: int, size: int = 96, side: int = 32) -> np.ndarray:
+    """``n`` black images with a white ``side`` x ``side`` square in the centre."""
+    images = np.zeros((n, size, size, 3), np.float32)
+    lo = (size - side) // 2
+    images[:, lo : lo + side, lo : lo + side] = 255.0
+    return images
+
+
+def _square_geometry(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image: the white area's side (pixels, from its area) and centroid x, y."""
+    mask = images[..., 0] / 255.0
+    area = mask.sum(axis=(1, 2))
+    ys, xs = np.mgrid[: images.shape[1], : images.shape[2]]
+    return np.sqrt(area), (mask * xs).sum(axis=(1, 2)) / area, (mask * ys).sum(axis=(1, 2)) / area
+
+
+def test_augment_zoom_scales_about_the_centre():
+    import tensorflow as tf
+
+    images = _square_batch(32)
+    out = augment_batch(tf.constant(images), tf.constant([3, 4], tf.int64), {"scale": 0.2}).numpy()
+    side, cx, cy = _square_geometry(out)
+    assert np.all(side > 32 * 0.8 - 1) and np.all(side < 32 * 1.2 + 1)  # zoom factor in [0.8, 1.2]
+    assert side.max() - side.min() > 5  # different per image
+    np.testing.assert_allclose(cx, 47.5, atol=0.5)  # about the centre: the square stays put
+    np.testing.assert_allclose(cy, 47.5, atol=0.5)
+
+
+def test_augment_shift_moves_within_bounds_and_leaves_other_draws_alone():
+    import tensorflow as tf
+
+    images = _square_batch(32)
+    seed = tf.constant([5, 6], tf.int64)
+    out = augment_batch(tf.constant(images), seed, {"shift": 0.1}).numpy()
+    side, cx, cy = _square_geometry(out)
+    np.testing.assert_allclose(side, 32, atol=0.5)
+    assert np.all(np.abs(cx - 47.5) <= 9.6 + 0.5) and np.all(np.abs(cy - 47.5) <= 9.6 + 0.5)
+    assert np.abs(cx - 47.5).max() > 4 and np.abs(cy - 47.5).max() > 4
+    # Scale and shift draw from their own seeds: the brightness each image gets is the same with
+    # or without them (values kept mid-range, so nothing clips).
+    mid = tf.random.stateless_uniform([8, 20, 20, 3], [1, 2], 60, 190)
+    geometric = {"scale": 0.2, "shift": 0.1}
+    brightened = augment_batch(mid, seed, {"brightness": 0.1}).numpy() - mid.numpy()
+    both = augment_batch(mid, seed, {**geometric, "brightness": 0.1}).numpy()
+    np.testing.assert_allclose(both - augment_batch(mid, seed, geometric).numpy(), brightened, atol=1e-3)
+    assert np.abs(brightened).max() > 1
+
+
 def test_load_images_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such image file"):
         load_images([tmp_path / "missing.jpg"], 16)

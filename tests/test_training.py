@@ -7,6 +7,7 @@ Each run is a subprocess of ``python src/main.py`` exactly as a user types it; a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -143,10 +144,26 @@ def test_facenet_second_run_reuses_cached_features(fake_data, cache, tmp_path):
     assert info["model_type"] == "facenet" and info["facenet"]["cut_stage"] is None
     # Only the trained top ships: far smaller than the 90 MB frozen graph.
     assert (tmp_path / "1" / "model" / "top.keras").stat().st_size < 20e6
-    # That top takes pooled features: continuing it with a fine-tuned block is one clear line.
+    # Continuing that top with the last block trained too (an earlier cut) copies its heads and
+    # starts block8_6 from FaceNet's weights: with learning rates of 0 the heads come out as they went in.
+    deeper = tmp_path / "deeper"
+    main_py("train", "--model_type", "facenet", *common(fake_data, cache), "model.finetune_blocks=1",
+            "model.heads_epochs=0", "train.epochs=1", "model.finetune_learning_rate=0",
+            f"train.init_from={tmp_path / '1' / 'model'}", f"hydra.run.dir={deeper}")
+    assert "stages before its cut from FaceNet" in (deeper / "app.log").read_text()
+    import keras
+    import numpy as np
+
+    before, after = (keras.saving.load_model(d / "model" / "top.keras", safe_mode=True)
+                     for d in (tmp_path / "1", deeper))
+    for name in ("race", "gender", "age", "race_dense0"):
+        for w0, w1 in zip(before.get_layer(name).get_weights(), after.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(w0, w1)
+    keras.backend.clear_session()
+    # The other way, dropping the trained block to go back to frozen features, is one clear line.
     res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "train", "--model_type", "facenet",
-                          *common(fake_data, cache), "model.finetune_blocks=1",
-                          f"train.init_from={tmp_path / '1' / 'model'}", f"hydra.run.dir={tmp_path / 'bad'}"],
+                          *common(fake_data, cache), f"train.init_from={deeper / 'model'}",
+                          f"hydra.run.dir={tmp_path / 'bad'}"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "train.init_from:" in res.stderr and "finetune_blocks" in res.stderr and "Traceback" not in res.stderr
@@ -227,6 +244,47 @@ def test_facenet_on_3000_real_faces(tmp_path, cache):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["gender_accuracy"] >= 0.85 and metrics["race_accuracy"] >= 0.70, metrics
     assert metrics["n_test"] >= 400
+
+
+def test_facenet_augmented_copies_are_cached_once_per_setting(fake_data, tmp_path):
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from faceattr.models.facenet import FeatureCache
+
+    cache = tmp_path / "cache"  # private, so that the extraction counts are exact
+    args = ["--model_type", "facenet", *common(fake_data, cache), "train.epochs=1", "data.augment.scale=0.1"]
+
+    def extracted(name: str, *extra: str) -> int:
+        main_py("train", *args, *extra, f"hydra.run.dir={tmp_path / name}")
+        return json.loads((tmp_path / name / "train_summary.json").read_text())["feature_images_extracted"]
+
+    first = extracted("a", "model.augmented_views=2")
+    split = pd.read_csv(tmp_path / "a" / "split.csv")
+    train = split.query("split == 'train'")
+    n_train, n_val = len(train), int((split.split == "val").sum())
+    assert first == 4 * n_train + n_val  # training faces: image, mirror, 2 copies; val: image
+    # (and sample weights instead of oversampling ride along with the chosen views)
+    assert extracted("b", "model.augmented_views=3", "rebalance=weights") == n_train  # copies 1-2 reused, 3 new
+    assert extracted("c", "model.augmented_views=2", "data.augment.scale=0.2") == 2 * n_train  # other settings
+
+    # A copy is a function of the image and its number, not of the batch it was made in.
+    model_cfg = OmegaConf.load(ROOT / "conf" / "model" / "facenet.yaml")
+    augment_cfg = {**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "utkface.yaml").augment),
+                   "flip": True, "scale": 0.1}
+    features = FeatureCache(cache, model_cfg, weights_cache=cache)
+    paths = [str(fake_data / name) for name in train["image"][:5]]
+    sha1s = [hashlib.sha1(Path(p).read_bytes()).hexdigest() for p in paths]  # the cache is keyed by content
+    copy1 = features.get_augmented(paths, sha1s, 1, augment_cfg)
+    assert features.images_extracted == 0  # the training runs cached these
+    for path in features.dir.glob(f"*/{sha1s[0]}_aug1-*.npy"):
+        path.unlink()
+    again = features.get_augmented(paths[:1], sha1s[:1], 1, augment_cfg, batch_size=1)
+    assert features.images_extracted == 1
+    np.testing.assert_allclose(again[0].astype(np.float32), copy1[0].astype(np.float32), rtol=1e-2, atol=1e-2)
+    copy2 = features.get_augmented(paths, sha1s, 2, augment_cfg)
+    plain = features.get(paths, sha1s)
+    assert not np.allclose(copy1, copy2, atol=1e-2) and not np.allclose(copy1, plain, atol=1e-2)
 
 
 def test_facenet_finetuning_last_block_on_embeddings(fake_data, cache, tmp_path):

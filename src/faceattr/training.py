@@ -12,6 +12,7 @@ BackupAndRestore picks up from the last finished epoch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -199,25 +200,55 @@ class FaceNetTrainer:
         return self.cache.get(frame["path"].tolist(), frame["sha1"].tolist(), flip=flip,
                               batch_size=int(self.cfg.train.batch_size))
 
+    def train_views(self, train: pd.DataFrame) -> np.ndarray:
+        """Cached trunk outputs of every view of each training image, (N, V, *feature_shape) float16.
+
+        Views: the image; its mirror (``data.augment.flip``); then ``model.augmented_views``
+        augmented copies (``data.augment``, see ``FeatureCache.get_augmented``). Caching freezes
+        augmentation, so these copies are how a fine-tuned top still sees varied faces.
+        """
+        augment_cfg = OmegaConf.to_container(self.cfg.data.augment, resolve=True)
+        views = [lambda: self.features(train, flip=False)]
+        if bool(self.cfg.data.augment.flip):
+            views.append(lambda: self.features(train, flip=True))
+        views += [functools.partial(self.cache.get_augmented, train["path"].tolist(), train["sha1"].tolist(), index,
+                                    augment_cfg, batch_size=int(self.cfg.train.batch_size))
+                  for index in range(1, int(self.cfg.model.get("augmented_views", 0) or 0) + 1)]
+        # Filled view by view: at 8x8x896 per view a stack of loaded copies would double the memory.
+        first = views[0]()
+        out = np.empty((len(train), len(views), *first.shape[1:]), first.dtype)
+        out[:, 0] = first
+        del first
+        for j, view in enumerate(views[1:], start=1):
+            out[:, j] = view()
+        return out
+
     def _train_dataset(self, train: pd.DataFrame) -> tf.data.Dataset:
-        use_flip = bool(self.cfg.data.augment.flip)
+        x = self.train_views(train)
         rows = np.repeat(np.arange(len(train)), train["copies"].to_numpy())  # oversampled repeats
-        x = self.features(train, flip=False)[rows]
-        # Flip is the one augmentation that survives caching: each step picks image or mirror.
-        x_flip = self.features(train, flip=True)[rows] if use_flip else x
-        y = {k: v[rows] for k, v in _labels(train).items()}
-        w = train["weight"].to_numpy(np.float32)[rows]
-        ds = tf.data.Dataset.from_tensor_slices((x, x_flip, y, w))
-        ds = ds.shuffle(len(rows), seed=int(self.cfg.seed), reshuffle_each_iteration=True)
+        y = _labels(train)
+        w = train["weight"].to_numpy(np.float32)
+        with_weights = self.cfg.rebalance.name == "weights"
+        batch = int(self.cfg.train.batch_size)
+        rng = np.random.default_rng(int(self.cfg.seed))  # one stream across epochs: each epoch differs
 
-        def pick(a, b, labels, weight):
-            chosen = tf.where(tf.random.uniform(()) < 0.5, b, a)
-            return tf.cast(chosen, tf.float32), labels, weight
+        def batches():
+            # Each epoch: every row once in a new order, each row as one of its views at random.
+            order = rng.permutation(rows)
+            chosen = rng.integers(0, x.shape[1], len(order))
+            for lo in range(0, len(order), batch):
+                i, v = order[lo : lo + batch], chosen[lo : lo + batch]
+                features, labels = x[i, v].astype(np.float32), {k: val[i] for k, val in y.items()}
+                yield (features, labels, w[i]) if with_weights else (features, labels)
 
-        ds = ds.map(pick, num_parallel_calls=tf.data.AUTOTUNE)
-        if self.cfg.rebalance.name != "weights":
-            ds = ds.map(lambda a, labels, weight: (a, labels))
-        return ds.batch(int(self.cfg.train.batch_size)).prefetch(tf.data.AUTOTUNE)
+        label_spec = {"age": tf.TensorSpec((None, 1), tf.float32), "gender": tf.TensorSpec((None,), tf.int32),
+                      "race": tf.TensorSpec((None,), tf.int32)}
+        spec = (tf.TensorSpec((None, *x.shape[2:]), tf.float32), label_spec)
+        if with_weights:
+            spec = (*spec, tf.TensorSpec((None,), tf.float32))
+        ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(rows) // batch)))
+        return ds.prefetch(tf.data.AUTOTUNE)
 
     def _val_dataset(self, val: pd.DataFrame) -> tf.data.Dataset:
         x = self.features(val, flip=False).astype(np.float32)
@@ -308,16 +339,28 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrain
     if info.model_type != cfg.model.name or info.input_size != int(cfg.model.input_size):
         raise ConfigError(f"train.init_from: {init_dir} holds a {info.model_type} model at "
                           f"{info.input_size}px, this run trains {cfg.model.name} at {cfg.model.input_size}px")
+    deeper = False  # a FaceNet top continued with more of the backbone trained (an earlier cut)
     if info.model_type == "facenet":  # the top's input must be what this run's cache holds
-        from faceattr.models.facenet import cut_stage, spec_of, zoom_out
+        from faceattr.models.facenet import cut_position, cut_stage, spec_of, zoom_out
 
         want = {"cut_stage": cut_stage(cfg.model), "features": str(cfg.model.features), "zoom_out": zoom_out(cfg.model)}
         have = {key: spec_of(info)[key] for key in want}
-        if have != want:
+        deeper = cut_position(have["cut_stage"]) > cut_position(want["cut_stage"])
+        if {**have, "cut_stage": want["cut_stage"]} != want or cut_position(have["cut_stage"]) < cut_position(
+                want["cut_stage"]):
             raise ConfigError(f"train.init_from: {init_dir} has a FaceNet top for {have}, this run trains one for "
-                              f"{want} (match model.finetune_blocks, model.features and model.zoom_out)")
+                              f"{want} (match model.features and model.zoom_out; model.finetune_blocks may only "
+                              "grow, since a run can't drop stages that were trained)")
     if frame is not None:
         check_init_split(init_dir, frame)
+    if deeper:  # the stages in front of the old cut start from FaceNet's weights, the rest as trained
+        from faceattr.models.facenet import copy_top_weights
+
+        trainer = trainer_for(cfg)
+        copied = copy_top_weights(load_trainable(init_dir, info), trainer.top)
+        log.info("Starting from the weights of %s (%d layers; the stages before its cut from FaceNet)",
+                 init_dir, copied)
+        return trainer
     trainer = trainer_for(cfg, load_trainable(init_dir, info))
     log.info("Starting from the weights of %s", init_dir)
     return trainer

@@ -70,7 +70,9 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
     """Randomly augment a batch, float32 (N, H, W, 3) in [0, 255] -> same shape and range.
 
     Per image: horizontal flip (``flip``), rotation uniform in ``[-rotation_deg,
-    rotation_deg]`` degrees (reflected borders), brightness shift up to ``brightness`` (on a
+    rotation_deg]`` degrees, zoom factor in ``[1 - scale, 1 + scale]`` (> 1 magnifies) and a
+    shift of up to ``shift`` times the side along each axis (all about the centre, reflected
+    borders), brightness shift up to ``brightness`` (on a
     0-1 scale), contrast factor in ``[1 - contrast, 1 + contrast]`` and, with probability
     ``blur``, a 3x3 box blur. ``seed`` is a shape (2,) int seed for stateless random ops.
     """
@@ -88,13 +90,22 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
         images = tf.where(per_image(uniform(0, 0.0, 1.0) < 0.5), tf.reverse(images, axis=[2]), images)
 
     rotation = math.radians(_cfg(augment_cfg, "rotation_deg", 0.0))
-    if rotation > 0:
-        angle = uniform(1, -rotation, rotation)
-        cos, sin = tf.cos(angle), tf.sin(angle)
-        # Output pixel (x, y) samples input (cos*x - sin*y + dx, sin*x + cos*y + dy): a turn
-        # about the image centre.
-        dx = ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2
-        dy = ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2
+    scale = _cfg(augment_cfg, "scale", 0.0)
+    shift = _cfg(augment_cfg, "shift", 0.0)
+    if rotation > 0 or scale > 0 or shift > 0:
+        angle = uniform(1, -rotation, rotation) if rotation > 0 else tf.zeros([n])
+        # Scale and shift draw from seeds split off the rotation's, so that turning them on
+        # leaves the other augmentations' draws (and older runs) unchanged.
+        geo = tf.random.experimental.stateless_split(seeds[1], num=3)
+        zoom = tf.random.stateless_uniform([n], geo[0], 1.0 - scale, 1.0 + scale) if scale > 0 else tf.ones([n])
+        tx, ty = (tf.random.stateless_uniform([n], geo[i], -shift, shift) * size if shift > 0 else tf.zeros([n])
+                  for i, size in ((1, w), (2, h)))
+        # Output pixel (x, y) samples input c + R(angle) (x - c) / zoom + t: a turn and a zoom
+        # (zoom > 1 magnifies) about the image centre c, then a shift t in pixels.
+        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        dx = cx - (cos * cx - sin * cy) + tx
+        dy = cy - (sin * cx + cos * cy) + ty
         zeros = tf.zeros_like(angle)
         transforms = tf.stack([cos, -sin, dx, sin, cos, dy, zeros, zeros], axis=1)
         images = tf.raw_ops.ImageProjectiveTransformV3(

@@ -131,8 +131,8 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     elif history_csv is not None:
         log.warning("%s not found; no training curves", history_csv)
 
-    log.info("test (n=%d): age MAE %.2f y, gender accuracy %.1f%%, race accuracy %.1f%% (macro F1 %.3f)",
-             n, metrics["age_mae"], 100 * metrics["gender_accuracy"], 100 * metrics["race_accuracy"],
+    log.info("%s split (n=%d): age MAE %.2f y, gender accuracy %.1f%%, race accuracy %.1f%% (macro F1 %.3f)",
+             split, n, metrics["age_mae"], 100 * metrics["gender_accuracy"], 100 * metrics["race_accuracy"],
              metrics["race_macro_f1"])
     log.info("evaluation reports and plots written to %s", out_dir)
     return metrics

@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from faceattr.data.pipeline import augment_batch
 from faceattr.errors import ConfigError
 from faceattr.models import facenet_graph as fg
 from faceattr.models.heads import build_heads
@@ -56,6 +61,11 @@ def cut_stage(model_cfg: DictConfig) -> int | None:
     if n < 0 or n > len(fg.STAGES):
         raise ConfigError(f"model.finetune_blocks: {n} is outside 0..{len(fg.STAGES)}")
     return None if n == 0 else len(fg.STAGES) - n
+
+
+def cut_position(cut: int | None) -> int:
+    """Where a cut lies along the backbone: its stage index, or the number of stages for None."""
+    return len(fg.STAGES) if cut is None else int(cut)
 
 
 def zoom_out(model_cfg: DictConfig) -> float:
@@ -115,6 +125,39 @@ def build_top(weights: dict, cut: int | None, model_cfg: DictConfig, input_size:
     return keras.Model(inputs, build_heads(x, model_cfg.heads), name="facenet_top")
 
 
+def _weighted_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """The layers holding weights in ``model`` and the models nested in it, by name."""
+    found = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            found.update(_weighted_layers(layer))
+        elif layer.weights:
+            found[layer.name] = layer
+    return found
+
+
+def copy_top_weights(source: keras.Model, target: keras.Model) -> int:
+    """Start ``target`` (a top cut earlier) from ``source`` (a trained top cut later, or the same).
+
+    Every layer of ``source`` that holds weights (its stages and heads) is copied into the layer
+    of that name in ``target``; the stages only ``target`` has keep FaceNet's weights. Returns
+    the number of layers copied.
+
+    Raises:
+        ConfigError: a layer of ``source`` that ``target`` lacks or holds in another shape.
+    """
+    targets = _weighted_layers(target)
+    copied = 0
+    for name, layer in _weighted_layers(source).items():
+        weights = layer.get_weights()
+        if name not in targets or [w.shape for w in targets[name].get_weights()] != [w.shape for w in weights]:
+            raise ConfigError(f"train.init_from: its layer {name!r} has no counterpart of the same shape in this "
+                              "run's model (change only model.finetune_blocks, to an earlier cut)")
+        targets[name].set_weights(weights)
+        copied += 1
+    return copied
+
+
 def assemble_end_to_end(top: keras.Model, info: ModelInfo, cache_dir: Path | None = None) -> keras.Model:
     """Trunk from the pip package's weights + a saved top -> one raw-image-to-labels model."""
     spec = spec_of(info)
@@ -125,7 +168,9 @@ def assemble_end_to_end(top: keras.Model, info: ModelInfo, cache_dir: Path | Non
 
 
 class FeatureCache:
-    """Trunk outputs on disk, one ``.npy`` per (image content, flip), under a key folder.
+    """Trunk outputs on disk, one ``.npy`` per (image content, view), under a key folder.
+
+    A view is the image as it is, its mirror, or an augmented copy (:meth:`get_augmented`).
 
     The key folder name hashes everything that changes the numbers: the FaceNet graph's
     sha256, the cut point, the feature kind, the input size, the resize method and this
@@ -154,8 +199,8 @@ class FeatureCache:
         self.seconds_extracting = 0.0
         self.images_extracted = 0
 
-    def _path(self, sha1: str, flip: bool) -> Path:
-        return self.dir / sha1[:2] / f"{sha1}{'_flip' if flip else ''}.npy"
+    def _path(self, sha1: str, view: str) -> Path:
+        return self.dir / sha1[:2] / f"{sha1}{view}.npy"
 
     def trunk(self) -> keras.Model:
         if self._trunk is None:
@@ -166,26 +211,51 @@ class FeatureCache:
 
     def get(self, paths: list[str], sha1s: list[str], flip: bool = False, batch_size: int = 32) -> np.ndarray:
         """Trunk outputs for images (N, *feature_shape) float16; computes only what's missing."""
-        missing = [i for i, s in enumerate(sha1s) if not self._path(s, flip).is_file()]
-        if missing:
-            self._extract([paths[i] for i in missing], [sha1s[i] for i in missing], flip, batch_size)
-        return np.stack([np.load(self._path(s, flip)) for s in sha1s])
+        load = (lambda path, sha1: load_face(path, self.input_size)[:, ::-1]) if flip else \
+            (lambda path, sha1: load_face(path, self.input_size))
+        return self._get(paths, sha1s, "_flip" if flip else "", load, batch_size,
+                         f"FaceNet features{' (flipped)' if flip else ''}")
 
-    def _extract(self, paths: list[str], sha1s: list[str], flip: bool, batch_size: int) -> None:
+    def get_augmented(self, paths: list[str], sha1s: list[str], index: int, augment_cfg: Mapping[str, Any],
+                      batch_size: int = 32) -> np.ndarray:
+        """Trunk outputs of augmented copy number ``index`` (1, 2, ...) of each image, as :meth:`get`.
+
+        Each copy is ``data.pipeline.augment_batch`` with ``augment_cfg`` applied to the face,
+        seeded by the image's sha1 and ``index``: the same copy whatever the batch, so a cached
+        one is what a recomputation would give. The file names carry a hash of ``augment_cfg``.
+        """
+        settings = json.dumps({k: augment_cfg[k] for k in sorted(augment_cfg)}, sort_keys=True, default=str)
+        view = f"_aug{int(index)}-{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+
+        # One traced graph for all faces: op-by-op eager dispatch cost a third of the throughput.
+        augment = tf.function(lambda face, seed: augment_batch(face, seed, augment_cfg), input_signature=[
+            tf.TensorSpec((1, self.input_size, self.input_size, 3), tf.float32), tf.TensorSpec((2,), tf.int32)])
+
+        def load(path: str, sha1: str) -> np.ndarray:
+            seed = tf.constant([int(sha1[:8], 16) >> 1, int(index)], tf.int32)
+            face = load_face(path, self.input_size)[None].astype(np.float32)
+            return np.round(augment(face, seed)[0].numpy()).astype(np.uint8)
+
+        return self._get(paths, sha1s, view, load, batch_size, f"FaceNet features (augmented copy {index})")
+
+    def _get(self, paths: list[str], sha1s: list[str], view: str, load, batch_size: int, desc: str) -> np.ndarray:
+        missing = [i for i, s in enumerate(sha1s) if not self._path(s, view).is_file()]
+        if missing:
+            self._extract([paths[i] for i in missing], [sha1s[i] for i in missing], view, load, batch_size, desc)
+        return np.stack([np.load(self._path(s, view)) for s in sha1s])
+
+    def _extract(self, paths: list[str], sha1s: list[str], view: str, load, batch_size: int, desc: str) -> None:
+        """Run the trunk on ``load(path, sha1)`` (uint8 (S, S, 3) RGB) and save each output."""
         trunk = self.trunk()
         start = time.perf_counter()
         # JPEG decoding and resizing release the GIL, so a small thread pool keeps the model fed.
-        with ThreadPoolExecutor(max_workers=2) as pool, tqdm(
-            total=len(paths), desc=f"FaceNet features{' (flipped)' if flip else ''}", unit="img"
-        ) as bar:
+        with ThreadPoolExecutor(max_workers=2) as pool, tqdm(total=len(paths), desc=desc, unit="img") as bar:
             for lo in range(0, len(paths), batch_size):
-                chunk = paths[lo : lo + batch_size]
-                faces = np.stack(list(pool.map(lambda p: load_face(p, self.input_size), chunk)))
-                if flip:
-                    faces = faces[:, :, ::-1]
+                chunk, chunk_sha1s = paths[lo : lo + batch_size], sha1s[lo : lo + batch_size]
+                faces = np.stack(list(pool.map(load, chunk, chunk_sha1s)))
                 out = trunk.predict_on_batch(faces.astype(np.float32))
-                for sha1, feat in zip(sha1s[lo : lo + batch_size], np.asarray(out), strict=True):
-                    target = self._path(sha1, flip)
+                for sha1, feat in zip(chunk_sha1s, np.asarray(out), strict=True):
+                    target = self._path(sha1, view)
                     target.parent.mkdir(exist_ok=True)
                     tmp = target.with_suffix(".tmp.npy")
                     np.save(tmp, feat.astype(FEATURE_DTYPE))
