@@ -69,6 +69,41 @@ def test_export_records_its_source_and_matches_keras(exported):
             np.testing.assert_allclose(lite_out[key], keras_out[key][:batch], rtol=1e-4, atol=1e-4)
 
 
+def test_saved_weights_are_float16_and_load_as_float32(tmp_path):
+    import h5py
+    import keras
+
+    model = tiny_cnn(3)
+    io.save_model(tmp_path / "half", io.ModelInfo(model_type="normal", input_size=SIZE), model)
+    keras.saving.save_model(model, tmp_path / "full.keras")  # as saved before STORAGE_DTYPE
+    # In the file: every weight float16, half the bytes of the float32 weights.
+    import zipfile
+
+    sizes, dtypes = {}, {}
+    for name, path in (("half", tmp_path / "half" / "model.keras"), ("full", tmp_path / "full.keras")):
+        with zipfile.ZipFile(path) as archive:
+            archive.extract("model.weights.h5", tmp_path / name)
+        datasets = []
+        with h5py.File(tmp_path / name / "model.weights.h5") as h5:
+            h5.visititems(lambda _, item, found=datasets: found.append((str(item.dtype), item.nbytes))
+                          if isinstance(item, h5py.Dataset) else None)
+        dtypes[name], sizes[name] = {dtype for dtype, _ in datasets}, sum(n for _, n in datasets)
+    assert dtypes == {"half": {"float16"}, "full": {"float32"}}
+    assert sizes["half"] == sizes["full"] / 2 > 0
+    # Loaded: float32 weights and computation, outputs within float16 rounding of the original;
+    # a float32 file (an older model folder) loads unchanged.
+    loaded = io.load_model(tmp_path / "half").model
+    assert {w.dtype for w in loaded.weights} == {"float32"}
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    x = faces(4)
+    want, got = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    np.testing.assert_allclose(got["race"], want["race"], atol=2e-3)
+    np.testing.assert_allclose(got["age"], want["age"], atol=0.05)
+    assert not np.array_equal(got["age"], want["age"])  # rounded, not the same weights
+    old = io.load_keras_file(tmp_path / "full.keras")
+    np.testing.assert_array_equal(old.predict(x, verbose=0)["age"], want["age"])
+
+
 def test_dynamic_quantization_is_smaller_and_close(exported):
     small, exact = exported["dynamic"] / TFLITE_FILE, exported["float32"] / TFLITE_FILE
     assert small.stat().st_size < 0.6 * exact.stat().st_size  # int8 weights (tensors over 1,024 values)

@@ -1,7 +1,8 @@
 """Saving, loading and promoting trained models.
 
 A model folder holds ``model_info.json`` (what the model is and how to feed it) and Keras
-files loaded with ``safe_mode=True``:
+files loaded with ``safe_mode=True``, their weights stored as float16 (``STORAGE_DTYPE``: half
+the size; the served export is int8 anyway) and loaded into the model's float32 variables:
 
 - ``model=normal``: ``model.keras``, the whole network.
 - ``model=facenet``: ``top.keras``, only what was trained (heads, plus any fine-tuned
@@ -24,7 +25,9 @@ import json
 import logging
 import shutil
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
+from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +43,8 @@ log = logging.getLogger(__name__)
 
 MODEL_INFO = "model_info.json"
 FORMAT_VERSION = 1
+#: The dtype of the weights in a saved Keras file; loading casts them to the model's float32.
+STORAGE_DTYPE = "float16"
 
 
 @dataclass
@@ -93,6 +98,7 @@ def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Pa
     clean = keras_model.__class__.from_config(keras_model.get_config())
     clean.set_weights(keras_model.get_weights())
     clean.save(model_dir / name)
+    store_weights_as(model_dir / name, STORAGE_DTYPE)  # half the file; the served export is int8 anyway
     write_info(model_dir, info)
     log.info("Saved %s model to %s", info.model_type, model_dir)
     return model_dir
@@ -107,6 +113,43 @@ def load_keras_file(path: Path) -> keras.Model:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # corrupt zip, unknown layer, unsafe content
         raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
+
+
+def store_weights_as(keras_file: Path, dtype: str = STORAGE_DTYPE) -> None:
+    """Rewrite the float32 weights inside a ``.keras`` archive as ``dtype``, in place.
+
+    The model's config is untouched: loading casts the stored values back into its float32
+    variables, so computation stays float32 (no float16 graph is ever built).
+    """
+    import h5py
+    import numpy as np
+
+    def copy(source: h5py.Group, target: h5py.Group) -> None:
+        target.attrs.update(source.attrs)
+        for key, item in source.items():
+            if isinstance(item, h5py.Group):
+                copy(item, target.create_group(key))
+                continue
+            data = item[()]
+            stored = target.create_dataset(key, data=data.astype(dtype) if data.dtype == np.float32 else data)
+            stored.attrs.update(item.attrs)
+
+    keras_file = Path(keras_file)
+    with zipfile.ZipFile(keras_file) as archive:
+        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
+    rewritten = []
+    for info, data in entries:
+        if info.filename.endswith(".weights.h5"):
+            out = BytesIO()
+            with h5py.File(BytesIO(data), "r") as source, h5py.File(out, "w") as target:
+                copy(source, target)
+            data = out.getvalue()
+        rewritten.append((info, data))
+    tmp = keras_file.with_name(keras_file.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w") as archive:
+        for info, data in rewritten:
+            archive.writestr(info, data)
+    tmp.replace(keras_file)
 
 
 def trainable_file(model_type: str) -> str:
