@@ -90,10 +90,18 @@ class LoadedModel:
 
 
 def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Path:
-    """Write ``keras_model`` (whole CNN, or FaceNet's trained top) and ``model_info.json``."""
+    """Write ``keras_model`` (whole CNN, or FaceNet's trained top) and ``model_info.json``.
+
+    ``keras_model`` is left holding its weights as stored (rounded to ``STORAGE_DTYPE``), so what
+    it predicts afterwards (the evaluation at the end of training) is what the saved model does.
+    """
+    import numpy as np
+
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     name = trainable_file(info.model_type)
+    keras_model.set_weights([w.astype(STORAGE_DTYPE).astype(np.float32) if w.dtype == np.float32 else w
+                             for w in map(np.asarray, keras_model.get_weights())])
     # An uncompiled clone carries the weights without the optimizer's state (3x the size).
     clean = keras_model.__class__.from_config(keras_model.get_config())
     clean.set_weights(keras_model.get_weights())
