@@ -345,9 +345,10 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrain
 
         want = {"cut_stage": cut_stage(cfg.model), "features": str(cfg.model.features), "zoom_out": zoom_out(cfg.model)}
         have = {key: spec_of(info)[key] for key in want}
-        deeper = cut_position(have["cut_stage"]) > cut_position(want["cut_stage"])
+        have_at, want_at = cut_position(have["cut_stage"]), cut_position(want["cut_stage"])
+        deeper = have_at > want_at
         same_input = all(have[key] == want[key] for key in ("features", "zoom_out"))
-        if not same_input or cut_position(have["cut_stage"]) < cut_position(want["cut_stage"]):
+        if not same_input or have_at < want_at:
             raise ConfigError(f"train.init_from: {init_dir} has a FaceNet top for {have}, this run trains one for "
                               f"{want} (match model.features and model.zoom_out; model.finetune_blocks may only "
                               "grow, since a run can't drop stages that were trained)")

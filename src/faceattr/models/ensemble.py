@@ -33,7 +33,7 @@ from keras import layers
 
 from faceattr.errors import ConfigError
 from faceattr.models import facenet_graph as fg
-from faceattr.models.facenet import packaged_weights, spec_of
+from faceattr.models.facenet import cut_position, packaged_weights, spec_of
 from faceattr.models.io import ModelInfo, load_trainable, model_folder, promote, save_model
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,7 @@ def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path |
     the earliest get the packaged, frozen stages from the earliest cut to their own in front,
     one copy per distinct cut and feature kind.
     """
-    last = len(fg.STAGES)
-    cuts = [last if _cut(info) is None else _cut(info) for info in infos]
+    cuts = [cut_position(_cut(info)) for info in infos]
     lead = cuts.index(min(cuts))
     if len(set(cuts)) == 1:
         return average_models(_load_all(dirs, infos)), lead
