@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import keras
 from keras import layers
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
+from faceattr.errors import ConfigError
 from faceattr.models.heads import build_heads
 
 
@@ -30,13 +31,24 @@ def conv_stage(x, filters: int, convs: int, residual: bool, name: str):
     return layers.MaxPooling2D(2, name=f"{name}_pool")(x)
 
 
+def stage_convs(model_cfg: DictConfig) -> list[int]:
+    """Convolutions per stage: ``convs_per_stage`` is one count for every stage or a list, one per stage."""
+    convs = model_cfg.convs_per_stage
+    stages = len(model_cfg.filters)
+    counts = [int(c) for c in convs] if isinstance(convs, (list, ListConfig)) else [int(convs)] * stages
+    if len(counts) != stages or min(counts) < 1:
+        raise ConfigError(f"model.convs_per_stage: {list(counts)} does not give a count >= 1 for each of the "
+                          f"{stages} stages in model.filters")
+    return counts
+
+
 def build_cnn(model_cfg: DictConfig) -> keras.Model:
     """Build the CNN described by ``conf/model/normal.yaml``; outputs as in ``heads``."""
     size = int(model_cfg.input_size)
     inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
-    for i, filters in enumerate(model_cfg.filters):
-        x = conv_stage(x, int(filters), int(model_cfg.convs_per_stage), bool(model_cfg.residual), f"stage{i}")
+    for i, (filters, convs) in enumerate(zip(model_cfg.filters, stage_convs(model_cfg), strict=True)):
+        x = conv_stage(x, int(filters), convs, bool(model_cfg.residual), f"stage{i}")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(float(model_cfg.dropout), name="features_dropout")(x)
     return keras.Model(inputs, build_heads(x, model_cfg.heads), name="normal_cnn")
