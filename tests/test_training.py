@@ -225,6 +225,11 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(fake_data, c
     main_py("evaluate", "--model_path", out / "model", *common(fake_data, cache), f"hydra.run.dir={tmp_path / 'ev'}")
     split = pd.read_csv(members[0] / "split.csv")
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_test"] == (split.split == "test").sum()
+    # The members' training curves come along: their histories in the folder, one plot each.
+    for i, member in enumerate(members[:2]):
+        kept = pd.read_csv(out / "model" / f"history_member{i}.csv")
+        pd.testing.assert_frame_equal(kept, pd.read_csv(member / "history.csv"))
+        assert (tmp_path / "ev" / f"training_curves_member{i}.png").stat().st_size > 0
     # A member trained on another split may have trained on this one's test faces: refused in one line.
     res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "ensemble", str(members[0]), str(members[2]),
                           f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'bad'}"],

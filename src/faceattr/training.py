@@ -473,4 +473,12 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
 
         trainer = ServedModel(Predictor.load(model_dir, cfg.paths.cache, backend=backend))
     history = next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
-    return _evaluate(trainer, test, eval_cfg, run_dir, history, split)
+    metrics = _evaluate(trainer, test, eval_cfg, run_dir, history, split)
+    if history is None:  # an ensemble: one set of curves per member (training_curves_member<i>)
+        from faceattr.evaluation.plots import plot_training_curves
+        from faceattr.models.ensemble import MEMBER_HISTORY_PREFIX
+
+        for member in sorted(model_dir.glob(f"{MEMBER_HISTORY_PREFIX}*.csv")):
+            plot_training_curves(member, run_dir / f"training_curves_{member.stem.removeprefix('history_')}",
+                                 [str(f) for f in cfg.evaluation.formats], int(cfg.evaluation.dpi))
+    return metrics

@@ -18,7 +18,8 @@ The members must be interchangeable, or the ensemble would be wrong or leak:
   ``data.split.seed``.
 
 The result is an ordinary model folder (``run``, ``evaluate``, ``export`` and ``promote`` take
-it as any other); ``model_info.json`` lists the members under ``ensemble``.
+it as any other); ``model_info.json`` lists the members under ``ensemble``, and each member's
+``history.csv`` is kept as ``history_member<i>.csv``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from faceattr.models.io import ModelInfo, load_trainable, model_folder, promote,
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("age", "gender", "race")
+#: ``<prefix><i>.csv``: member i's ``history.csv``, kept in the ensemble's model folder.
+MEMBER_HISTORY_PREFIX = "history_member"
 #: What must agree between FaceNet members for one trunk to feed them all.
 FACENET_SHARED = ("zoom_out", "graph_sha256")
 
@@ -152,6 +155,11 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
     model_dir = Path(run_dir) / "model"
     save_model(model_dir, info, model)
     (model_dir / "split.csv").write_bytes((dirs[0] / "split.csv").read_bytes())
+    # The members' training curves stay with the ensemble (``evaluate`` plots them).
+    for i, folder in enumerate(dirs):
+        history = next((h for h in (folder / "history.csv", folder.parent / "history.csv") if h.is_file()), None)
+        if history is not None:
+            (model_dir / f"{MEMBER_HISTORY_PREFIX}{i}.csv").write_bytes(history.read_bytes())
     summaries = [json.loads(p.read_text()) if p.is_file() else {} for p in (d / "train_summary.json" for d in dirs)]
     summary = {
         "model_dir": str(model_dir),
