@@ -34,7 +34,7 @@ from faceattr.errors import ConfigError, ModelError
 from faceattr.labels import AGE_RANGE
 from faceattr.models.cnn import build_cnn
 from faceattr.models.heads import compile_args
-from faceattr.models.io import ModelInfo, load_trainable, promote, save_model
+from faceattr.models.io import ModelInfo, history_of, load_trainable, promote, save_model
 from faceattr.models.preprocessing import load_face
 
 log = logging.getLogger(__name__)
@@ -472,7 +472,7 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         from faceattr.inference.predictor import Predictor
 
         trainer = ServedModel(Predictor.load(model_dir, cfg.paths.cache, backend=backend))
-    history = next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
+    history = history_of(model_dir)
     metrics = _evaluate(trainer, test, eval_cfg, run_dir, history, split)
     if history is None:  # an ensemble: one set of curves per member (training_curves_member<i>)
         from faceattr.evaluation.plots import plot_training_curves

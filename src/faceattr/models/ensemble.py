@@ -35,7 +35,7 @@ from keras import layers
 from faceattr.errors import ConfigError
 from faceattr.models import facenet_graph as fg
 from faceattr.models.facenet import cut_position, packaged_weights, spec_of
-from faceattr.models.io import ModelInfo, load_trainable, model_folder, promote, save_model
+from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, promote, save_model
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
     (model_dir / "split.csv").write_bytes((dirs[0] / "split.csv").read_bytes())
     # The members' training curves stay with the ensemble (``evaluate`` plots them).
     for i, folder in enumerate(dirs):
-        history = next((h for h in (folder / "history.csv", folder.parent / "history.csv") if h.is_file()), None)
+        history = history_of(folder)
         if history is not None:
             (model_dir / f"{MEMBER_HISTORY_PREFIX}{i}.csv").write_bytes(history.read_bytes())
     summaries = [json.loads(p.read_text()) if p.is_file() else {} for p in (d / "train_summary.json" for d in dirs)]

@@ -165,6 +165,12 @@ def trainable_file(model_type: str) -> str:
     return "top.keras" if model_type == "facenet" else "model.keras"
 
 
+def history_of(model_dir: Path) -> Path | None:
+    """The Keras ``history.csv`` of a model folder: inside it, or beside it in its run folder."""
+    model_dir = Path(model_dir)
+    return next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file's bytes (ties an export to the Keras file it came from)."""
     digest = hashlib.sha256()
