@@ -723,7 +723,10 @@ def shipped_rows(entry: ModelEntry, explicit: Path | None) -> list[Row]:
     d = {"source": source}
     seconds = float(summary["train_seconds"])
     epochs = summary.get("epochs_run")
-    rows = [Row("shipped_train_seconds", name, seconds, "s", note="train_seconds of the shipped run", details=d)]
+    # An ensemble's summary (models.ensemble) adds up its members' training runs.
+    members = f" (sum over its {len(summary['members'])} members)" if summary.get("members") else ""
+    rows = [Row("shipped_train_seconds", name, seconds, "s", note=f"train_seconds of the shipped run{members}",
+                details=d)]
     if epochs is not None:
         rows.append(Row("shipped_epochs_run", name, int(epochs), "epochs", details=d))
     feat_s = float(summary.get("feature_seconds") or 0.0)
@@ -740,7 +743,7 @@ def shipped_rows(entry: ModelEntry, explicit: Path | None) -> list[Row]:
             rows.append(Row("shipped_feature_images_per_s", name, round(feat_n / feat_s, 2), "images/s",
                             details={**d, "images": feat_n}))
         rows.append(Row("shipped_head_seconds", name, round(seconds - feat_s, 1), "s",
-                        note="train_seconds - feature_seconds", details=d))
+                        note=f"train_seconds - feature_seconds{members}", details=d))
     return rows
 
 

@@ -40,3 +40,29 @@ def test_convs_per_stage_is_one_count_or_one_per_stage(convs, expected):
 def test_convs_per_stage_list_must_match_the_stages(convs):
     with pytest.raises(ConfigError, match="convs_per_stage"):
         build_cnn(cnn_cfg(convs_per_stage=convs))
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [(160, 64), (200, 64), (64, 32), (64, 64)])
+def test_area_resize_matches_opencv_inter_area(size_in, size_out, tmp_path):
+    import cv2
+    import keras
+
+    from faceattr.models.layers import AreaResize
+
+    faces = np.random.default_rng(0).uniform(0, 255, (2, size_in, size_in, 3)).astype(np.float32)
+    expected = np.stack([cv2.resize(face, (size_out, size_out), interpolation=cv2.INTER_AREA) for face in faces])
+    np.testing.assert_allclose(np.asarray(AreaResize(size_out)(faces)), expected, atol=1e-3)
+    # It survives a safe-mode save and load inside a model.
+    inputs = keras.Input((size_in, size_in, 3))
+    model = keras.Model(inputs, AreaResize(size_out)(inputs))
+    path = tmp_path / "resize.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(loaded.predict_on_batch(faces), expected, atol=1e-3)
+
+
+def test_area_resize_refuses_to_enlarge():
+    from faceattr.models.layers import area_weights
+
+    with pytest.raises(ValueError, match="downscales only"):
+        area_weights(32, 64)

@@ -238,6 +238,55 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(fake_data, c
     assert "split.csv differs" in res.stderr and not (tmp_path / "bad" / "model").exists()
 
 
+def test_ensemble_of_facenet_and_cnn_feeds_the_cnn_the_shrunk_face(fake_data, cache, tmp_path):
+    import shutil
+
+    import cv2
+    import keras
+    import numpy as np
+
+    from faceattr.models.io import load_model
+
+    net, cnn, ens = tmp_path / "net", tmp_path / "cnn", tmp_path / "ens"
+    main_py("train", "--model_type", "facenet", *common(fake_data, cache), "train.epochs=1", f"hydra.run.dir={net}")
+    main_py("train", "--model_type", "normal", *common(fake_data, cache), *TINY_CNN, "train.epochs=1",
+            f"hydra.run.dir={cnn}")
+    # Listed CNN first, it is still a FaceNet model at 160 px: the trunk runs once per face.
+    main_py("ensemble", cnn, net, f"paths.cache={cache}", "export.tflite=true", f"hydra.run.dir={ens}")
+    info = json.loads((ens / "model" / "model_info.json").read_text())
+    assert (info["model_type"], info["input_size"]) == ("facenet", 160)
+    assert info["ensemble"]["member_types"] == ["normal", "facenet"]
+    # End to end it is the mean of FaceNet on the face and the CNN on the face shrunk to its
+    # 32 px with OpenCV's area filter, as the CNN's training images were.
+    faces = np.random.default_rng(2).integers(0, 256, (3, 160, 160, 3)).astype(np.float32)
+    small = np.stack([cv2.resize(face, (32, 32), interpolation=cv2.INTER_AREA) for face in faces])
+    got = load_model(ens / "model", cache).model.predict_on_batch(faces)
+    facenet_out = load_model(net / "model", cache).model.predict_on_batch(faces)
+    cnn_out = load_model(cnn / "model", cache).model.predict_on_batch(small)
+    for key in ("age", "gender", "race"):
+        np.testing.assert_allclose(got[key], (np.asarray(facenet_out[key]) + np.asarray(cnn_out[key])) / 2,
+                                   atol=1e-3)
+    keras.backend.clear_session()
+    # evaluate scores it from the cached features plus the faces, and as run serves it (TFLite).
+    metrics = {}
+    for backend in ("keras", "tflite"):
+        main_py("evaluate", "--model_path", ens / "model", *common(fake_data, cache), f"evaluation.backend={backend}",
+                f"hydra.run.dir={tmp_path / backend}")
+        metrics[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())
+    assert metrics["keras"]["n_test"] == metrics["tflite"]["n_test"] > 0
+    assert abs(metrics["keras"]["age_mae"] - metrics["tflite"]["age_mae"]) < 1.0
+    assert (tmp_path / "keras" / "training_curves_member0.png").stat().st_size > 0
+    # A CNN that needs a larger face than FaceNet's 160 px would get an enlarged one: refused.
+    big = tmp_path / "big"
+    shutil.copytree(cnn / "model", big)
+    big_info = json.loads((big / "model_info.json").read_text())
+    (big / "model_info.json").write_text(json.dumps({**big_info, "input_size": 200}))
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "ensemble", str(net), str(big),
+                          f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 2 and "can only be shrunk" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_facenet_on_3000_real_faces(tmp_path, cache):

@@ -275,9 +275,14 @@ class FaceNetTrainer:
         return join_histories(run_dir / "history_heads.csv", run_dir / "history_finetune.csv", run_dir / "history.csv")
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
-        outputs = [self.top.predict(self.features(frame, flip=False).astype(np.float32), verbose=0)]
-        if tta_flip:
-            outputs.append(self.top.predict(self.features(frame, flip=True).astype(np.float32), verbose=0))
+        # A top with two inputs (an ensemble with CNN members) also takes the face itself.
+        faces = np.stack([load_face(p, self.size) for p in frame["path"]]) if len(self.top.inputs) == 2 else None
+        outputs = []
+        for flip in (False, True) if tta_flip else (False,):
+            x = self.features(frame, flip=flip).astype(np.float32)
+            if faces is not None:
+                x = [x, (faces[:, :, ::-1] if flip else faces).astype(np.float32)]
+            outputs.append(self.top.predict(x, batch_size=int(self.cfg.train.batch_size), verbose=0))
         return _to_predictions(outputs)
 
     def save(self, model_dir: Path, trained_with: dict) -> None:

@@ -1,25 +1,32 @@
-"""Average trained models of one kind into one model: ``python src/main.py ensemble DIR DIR ...``.
+"""Average trained models into one model: ``python src/main.py ensemble DIR DIR ...``.
 
 Why: models trained alike but from different seeds make partly independent errors, and the
 mean of their outputs (ages in years, gender and race probabilities) is a cheap, honest gain.
-For FaceNet only the trained tops are averaged: the members share the frozen trunk, which does
-most of the work and still runs once per face.
+Models that see the face differently gain more: FaceNet prewhitens each face (removing its
+overall brightness and contrast, and with them part of the skin tone), while the from-scratch
+CNN sees the raw colours. For FaceNet only the trained tops are averaged: the members share
+the frozen trunk, which does most of the work and still runs once per face.
 
 The members must be interchangeable, or the ensemble would be wrong or leak:
 
-- the same model type and input size, and for FaceNet the same framing (``zoom_out``) and
-  graph, so one trunk (and one feature cache) feeds them all. FaceNet members may differ in
-  their cut point: the ensemble takes the activations at the earliest cut among them, and a
-  member cut later (a frozen-backbone top, say, beside a fine-tuned one) gets the frozen
-  packaged stages in between put in front of its top. Frozen-backbone members alone must share
-  the feature kind (pooled or embedding);
+- CNN members alone: one input size. FaceNet members: the same input size, framing
+  (``zoom_out``) and graph, so one trunk (and one feature cache) feeds them all. FaceNet
+  members may differ in their cut point: the ensemble takes the activations at the earliest
+  cut among them, and a member cut later (a frozen-backbone top, say, beside a fine-tuned one)
+  gets the frozen packaged stages in between put in front of its top. Frozen-backbone members
+  alone must share the feature kind (pooled or embedding);
+- FaceNet and CNN members together: the result is a FaceNet model (one trunk per face) whose
+  CNN members get the face shrunk to their input size, never enlarged;
 - the same train/val/test split (identical ``split.csv``), so the ensemble's test split is one
   that none of its members trained on. Train members with another ``seed`` but the same
   ``data.split.seed``.
 
+Each member counts once in the mean: a member that is itself an ensemble (the shipped CNN, say)
+weighs as much as any other member.
+
 The result is an ordinary model folder (``run``, ``evaluate``, ``export`` and ``promote`` take
-it as any other); ``model_info.json`` lists the members under ``ensemble``, and each member's
-``history.csv`` is kept as ``history_member<i>.csv``.
+it as any other); ``model_info.json`` lists the members and their types under ``ensemble``, and
+each member's ``history.csv`` is kept as ``history_member<i>.csv``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from faceattr.errors import ConfigError
 from faceattr.models import facenet_graph as fg
 from faceattr.models.facenet import cut_position, packaged_weights, spec_of
 from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, promote, save_model
+from faceattr.models.layers import AreaResize
 
 log = logging.getLogger(__name__)
 
@@ -72,22 +80,31 @@ def check_members(dirs: list[Path]) -> list[ModelInfo]:
     if len(dirs) < 2:
         raise ConfigError(f"ensemble: give two or more model folders, not {len(dirs)}")
     infos = [ModelInfo.read(d) for d in dirs]
-    first, first_dir = infos[0], dirs[0]
     splits = [_split(d) for d in dirs]
-    for info, folder, split in zip(infos[1:], dirs[1:], splits[1:], strict=True):
-        if (info.model_type, info.input_size) != (first.model_type, first.input_size):
-            raise ConfigError(f"ensemble: {folder} holds a {info.model_type} model at {info.input_size}px, "
-                              f"{first_dir} a {first.model_type} model at {first.input_size}px")
-        if first.model_type == "facenet":
-            mine, theirs = _facenet_spec(info), _facenet_spec(first)
-            if mine != theirs:
-                raise ConfigError(f"ensemble: {folder} has a FaceNet top for {mine}, {first_dir} one for {theirs}")
-            if _cut(info) is None and _cut(first) is None and _features(info) != _features(first):
-                raise ConfigError(f"ensemble: {folder} takes {_features(info)} features, {first_dir} "
-                                  f"{_features(first)}; frozen-backbone members must share the feature kind")
+    for folder, split in zip(dirs[1:], splits[1:], strict=True):
         if not split.equals(splits[0]):
-            raise ConfigError(f"ensemble: {folder}/split.csv differs from {first_dir}/split.csv; members must "
+            raise ConfigError(f"ensemble: {folder}/split.csv differs from {dirs[0]}/split.csv; members must "
                               "share one split (same data and data.split.seed) or a test face may have been trained on")
+    nets = [i for i, info in enumerate(infos) if info.model_type == "facenet"]
+    if not nets:  # CNNs alone take one image size
+        for folder, info in zip(dirs[1:], infos[1:], strict=True):
+            if info.input_size != infos[0].input_size:
+                raise ConfigError(f"ensemble: {folder} takes {info.input_size}px faces, {dirs[0]} "
+                                  f"{infos[0].input_size}px")
+        return infos
+    lead, lead_dir = infos[nets[0]], dirs[nets[0]]
+    for folder, info in zip(dirs, infos, strict=True):
+        if info.model_type != "facenet":
+            if info.input_size > lead.input_size:
+                raise ConfigError(f"ensemble: {folder} takes {info.input_size}px faces, more than the FaceNet "
+                                  f"members' {lead.input_size}px (a CNN member's face can only be shrunk)")
+            continue
+        if (info.input_size, _facenet_spec(info)) != (lead.input_size, _facenet_spec(lead)):
+            raise ConfigError(f"ensemble: {folder} has a FaceNet top for {_facenet_spec(info)} at "
+                              f"{info.input_size}px, {lead_dir} one for {_facenet_spec(lead)} at {lead.input_size}px")
+        if _cut(info) is None and _cut(lead) is None and _features(info) != _features(lead):
+            raise ConfigError(f"ensemble: {folder} takes {_features(info)} features, {lead_dir} "
+                              f"{_features(lead)}; frozen-backbone members must share the feature kind")
     return infos
 
 
@@ -117,27 +134,39 @@ def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path |
     A frozen-backbone top (cut None) counts as cut after the last stage. Members cut later than
     the earliest get the packaged, frozen stages from the earliest cut to their own in front,
     one copy per distinct cut and feature kind.
+
+    CNN members (``model=normal``) take the face image itself, shrunk to their input size by
+    box averaging (:class:`~faceattr.models.layers.AreaResize`, as their training images were);
+    the result then has two inputs, ``[features, image]``, which ``facenet.assemble_end_to_end``
+    feeds with the trunk's output and the face.
     """
-    cuts = [cut_position(_cut(info)) for info in infos]
-    lead = cuts.index(min(cuts))
-    if len(set(cuts)) == 1:
+    cuts = {i: cut_position(_cut(info)) for i, info in enumerate(infos) if info.model_type == "facenet"}
+    lead = min(cuts, key=cuts.get)
+    if len(cuts) == len(infos) and len(set(cuts.values())) == 1:
         return average_models(_load_all(dirs, infos)), lead
-    weights, size = packaged_weights(cache_dir), infos[lead].input_size
-    inputs = keras.Input(fg.cut_shape(cuts[lead], size), name="features")
+    size = infos[lead].input_size
+    tops = {i: load_trainable(dirs[i], infos[i]) for i in cuts}
+    features = keras.Input(tuple(tops[lead].inputs[0].shape[1:]), name="features")
+    image = keras.Input((size, size, 3), name="image")
     bridged: dict[tuple[int | None, str], keras.KerasTensor] = {}
     outputs = []
-    for i, (folder, info, cut) in enumerate(zip(dirs, infos, cuts, strict=True)):
-        x = inputs
-        if cut != cuts[lead]:
-            key = (_cut(info), _features(info))
-            if key not in bridged:
-                stages = fg.build_facenet(weights, cuts[lead], _cut(info), output=_features(info),
-                                          input_shape=fg.cut_shape(cuts[lead], size), name=f"frozen_stages_{i}")
-                stages.trainable = False
-                bridged[key] = stages(inputs)
-            x = bridged[key]
-        top = load_trainable(folder, info)
-        outputs.append(keras.Model(top.inputs, top.output, name=f"member_{i}")(x))
+    for i, (folder, info) in enumerate(zip(dirs, infos, strict=True)):
+        if info.model_type != "facenet":
+            member = load_trainable(folder, info)
+            x = image if info.input_size == size else AreaResize(info.input_size, name=f"resize_{i}")(image)
+        else:
+            member, x = tops[i], features
+            if cuts[i] != cuts[lead]:
+                key = (_cut(info), _features(info))
+                if key not in bridged:
+                    stages = fg.build_facenet(packaged_weights(cache_dir), cuts[lead], _cut(info),
+                                              output=_features(info), input_shape=fg.cut_shape(cuts[lead], size),
+                                              name=f"frozen_stages_{i}")
+                    stages.trainable = False
+                    bridged[key] = stages(features)
+                x = bridged[key]
+        outputs.append(keras.Model(member.inputs, member.output, name=f"member_{i}")(x))
+    inputs = features if len(cuts) == len(infos) else [features, image]
     return keras.Model(inputs, _average(outputs), name="ensemble"), lead
 
 
@@ -145,21 +174,26 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
     """``python src/main.py ensemble DIR DIR ...``: write ``<run dir>/model``, the members' mean."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
     infos = check_members(dirs)
-    if infos[0].model_type == "facenet":
+    if any(info.model_type == "facenet" for info in infos):
         model, lead = facenet_ensemble(dirs, infos, Path(cfg.paths.cache))
     else:
         model, lead = average_models(_load_all(dirs, infos)), 0
     first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
-                     ensemble={"members": [str(d) for d in dirs], "combine": "mean"})
+                     ensemble={"members": [str(d) for d in dirs], "member_types": [i.model_type for i in infos],
+                               "combine": "mean"})
     model_dir = Path(run_dir) / "model"
     save_model(model_dir, info, model)
     (model_dir / "split.csv").write_bytes((dirs[0] / "split.csv").read_bytes())
-    # The members' training curves stay with the ensemble (``evaluate`` plots them).
+    # The members' training curves stay with the ensemble (``evaluate`` plots them); a member that
+    # is an ensemble itself passes its members' on as ``history_member<i>_<j>.csv``.
     for i, folder in enumerate(dirs):
         history = history_of(folder)
         if history is not None:
             (model_dir / f"{MEMBER_HISTORY_PREFIX}{i}.csv").write_bytes(history.read_bytes())
+        for nested in sorted(folder.glob(f"{MEMBER_HISTORY_PREFIX}*.csv")):
+            j = nested.stem.removeprefix(MEMBER_HISTORY_PREFIX)
+            (model_dir / f"{MEMBER_HISTORY_PREFIX}{i}_{j}.csv").write_bytes(nested.read_bytes())
     summaries = [json.loads(p.read_text()) if p.is_file() else {} for p in (d / "train_summary.json" for d in dirs)]
     summary = {
         "model_dir": str(model_dir),
@@ -176,7 +210,8 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
         summary["tflite"] = str(export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization)))
     for folder in (Path(run_dir), model_dir):
         (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"Ensemble of {len(dirs)} {first.model_type} models saved to {model_dir}")
+    kinds = ", ".join(sorted({info.model_type for info in infos}))
+    print(f"Ensemble of {len(dirs)} models ({kinds}) saved to {model_dir}")
     print(f"Evaluate it with: python src/main.py evaluate --model_path {model_dir}")
     if cfg.promote:
         promote(model_dir, Path(cfg.paths.saved_models))

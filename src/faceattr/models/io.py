@@ -115,6 +115,8 @@ def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Pa
 def load_keras_file(path: Path) -> keras.Model:
     import keras
 
+    import faceattr.models.layers  # noqa: F401  (registers the custom layers safe mode may meet)
+
     if not path.is_file():
         raise ModelError(f"{path}: model weights missing")
     try:
