@@ -275,8 +275,9 @@ class FaceNetTrainer:
         return join_histories(run_dir / "history_heads.csv", run_dir / "history_finetune.csv", run_dir / "history.csv")
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
-        # A top with two inputs (an ensemble with CNN members) also takes the face itself.
-        faces = np.stack([load_face(p, self.size) for p in frame["path"]]) if len(self.top.inputs) == 2 else None
+        from faceattr.models.facenet import top_takes_image
+
+        faces = np.stack([load_face(p, self.size) for p in frame["path"]]) if top_takes_image(self.top) else None
         outputs = []
         for flip in (False, True) if tta_flip else (False,):
             x = self.features(frame, flip=flip).astype(np.float32)

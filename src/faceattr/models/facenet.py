@@ -158,17 +158,22 @@ def copy_top_weights(source: keras.Model, target: keras.Model) -> int:
     return copied
 
 
+def top_takes_image(top: keras.Model) -> bool:
+    """Whether a top takes the face image besides the trunk's output: ``[features, image]``,
+    in that order. Only an ensemble with from-scratch CNN members does (``models.ensemble``)."""
+    return len(top.inputs) == 2
+
+
 def assemble_end_to_end(top: keras.Model, info: ModelInfo, cache_dir: Path | None = None) -> keras.Model:
     """Trunk from the pip package's weights + a saved top -> one raw-image-to-labels model.
 
-    A top with two inputs (an ensemble with from-scratch CNN members, ``models.ensemble``)
-    takes the trunk's output and the image itself, in that order.
+    A top that takes the image too (:func:`top_takes_image`) gets the trunk's output and the face.
     """
     spec = spec_of(info)
     trunk = build_trunk(packaged_weights(cache_dir), spec["cut_stage"], spec["features"], info.input_size,
                         float(spec["zoom_out"]))
     inputs = keras.Input((info.input_size, info.input_size, 3), name="image")
-    outputs = top([trunk(inputs), inputs]) if len(top.inputs) == 2 else top(trunk(inputs))
+    outputs = top([trunk(inputs), inputs]) if top_takes_image(top) else top(trunk(inputs))
     return keras.Model(inputs, outputs, name="facenet_transfer")
 
 
