@@ -310,6 +310,15 @@ def default_run_setting(key: str, fallback: Any) -> Any:
     return OmegaConf.load(CONF / "config.yaml").run.get(key, fallback)
 
 
+def default_detector_config():
+    """The detector node of the default config (``conf/detector/<default>.yaml``), as ``run`` composes it."""
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml").defaults)
+    name = next(d["detector"] for d in defaults if isinstance(d, dict) and "detector" in d)
+    return OmegaConf.load(CONF / "detector" / f"{name}.yaml")
+
+
 def default_tta_flip() -> bool:
     return bool(default_run_setting("tta_flip", False))
 
@@ -356,7 +365,7 @@ def face_batch(size: int, n: int, margin: float = 0.4):
     from faceattr.inference.crop import crop_face
 
     image, det = photo_face()
-    crop = crop_face(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), det, margin, size, False).astype(np.float32)
+    crop = crop_face(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), det, margin, size).astype(np.float32)
     return np.repeat(crop[None], n, axis=0)
 
 
@@ -455,19 +464,19 @@ def make_clip(path: Path, frames: int, fps: float = 30.0) -> Path:
 
 def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
                   refresh_every: int | None = None) -> Row:
-    """Frames/s of decoding + Haar detection + prediction + tracking + drawing + writing, every
-    frame processed: ``run_video``'s loop with ``run.sync=true`` and no display, with the video
-    detector settings and ``run.tracker`` as ``run`` uses them. ``refresh_every`` overrides
-    ``run.tracker.refresh_every`` (1: every face of every frame through the model); the row is
-    then ``video_fps_refresh<k>``."""
+    """Frames/s of decoding + detection (the default detector's video settings) + prediction +
+    tracking + drawing + writing, every frame processed: ``run_video``'s loop with
+    ``run.sync=true`` and no display, with the video detector settings and ``run.tracker`` as
+    ``run`` uses them. ``refresh_every`` overrides ``run.tracker.refresh_every`` (1: every face
+    of every frame through the model); the row is then ``video_fps_refresh<k>``."""
     import cv2
     from omegaconf import OmegaConf
 
     from faceattr.inference.annotate import draw_fps
+    from faceattr.inference.pipeline import FacePipeline
     from faceattr.inference.run import (
         TRACKER_DEFAULTS,
         VIDEO_CODECS,
-        FacePipeline,
         InferenceWorker,
         _tracking_process,
         draw_tracks,
@@ -475,9 +484,9 @@ def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
     from faceattr.inference.tracking import IoUTracker
 
     config = OmegaConf.load(CONF / "config.yaml")
-    det_cfg = OmegaConf.load(CONF / "detector" / "haar.yaml")
     predictor = served_predictor(entry, int(config.run.batch_size), tta_flip)
-    pipeline = FacePipeline.from_config(OmegaConf.create({"detector": det_cfg}), predictor=predictor, video=True)
+    pipeline = FacePipeline.from_config(OmegaConf.create({"detector": default_detector_config()}), predictor=predictor,
+                                        video=True)
     predictor.warmup()  # as run_video does, before its loop
     tracker_cfg = {**TRACKER_DEFAULTS, **OmegaConf.to_container(config.run.tracker)}
     metric = "video_fps"
@@ -485,7 +494,7 @@ def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
         tracker_cfg["refresh_every"] = int(refresh_every)
         metric = f"video_fps_refresh{int(refresh_every)}"
     out_path = out_dir / f"annotated_{entry.name}_{metric}.mp4"
-    progress(f"{entry.name}: video pipeline on {clip.name} (haar, tta_flip={tta_flip}, "
+    progress(f"{entry.name}: video pipeline on {clip.name} ({pipeline.detector.name}, tta_flip={tta_flip}, "
              f"refresh_every={tracker_cfg['refresh_every']})")
 
     faces = 0
@@ -548,8 +557,8 @@ def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
         writer.release()
     elapsed = time.perf_counter() - start
     return Row(metric, entry.name, round(read / elapsed, 2), "frames/s", details={
-        "frames": read, "resolution": f"{width}x{height}", "seconds": round(elapsed, 3), "detector": "haar",
-        "detector_scale_factor": float(pipeline.detector.scale_factor),
+        "frames": read, "resolution": f"{width}x{height}", "seconds": round(elapsed, 3),
+        "detector": pipeline.detector.name, "detector_scale_factor": getattr(pipeline.detector, "scale_factor", None),
         "refresh_every": int(tracker_cfg["refresh_every"]), **backend_details(entry, entry.served),
         "tta_flip": tta_flip, "faces_per_frame": round(faces / max(read, 1), 2),
         "model_faces_per_frame": round(model_faces / max(read, 1), 2),

@@ -107,7 +107,7 @@ def test_age_reports_per_bin():
     assert list(by_bin["bin"]) == age_bin_labels(edges) == ["0-20", "20-40", "40+"]
     assert list(by_bin["n"]) == [2, 1, 1]
     assert list(by_bin["mae"]) == pytest.approx([1.0, 10.0, 10.0])
-    assert list(by_bin["bias"]) == pytest.approx([1.0, 10.0, -10.0])
+    assert list(by_bin["signed_error"]) == pytest.approx([1.0, 10.0, -10.0])
     report = age_report_frame(t, p, edges)
     assert list(report["group"]) == ["all", "0-20", "20-40", "40+"]
     assert {"n", "mae", "rmse", "r2", "within_5", "within_10"} <= set(report.columns)

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from faceattr.cli import CONF_DIR, _register_resolvers
 from faceattr.errors import ConfigError, InputError, ModelError
 from faceattr.inference.annotate import annotate, format_label, put_label
-from faceattr.inference.crop import alignment_matrix, crop_face, crop_square, square_box
+from faceattr.inference.crop import crop_face, crop_square, square_box
 from faceattr.inference.detectors import Detection, make_detector
 from faceattr.inference.images import expand_inputs, read_image
 from faceattr.inference.predictor import FacePrediction, Predictor
@@ -128,16 +128,56 @@ def test_haar_boxes_are_in_original_pixels_when_downscaled(astronaut):
     assert abs(d.x - 2 * 177) <= 16 and abs(d.w - 2 * 95) <= 20
 
 
-@pytest.mark.slow
-def test_mtcnn_finds_the_face_with_landmarks(astronaut):
-    """The config's min_size=40 used to crash mtcnn 1.0's pyramid; the eyes come out level-ish."""
-    dets = make_detector(OmegaConf.load(CONF_DIR / "detector" / "mtcnn.yaml")).detect(astronaut)
+def test_mtcnn_finds_the_face_with_landmarks(astronaut, tmp_path):
+    """The eyes come out level-ish, inside the box; a second detector reads the cached weights."""
+    cfg = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "detector" / "mtcnn.yaml")), "cache_dir": tmp_path}
+    dets = make_detector(cfg).detect(astronaut)
+    assert len(list((tmp_path / "mtcnn").glob("weights-*.npz"))) == 1
+    assert make_detector(cfg).detect(astronaut)[0].box == dets[0].box
     assert len(dets) == 1
     d = dets[0]
     assert iou(d.box, (177, 66, 95, 95)) > 0.5 and d.score >= 0.9
     (lx, ly), (rx, ry) = d.landmarks[:2]
     assert d.landmarks.shape == (5, 2) and lx < rx and abs(ly - ry) < 10  # image-left eye first
     assert d.x < lx < d.x + d.w and d.y < ly < d.y + d.h
+
+
+@pytest.mark.slow
+def test_numpy_mtcnn_networks_equal_the_packages_keras_networks(tmp_path):
+    """Same weights, same layers: the NumPy networks give the Keras networks' outputs."""
+    from mtcnn.network.onet import ONet
+    from mtcnn.network.pnet import PNet
+    from mtcnn.network.rnet import RNet
+
+    from faceattr.inference import mtcnn_numpy
+
+    weights = mtcnn_numpy.load_weights(tmp_path)
+    rng = np.random.default_rng(0)
+    for net, keras_cls, shape in ((mtcnn_numpy.pnet, PNet, (1, 37, 29, 3)), (mtcnn_numpy.rnet, RNet, (3, 24, 24, 3)),
+                                  (mtcnn_numpy.onet, ONet, (3, 48, 48, 3))):
+        model = keras_cls()
+        model.build()
+        model.set_weights(weights[net.__name__])
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        for ours, theirs in zip(net(x, weights[net.__name__]), model(x), strict=True):
+            assert np.allclose(ours, np.asarray(theirs), atol=1e-4), net.__name__
+
+
+@pytest.mark.slow
+def test_numpy_mtcnn_finds_what_the_package_finds(astronaut, tmp_path):
+    from mtcnn import MTCNN
+
+    from faceattr.inference.mtcnn_numpy import NumpyMTCNN
+
+    rgb = cv2.cvtColor(astronaut, cv2.COLOR_BGR2RGB)
+    ours = NumpyMTCNN(tmp_path).detect(rgb, min_face=40)
+    theirs = np.asarray(MTCNN().detect_faces(rgb, min_face_size=20, output_type="numpy", box_format="xyxy"))
+    theirs = theirs.reshape(-1, 16)[:, 1:]
+    assert len(ours) == len(theirs) == 1
+    side = float(theirs[0, 2] - theirs[0, 0])
+    assert np.abs(ours[0, :4] - theirs[0, :4]).max() < 0.05 * side  # boxes within 5 % of the face size
+    assert np.abs(ours[0, 5:] - theirs[0, 5:]).max() < 0.05 * side  # landmarks too
+    assert abs(ours[0, 4] - theirs[0, 4]) < 0.01
 
 
 def test_none_detector_is_the_whole_image(astronaut):
@@ -166,23 +206,12 @@ def test_crop_pads_by_replicating_the_border():
 
 def test_crop_face_shape_and_content(astronaut):
     rgb = cv2.cvtColor(astronaut, cv2.COLOR_BGR2RGB)
-    face = crop_face(rgb, Detection(177, 66, 95, 95), 0.4, 64, align=True)  # no landmarks: plain crop
+    face = crop_face(rgb, Detection(177, 66, 95, 95), 0.4, 64)
     assert face.shape == (64, 64, 3) and face.dtype == np.uint8
     side = round(95 * 1.8)
     x0, y0 = round(177 + 47.5 - side / 2), round(66 + 47.5 - side / 2)
     expected = cv2.resize(rgb[y0:y0 + side, x0:x0 + side], (64, 64), interpolation=cv2.INTER_AREA)
     assert np.abs(face.astype(int) - expected).max() <= 1
-
-
-def test_alignment_levels_the_eyes():
-    eyes = np.array([[40.0, 50.0], [80.0, 70.0], [60, 70], [45, 90], [75, 95]], np.float32)  # tilted 26.6 deg
-    m = alignment_matrix(eyes, 60, 70, 100)
-    moved = np.c_[eyes[:2], np.ones(2)] @ m.T
-    assert moved[0, 1] == pytest.approx(moved[1, 1], abs=1e-6)  # level
-    assert moved[0, 0] < moved[1, 0]  # not flipped
-    img = np.random.default_rng(0).integers(0, 255, (140, 140, 3), dtype=np.uint8)
-    face = crop_face(img, Detection(40, 40, 40, 60, landmarks=eyes), 0.2, 48, align=True)
-    assert face.shape == (48, 48, 3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -376,6 +405,25 @@ def test_run_images_json_output_and_no_silent_overwrite(tmp_path, tiny_model_dir
         run_command(compose_cfg(*args), tmp_path / "run2")
     run_command(compose_cfg(*args, "run.overwrite=true"), tmp_path / "run3")
     assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["astronaut-1.jpg", "astronaut.jpg"]
+
+
+def test_run_images_aligned_column_and_no_annotate(tmp_path, tiny_model_dir, astronaut):
+    """MTCNN's landmarks align the astronaut (aligned=True); Haar has none (the box crop,
+    aligned=False); --no-annotate writes the predictions and no annotated copies."""
+    out = {}
+    for det in ("mtcnn", "haar"):
+        out[det] = tmp_path / f"{det}.csv"
+        run_command(compose_cfg(f"run.img=[{_q(ASTRONAUT)}]", f"model_path={_q(tiny_model_dir)}", f"detector={det}",
+                                f"run.output={_q(out[det])}", "run.annotate=false"), tmp_path / det)
+        assert not (tmp_path / det / "annotated").exists()
+    rows = {det: list(csv.DictReader(path.open(newline=""))) for det, path in out.items()}
+    assert [r["aligned"] for r in rows["mtcnn"]] == ["True"] and [r["aligned"] for r in rows["haar"]] == ["False"]
+    proc = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "run", "--img", str(ASTRONAUT),
+                           "--no-display", "--no-annotate", "--model_path", str(tiny_model_dir),
+                           f"hydra.run.dir={tmp_path / 'cli'}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Annotated images: none" in proc.stdout and not (tmp_path / "cli" / "annotated").exists()
+    assert (tmp_path / "cli" / "predictions.csv").is_file()
 
 
 def test_run_images_unknown_suffix_and_all_failed(tmp_path, tiny_model_dir):

@@ -31,6 +31,7 @@ HANDLERS = {
     "promote": "faceattr.models.io:promote_command",
     "export": "faceattr.models.export:export_command",
     "ensemble": "faceattr.models.ensemble:ensemble_command",
+    "calibrate": "faceattr.evaluation.calibrate:calibrate_command",
 }
 
 _register_resolvers()

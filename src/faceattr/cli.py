@@ -29,6 +29,7 @@ COMMANDS = {
     "promote": "copy a training run's model into saved_model/: promote RUN_DIR",
     "export": "write a model folder's TensorFlow Lite file, what `run` serves: export [MODEL_DIR]",
     "ensemble": "average trained models of one kind into one model: ensemble DIR DIR [DIR ...]",
+    "calibrate": "fit a model's decision rules (rare race class, age extremes) on its validation split",
 }
 # Hydra's own flags pass through untouched; the value tells how many arguments follow.
 HYDRA_FLAGS = {
@@ -54,12 +55,16 @@ def _quote(value: str) -> str:
 def _flag_parser(command: str) -> argparse.ArgumentParser:
     """The sugar flags of one command; everything else is Hydra's."""
     p = argparse.ArgumentParser(prog=f"python src/main.py {command}", add_help=False)
-    if command in ("run", "train", "evaluate", "export"):
+    if command in ("run", "train", "evaluate", "export", "calibrate"):
         p.add_argument("--model_type", choices=["facenet", "normal"], help="model family (model=...)")
-    if command in ("run", "evaluate"):
+    if command in ("run", "evaluate", "calibrate"):
         p.add_argument("--model_path", help="a trained model folder (default: saved_model/<model_type>)")
-    if command in ("train", "evaluate", "stats"):
+    if command in ("train", "evaluate", "stats", "calibrate"):
         p.add_argument("--data_path", help="UTKFace folder or .tar.gz/.zip archive (data.path=...)")
+    if command == "evaluate":
+        p.add_argument("--labels", metavar="PATH",
+                       help="a labelled photo folder (with labels.csv) or its CSV: score the model on those photos "
+                            "as `run` sees them (evaluation.labels=...)")
     if command == "train":
         p.add_argument("--eval", action="store_true", help="evaluate on the test split after training")
     if command == "run":
@@ -69,6 +74,8 @@ def _flag_parser(command: str) -> argparse.ArgumentParser:
                          help="camera index (default 0) or video file")
         p.add_argument("--output", help="preds.csv|preds.json for --img, out.mp4 for --video")
         p.add_argument("--no-display", action="store_true", help="never open a window")
+        p.add_argument("--no-annotate", action="store_true",
+                       help="write only the predictions, no annotated copies of the images")
     return p
 
 
@@ -122,6 +129,8 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
         out.append(f"model_path={_quote(ns.model_path)}")
     if getattr(ns, "data_path", None):
         out.append(f"data.path={_quote(ns.data_path)}")
+    if getattr(ns, "labels", None):
+        out.append(f"evaluation.labels={_quote(ns.labels)}")
     if getattr(ns, "eval", False):
         out.append("train.eval=true")
     if command == "run":
@@ -135,6 +144,8 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
             out.append(f"run.output={_quote(ns.output)}")
         if ns.no_display:
             out.append("run.display=false")
+        if ns.no_annotate:
+            out.append("run.annotate=false")
     if command == "compare":
         if not positional:
             fail("give one or more sweep or run folders")

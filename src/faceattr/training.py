@@ -32,6 +32,7 @@ from faceattr.data.stats import write_statistics
 from faceattr.data.utkface import prepare_dataset
 from faceattr.errors import ConfigError, ModelError
 from faceattr.labels import AGE_RANGE
+from faceattr.models.calibration import Calibration
 from faceattr.models.cnn import build_cnn
 from faceattr.models.heads import compile_args
 from faceattr.models.io import ModelInfo, history_of, load_trainable, promote, save_model
@@ -374,11 +375,15 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrain
 
 
 def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, history_csv: Path | None,
-              split: str = "test") -> dict:
+              split: str = "test", calibration: Calibration | None = None) -> dict:
+    """Predict ``test`` with ``trainer`` (then ``calibration``, the model's decision rules, when
+    given) and write the full evaluation into ``out_dir``."""
     from faceattr.evaluation.report import write_evaluation
 
     start = time.perf_counter()
     predictions = trainer.predict(test, tta_flip=bool(cfg.train.tta_flip))
+    if calibration is not None:
+        predictions = calibration.apply(predictions)
     log.info("predicted %d test faces in %.1f s", len(test), time.perf_counter() - start)
     return write_evaluation(out_dir, test, predictions, cfg.evaluation,
                             age_bin_edges=list(cfg.data.age_bin_edges), history_csv=history_csv, split=split)
@@ -472,14 +477,18 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         raise ModelError(f"{model_dir}: none of its {split} images were found in {cfg.data.path}")
     log.info("evaluating on the %s split: %d images", split, len(test))
     backend = str(cfg.evaluation.get("backend", "keras"))
+    # The model's decision rules (models.calibration), as `run` applies them; run.calibrate=false: raw outputs.
+    calibration = Calibration.from_dict(info.calibration if cfg.run.get("calibrate", True) else None)
     if backend == "keras":
         trainer = trainer_for(eval_cfg, load_trainable(model_dir, info))
     else:  # what `run` serves: the images through the exported file, not the cached features
         from faceattr.inference.predictor import Predictor
 
-        trainer = ServedModel(Predictor.load(model_dir, cfg.paths.cache, backend=backend))
+        predictor = Predictor.load(model_dir, cfg.paths.cache, backend=backend)
+        predictor.calibration = Calibration()  # applied below, as for Keras
+        trainer = ServedModel(predictor)
     history = history_of(model_dir)
-    metrics = _evaluate(trainer, test, eval_cfg, run_dir, history, split)
+    metrics = _evaluate(trainer, test, eval_cfg, run_dir, history, split, calibration)
     if history is None:  # an ensemble: one set of curves per member (training_curves_member<i>)
         from faceattr.evaluation.plots import plot_training_curves
         from faceattr.models.ensemble import MEMBER_HISTORY_PREFIX

@@ -75,6 +75,14 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
     borders), brightness shift up to ``brightness`` (on a
     0-1 scale), contrast factor in ``[1 - contrast, 1 + contrast]`` and, with probability
     ``blur``, a 3x3 box blur. ``seed`` is a shape (2,) int seed for stateless random ops.
+
+    What real photos add to a chip (each off at 0, so older configs and caches are unchanged):
+    with probability ``downscale``, the face shrunk to a factor in ``[downscale_min, 1]`` of its
+    side and enlarged back (a small, soft face in a photo); a gamma in ``[1 / (1 + gamma),
+    1 + gamma]`` (lighting); saturation factor in ``[1 - saturation, 1 + saturation]``; with
+    probability ``grayscale``, the grey image; Gaussian noise of standard deviation up to
+    ``noise`` (0-1 scale); with probability ``jpeg``, JPEG compression at a quality in
+    ``[jpeg_quality_min, 95]``.
     """
     n = tf.shape(images)[0]
     h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
@@ -128,7 +136,61 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
         blurred = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")
         images = tf.where(per_image(uniform(4, 0.0, 1.0) < blur), blurred, images)
 
-    return tf.clip_by_value(images, 0.0, 255.0)
+    return tf.clip_by_value(_real_photo_augment(images, seeds[4], augment_cfg), 0.0, 255.0)
+
+
+def _real_photo_augment(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, Any] | None) -> tf.Tensor:
+    """The real-photo part of ``augment_batch`` (see there); float32 (N, H, W, 3) in [0, 255].
+    Its draws come from seeds split off ``seed``, so they leave the others' draws unchanged."""
+    n = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, num=12)
+
+    def uniform(i: int, lo: float, hi: float) -> tf.Tensor:
+        return tf.random.stateless_uniform([n], seeds[i], lo, hi)
+
+    def chance(i: int, p: float) -> tf.Tensor:
+        return tf.reshape(uniform(i, 0.0, 1.0) < p, [-1, 1, 1, 1])
+
+    images = tf.clip_by_value(images, 0.0, 255.0)
+    downscale = _cfg(augment_cfg, "downscale", 0.0)
+    if downscale > 0:
+        size = tf.shape(images)[1:3]
+        factors = uniform(1, _cfg(augment_cfg, "downscale_min", 0.4), 1.0)
+
+        def shrink(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+            image, factor = args
+            small = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32), 8)
+            return tf.image.resize(tf.image.resize(image, small, method="area"), size, method="bilinear")
+
+        shrunk = tf.map_fn(shrink, (images, factors), fn_output_signature=tf.float32)
+        images = tf.where(chance(0, downscale), shrunk, images)
+    gamma = _cfg(augment_cfg, "gamma", 0.0)
+    if gamma > 0:
+        g = tf.exp(uniform(2, -math.log1p(gamma), math.log1p(gamma)))
+        images = 255.0 * tf.pow(images / 255.0, tf.reshape(g, [-1, 1, 1, 1]))
+    saturation = _cfg(augment_cfg, "saturation", 0.0)
+    grayscale = _cfg(augment_cfg, "grayscale", 0.0)
+    if saturation > 0 or grayscale > 0:
+        grey = tf.reduce_sum(images * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+        factor = tf.reshape(uniform(3, 1.0 - saturation, 1.0 + saturation), [-1, 1, 1, 1])
+        factor = tf.where(chance(4, grayscale), tf.zeros_like(factor), factor)
+        images = grey + (images - grey) * factor
+    noise = _cfg(augment_cfg, "noise", 0.0)
+    if noise > 0:
+        std = tf.reshape(uniform(5, 0.0, noise), [-1, 1, 1, 1]) * 255.0
+        images = images + std * tf.random.stateless_normal(tf.shape(images), seeds[6])
+    jpeg = _cfg(augment_cfg, "jpeg", 0.0)
+    if jpeg > 0:
+        quality = tf.cast(tf.round(uniform(7, _cfg(augment_cfg, "jpeg_quality_min", 30.0), 95.0)), tf.int32)
+
+        def compress(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+            image, q = args
+            pixels = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+            return tf.cast(tf.image.adjust_jpeg_quality(pixels, q), tf.float32)
+
+        compressed = tf.map_fn(compress, (images, quality), fn_output_signature=tf.float32)
+        images = tf.where(chance(8, jpeg), compressed, images)
+    return images
 
 
 def make_dataset(

@@ -61,21 +61,22 @@ def _check_lengths(y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.nda
 
 
 def age_summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE, bias (mean predicted - true), R² (years) and within-5/10-year shares.
+    """MAE, RMSE, signed error (mean predicted - true: + = too old), R² (years) and within-5/10-year
+    shares.
 
     ``y_true``, ``y_pred``: (N,) ages in years. Empty input gives NaN everywhere.
     """
     t, p = _ages(y_true), _ages(y_pred)
     out = {"n": float(len(t))}
     if len(t) == 0:
-        return out | {"mae": math.nan, "rmse": math.nan, "bias": math.nan, "r2": math.nan,
+        return out | {"mae": math.nan, "rmse": math.nan, "signed_error": math.nan, "r2": math.nan,
                       **{f"within_{w}": math.nan for w in WITHIN_YEARS}}
     err = p - t
     abs_err = np.abs(err)
     ss_tot = float(np.sum((t - t.mean()) ** 2))
     out["mae"] = float(abs_err.mean())
     out["rmse"] = float(np.sqrt(np.mean(err**2)))
-    out["bias"] = float(err.mean())
+    out["signed_error"] = float(err.mean())
     out["r2"] = float(1.0 - np.sum(err**2) / ss_tot) if ss_tot > 0 else math.nan
     for w in WITHIN_YEARS:
         out[f"within_{w}"] = float(np.mean(abs_err <= w))
@@ -88,14 +89,15 @@ def compute_metrics(y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.nd
     Returns a flat dict of Python numbers: ``age_mae``, ``age_rmse``, ``age_bias`` (years),
     ``age_r2``, ``age_within_5``, ``age_within_10`` (share of faces with |error| <= 5 / 10
     years), ``gender_accuracy``, ``gender_macro_f1``, ``race_accuracy``, ``race_macro_f1``,
-    ``race_balanced_accuracy`` (mean per-class recall) and ``n_test``.
+    ``race_balanced_accuracy`` (mean per-class recall), ``race_recall_<class>`` for each class
+    present, and ``n_test``.
     """
     n = _check_lengths(y_true, y_pred)
     age = age_summary(y_true["age"], y_pred["age"])
     metrics: dict[str, float | int] = {
         "age_mae": age["mae"],
         "age_rmse": age["rmse"],
-        "age_bias": age["bias"],
+        "age_bias": age["signed_error"],
         "age_r2": age["r2"],
         **{f"age_within_{w}": age[f"within_{w}"] for w in WITHIN_YEARS},
     }
@@ -112,6 +114,8 @@ def compute_metrics(y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.nd
         if task == "race":
             recalls = [float(np.mean(p[t == c] == c)) for c in present]
             metrics["race_balanced_accuracy"] = float(np.mean(recalls)) if recalls else math.nan
+            for c, recall in zip(present, recalls, strict=True):
+                metrics[f"race_recall_{names[c]}"] = recall
         missing = [names[c] for c in range(len(names)) if c not in present]
         if missing and n:
             log.warning("%s classes absent from the test labels: %s", task, ", ".join(missing))
@@ -160,7 +164,7 @@ def age_by_bin_frame(y_true: np.ndarray, y_pred: np.ndarray,
 
     ``y_true``, ``y_pred``: (N,) years; ``edges``: bin edges in years (``labels`` convention,
     half-open bins, last edge may be ``inf``). One row per bin, empty bins included with
-    n = 0. Columns: ``bin``, ``lo``, ``hi``, ``n``, ``mae``, ``rmse``, ``bias`` (years;
+    n = 0. Columns: ``bin``, ``lo``, ``hi``, ``n``, ``mae``, ``rmse``, ``signed_error`` (years;
     positive = predicted too old), ``mean_true``, ``mean_pred``, ``within_5``, ``within_10``.
     """
     t, p = _ages(y_true), _ages(y_pred)
@@ -171,7 +175,7 @@ def age_by_bin_frame(y_true: np.ndarray, y_pred: np.ndarray,
         mask = bins == i
         s = age_summary(t[mask], p[mask])
         rows.append({"bin": name, "lo": edges[i], "hi": edges[i + 1], "n": int(mask.sum()),
-                     "mae": s["mae"], "rmse": s["rmse"], "bias": s["bias"],
+                     "mae": s["mae"], "rmse": s["rmse"], "signed_error": s["signed_error"],
                      "mean_true": float(t[mask].mean()) if mask.any() else math.nan,
                      "mean_pred": float(p[mask].mean()) if mask.any() else math.nan,
                      **{f"within_{w}": s[f"within_{w}"] for w in WITHIN_YEARS}})
@@ -183,11 +187,11 @@ def age_report_frame(y_true: np.ndarray, y_pred: np.ndarray,
     """The age report: an ``all`` row, then one row per true-age bin.
 
     ``y_true``, ``y_pred``: (N,) years; ``edges`` as in ``age_by_bin_frame``. Columns:
-    ``group``, ``n``, ``mae``, ``rmse``, ``bias`` (years), ``r2`` (``all`` row only; R² inside a
+    ``group``, ``n``, ``mae``, ``rmse``, ``signed_error`` (years), ``r2`` (``all`` row only; R² inside a
     narrow bin says little), ``within_5``, ``within_10`` (shares in [0, 1]).
     """
     overall = age_summary(y_true, y_pred)
-    cols = ["group", "n", "mae", "rmse", "bias", "r2", *(f"within_{w}" for w in WITHIN_YEARS)]
+    cols = ["group", "n", "mae", "rmse", "signed_error", "r2", *(f"within_{w}" for w in WITHIN_YEARS)]
     rows = [{"group": "all", **overall, "n": int(overall["n"])}]
     for rec in age_by_bin_frame(y_true, y_pred, edges).to_dict("records"):
         rows.append({"group": rec["bin"], "r2": math.nan, **{k: rec[k] for k in cols if k in rec}})

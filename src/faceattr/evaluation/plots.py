@@ -73,12 +73,13 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png",), dpi:
 
 
 def plot_confusion(task: str, y_true: np.ndarray, y_pred: np.ndarray, stem: Path,
-                   formats: Sequence[str] = ("png",), dpi: int = 120) -> list[Path]:
+                   formats: Sequence[str] = ("png",), dpi: int = 120, where: str = "the test split") -> list[Path]:
     """Confusion heatmap of ``task`` ("gender" or "race").
 
     ``y_true``: (N,) class indices; ``y_pred``: (N, C) probabilities or (N,) indices. Cells
     show the count and, in brackets, the share of the true class (row-normalised, which is
-    also what the colour encodes, so small classes stay readable).
+    also what the colour encodes, so small classes stay readable). ``where``: what the faces
+    are, for the title.
     """
     names = list(class_names(task))
     counts = confusion_counts(task, y_true, y_pred)
@@ -101,7 +102,7 @@ def plot_confusion(task: str, y_true: np.ndarray, y_pred: np.ndarray, stem: Path
         ax.set_ylabel(f"True {task}")
         ax.tick_params(axis="y", rotation=0)
         ax.tick_params(axis="x", rotation=0 if len(names) <= 3 else 30)
-        ax.set_title(f"{task.capitalize()} confusion on the test split\n(n={n}, accuracy {acc:.1%})")
+        ax.set_title(f"{task.capitalize()} confusion on {where}\n(n={n}, accuracy {acc:.1%})")
         return save_figure(fig, stem, formats, dpi)
 
 
@@ -216,6 +217,35 @@ def plot_age(y_true: np.ndarray, y_pred: np.ndarray, stem: Path, edges: Sequence
         ax2.set_ylabel(f"mean absolute error ({AGE_UNIT})")
         ax2.set_title("Age error by true age")
         ax2.legend(loc="upper left")
+        return save_figure(fig, stem, formats, dpi)
+
+
+def plot_age_groups(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, stem: Path,
+                    formats: Sequence[str] = ("png",), dpi: int = 120) -> list[Path]:
+    """Predicted ages (years) per true age group: a box per group with its true interval shaded,
+    so a pull toward the middle shows as boxes above the young groups and below the old ones.
+
+    ``pred``, ``lo``, ``hi``: (N,) years; ``hi`` may be inf (an open group such as 70+).
+    """
+    keys = sorted({(a, b) for a, b in zip(lo, hi, strict=True)})
+    data = [pred[(lo == a) & (hi == b)] for a, b in keys]
+    names = [f"{a:g}+" if math.isinf(b) else f"{a:g}-{b:g}" for a, b in keys]
+    inside = float(np.mean([(a <= p <= b) for p, a, b in zip(pred, lo, hi, strict=True)])) if len(pred) else math.nan
+    with plot_style():
+        fig = new_figure((max(6.0, 1.0 + 0.9 * len(keys)), 5.0))
+        ax = fig.add_subplot()
+        top = max(float(np.nanmax(pred)) if len(pred) else 1.0, max((b for _, b in keys if not math.isinf(b)),
+                                                                   default=1.0)) * 1.08
+        for i, (a, b) in enumerate(keys):
+            ax.fill_between([i + 0.55, i + 1.45], a, top if math.isinf(b) else b + 1, color="green", alpha=0.15,
+                            label="true group" if i == 0 else None)
+        ax.boxplot(data, showfliers=True)
+        ax.set_xticks(range(1, len(keys) + 1), [f"{nm}\nn={len(d)}" for nm, d in zip(names, data, strict=True)])
+        ax.set_ylim(0, top)
+        ax.set_xlabel(f"true age group ({AGE_UNIT})")
+        ax.set_ylabel(f"predicted age ({AGE_UNIT})")
+        ax.set_title(f"Predicted age by true age group (n={len(pred)}, {inside:.0%} inside their group)")
+        ax.legend(loc="upper left")
         return save_figure(fig, stem, formats, dpi)
 
 

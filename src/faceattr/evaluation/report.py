@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from faceattr.evaluation import fairness, plots
 from faceattr.evaluation.metrics import (
@@ -131,15 +131,17 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     elif history_csv is not None:
         log.warning("%s not found; no training curves", history_csv)
 
-    log.info("%s split (n=%d): age MAE %.2f y, gender accuracy %.1f%%, race accuracy %.1f%% (macro F1 %.3f)",
-             split, n, metrics["age_mae"], 100 * metrics["gender_accuracy"], 100 * metrics["race_accuracy"],
-             metrics["race_macro_f1"])
+    log.info("%s split (n=%d): age MAE %.2f y, gender accuracy %.1f%%, race accuracy %.1f%% (balanced %.1f%%, "
+             "macro F1 %.3f; recall %s)", split, n, metrics["age_mae"], 100 * metrics["gender_accuracy"],
+             100 * metrics["race_accuracy"], 100 * metrics["race_balanced_accuracy"], metrics["race_macro_f1"],
+             ", ".join(f"{r} {100 * metrics[f'race_recall_{r}']:.0f}%" for r in RACES if f"race_recall_{r}" in metrics))
     log.info("evaluation reports and plots written to %s", out_dir)
     return metrics
 
 
 def evaluate_command(cfg: DictConfig, run_dir: Path) -> dict:
-    """``python src/main.py evaluate``: evaluate the chosen model on its test split.
+    """``python src/main.py evaluate``: evaluate the chosen model on its test split, or with
+    ``evaluation.labels`` (``--labels PATH``) on a labelled photo folder (``evaluation.photos``).
 
     The model folder is ``cfg.model_path`` or the shipped model of ``cfg.model.name``; the
     reports land in ``run_dir``. Returns the test metrics.
@@ -147,6 +149,10 @@ def evaluate_command(cfg: DictConfig, run_dir: Path) -> dict:
     from faceattr.models.io import resolve_model_dir
     from faceattr.training import evaluate_model_dir
 
+    if OmegaConf.select(cfg, "evaluation.labels"):  # real photos, through run's face pipeline
+        from faceattr.evaluation.photos import evaluate_photos
+
+        return evaluate_photos(cfg, run_dir)
     model_dir = resolve_model_dir(cfg)
     log.info("evaluating %s", model_dir)
     return evaluate_model_dir(cfg, model_dir, run_dir)

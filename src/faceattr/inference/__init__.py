@@ -1,11 +1,15 @@
-"""Inference: image or frame -> detect -> crop with margin (aligned when landmarks exist) ->
+"""Inference: image or frame -> detect -> align onto the chip template (or crop the box with margin) ->
 ``Predictor`` (the saved model's own preprocessing) -> labels with confidences -> tracks
 (video) -> annotated output and result rows.
 
 Modules:
 
-- ``detectors``: ``Detection`` and ``make_detector`` (Haar, MTCNN, or the whole image).
-- ``crop``: ``crop_face``, the square margin crop the model was trained on.
+- ``detectors``: ``Detection`` and ``make_detector`` (MTCNN, Haar, or the whole image);
+  ``mtcnn_numpy``: MTCNN's networks and cascade in NumPy (no TensorFlow import).
+- ``align``: the chip template and ``align_face``, a face mapped onto it by its landmarks.
+- ``crop``: ``crop_face``, the square box crop with margin (faces without usable landmarks).
+- ``pipeline``: ``FacePipeline``, image -> faces as the model sees them -> predictions; shared
+  by ``run`` and ``evaluate --labels``.
 - ``images``: ``expand_inputs`` (files, folders, globs) and ``read_image`` (robust decoding).
 - ``predictor``: ``Predictor``, face crops -> ``FacePrediction`` in batches; shared by
   ``run``, ``evaluate`` and any later front end, independent of Hydra.

@@ -10,8 +10,6 @@ instead of clipping (clipping would stretch faces near an edge when resized to a
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 
@@ -51,38 +49,14 @@ def crop_square(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndar
     return inner
 
 
-def eye_angle(landmarks: np.ndarray) -> float:
-    """Angle in degrees of the line from the left to the right eye (image coords, y down)."""
-    (lx, ly), (rx, ry) = np.asarray(landmarks, dtype=np.float64)[:2]
-    return math.degrees(math.atan2(ry - ly, rx - lx))
-
-
-def alignment_matrix(landmarks: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
-    """2x3 affine matrix: rotate about the eyes' centre so they are level, then shift so the
-    square of ``side`` pixels around the rotated box centre (cx, cy) starts at (0, 0)."""
-    eyes = np.asarray(landmarks, dtype=np.float64)[:2]
-    centre = tuple(float(v) for v in eyes.mean(axis=0))
-    m = cv2.getRotationMatrix2D(centre, eye_angle(landmarks), 1.0)
-    ncx, ncy = m @ np.array([cx, cy, 1.0])
-    s = max(1, round(side))
-    m[:, 2] -= (ncx - s / 2.0, ncy - s / 2.0)
-    return m
-
-
 def crop_face(image_rgb: np.ndarray, detection: Detection, margin: float, out_size: int,
-              align: bool = True, shift_y: float = 0.0) -> np.ndarray:
-    """The model's view of one face: (out_size, out_size, 3) uint8 RGB.
+              shift_y: float = 0.0) -> np.ndarray:
+    """The box crop of one face: (out_size, out_size, 3) uint8 RGB.
 
     ``image_rgb``: (H, W, 3) uint8. The detection box is grown by ``margin`` x its size on each
-    side and made square (``square_box``). With ``align`` and landmarks, the image is first
-    rotated about the eyes' centre so the eyes are level (UTKFace's chips are aligned).
+    side and made square (``square_box``). Faces with landmarks are aligned onto the chip
+    template instead (``align.align_face``); this is its fallback and the crop of detectors
+    without landmarks.
     """
     cx, cy, side = square_box(detection.box, margin, shift_y)
-    if align and detection.landmarks is not None and abs(eye_angle(detection.landmarks)) > 0.5:
-        s = max(1, round(side))
-        # One warp rotates and crops: only the s x s output pixels are computed.
-        m = alignment_matrix(detection.landmarks, cx, cy, side)
-        face = cv2.warpAffine(image_rgb, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    else:
-        face = crop_square(image_rgb, cx, cy, side)
-    return np.ascontiguousarray(resize_face(face, int(out_size)), dtype=np.uint8)
+    return np.ascontiguousarray(resize_face(crop_square(image_rgb, cx, cy, side), int(out_size)), dtype=np.uint8)

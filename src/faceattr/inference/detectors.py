@@ -3,8 +3,9 @@
 ``conf/detector/<name>.yaml`` picks one:
 
 - ``haar``: OpenCV 4's frontal-face Haar cascade. Fast, CPU only, no landmarks, no score.
-- ``mtcnn``: the ``mtcnn`` package (TensorFlow). Slower, gives a confidence and five
-  landmarks, which ``crop.crop_face`` uses to rotate the eyes level.
+- ``mtcnn``: MTCNN with the ``mtcnn`` package's weights, run in NumPy (``mtcnn_numpy``). Finds
+  faces in real photos, gives a confidence and five landmarks, which ``align`` uses to map each
+  face onto the training chips' template.
 - ``none``: no detection; the whole image is one face (pre-cropped chips such as UTKFace).
 
 Boxes are always in the pixels of the image passed in, even when a large image was
@@ -28,8 +29,6 @@ log = logging.getLogger(__name__)
 #: Order of the five landmarks (image left/right, i.e. "left_eye" is the one further left).
 LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-#: Largest min_face_size mtcnn 1.0 handles (see ``MTCNNDetector.detect``), pixels.
-MTCNN_SAFE_MIN_FACE = 20
 
 
 @dataclass
@@ -120,16 +119,20 @@ class HaarDetector:
 
 
 class MTCNNDetector:
-    """The ``mtcnn`` package (weights ship in its wheel); keeps confidence and 5 landmarks."""
+    """MTCNN with the ``mtcnn`` package's weights (they ship in its wheel), run in NumPy
+    (``mtcnn_numpy``: no TensorFlow import); keeps confidence and five landmarks.
+
+    ``min_size``: smallest face found, pixels of the (possibly downscaled) detection image.
+    ``cache_dir``: where the weights are kept as a plain ``.npz`` after the first load.
+    """
 
     name = "mtcnn"
 
-    def __init__(self, min_confidence: float = 0.9, min_size: int = 40, max_side: int | None = 1280) -> None:
-        try:
-            from mtcnn import MTCNN  # imported lazily: it builds TensorFlow graphs at import time
-        except ImportError as exc:
-            raise ModelError(f"detector=mtcnn needs the 'mtcnn' package ({exc}); pip install mtcnn") from None
-        self._mtcnn = MTCNN()
+    def __init__(self, min_confidence: float = 0.9, min_size: int = 40, max_side: int | None = 1280,
+                 cache_dir: str | Path | None = None) -> None:
+        from faceattr.inference.mtcnn_numpy import NumpyMTCNN
+
+        self._mtcnn = NumpyMTCNN(Path(cache_dir) if cache_dir else None)
         self.min_confidence = float(min_confidence)
         self.min_size = int(min_size)
         self.max_side = int(max_side) if max_side else None
@@ -137,30 +140,18 @@ class MTCNNDetector:
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         _check_image(image_bgr)
         small, scale = _downscale(image_bgr, self.max_side)
-        face_px = self.min_size
-        if face_px > MTCNN_SAFE_MIN_FACE:
-            # mtcnn 1.0's image pyramid ignores min_face_size when counting its levels, so a
-            # min_face_size above ~20 px shrinks the last level below PNet's 12 px and Keras
-            # raises. Shrinking the image instead is equivalent (and faster).
-            f = MTCNN_SAFE_MIN_FACE / face_px
-            small = cv2.resize(small, (max(1, round(small.shape[1] * f)), max(1, round(small.shape[0] * f))),
-                               interpolation=cv2.INTER_AREA)
-            scale, face_px = scale * f, MTCNN_SAFE_MIN_FACE
-        if min(small.shape[:2]) < 12:  # PNet's input size: nothing to find
+        if min(small.shape[:2]) < self.min_size:  # smaller than the smallest face sought
             return []
         rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)  # MTCNN was trained on RGB
-        # numpy output keeps sub-pixel landmarks (the JSON output rounds them to ints).
-        rows = np.asarray(self._mtcnn.detect_faces(rgb, min_face_size=face_px, output_type="numpy",
-                                                   box_format="xywh"), dtype=np.float64).reshape(-1, 16)
         out = []
-        for row in rows:
-            score = float(row[5])
+        # Rows: x1, y1, x2, y2, confidence, the 5 landmark x's, then their 5 y's (LANDMARK_NAMES order).
+        for row in self._mtcnn.detect(rgb, min_face=self.min_size):
+            score = float(row[4])
             if score < self.min_confidence:
                 continue
-            # Columns: image id, x, y, w, h, confidence, the 5 landmark x's, then their 5 y's, in
-            # LANDMARK_NAMES order (as mtcnn.utils.landmarks.parse_landmarks reads them).
-            landmarks = (np.stack([row[6:11], row[11:16]], axis=1) / scale).astype(np.float32)
-            out.append(Detection(*_to_original(*row[1:5], scale, image_bgr.shape), score=score, landmarks=landmarks))
+            landmarks = (np.stack([row[5:10], row[10:15]], axis=1) / scale).astype(np.float32)
+            box = _to_original(row[0], row[1], row[2] - row[0], row[3] - row[1], scale, image_bgr.shape)
+            out.append(Detection(*box, score=score, landmarks=landmarks))
         log.debug("mtcnn: %d face(s) >= %.2f in %dx%d image", len(out), self.min_confidence,
                   image_bgr.shape[1], image_bgr.shape[0])
         return out
@@ -177,15 +168,21 @@ class WholeImageDetector:
         return [Detection(0, 0, w, h, 1.0)]
 
 
-def make_detector(detector_cfg: Any, video: bool = False) -> Detector:
-    """The detector named by ``detector_cfg.name`` (a ``conf/detector/*.yaml`` node or a dict).
-
-    ``video``: the node's ``video`` entries (if any) override the others, e.g. a coarser image
-    pyramid that keeps a live stream fast.
-    """
+def detector_settings(detector_cfg: Any, video: bool = False) -> dict[str, Any]:
+    """A ``conf/detector/*.yaml`` node (or dict) as a plain dict; with ``video``, its ``video``
+    entries override the others (a coarser image pyramid, or another detector altogether, that
+    keeps a live stream fast)."""
     settings = dict(detector_cfg)
+    video_settings = dict(settings.pop("video", None) or {})
     if video:
-        settings.update(dict(settings.get("video") or {}))
+        settings.update(video_settings)
+    return settings
+
+
+def make_detector(detector_cfg: Any, video: bool = False) -> Detector:
+    """The detector named by ``detector_cfg.name`` (a ``conf/detector/*.yaml`` node or a dict);
+    ``video`` applies its ``video`` entries (``detector_settings``)."""
+    settings = detector_settings(detector_cfg, video)
     get = settings.get
     name = get("name")
     if name == "haar":
@@ -193,7 +190,7 @@ def make_detector(detector_cfg: Any, video: bool = False) -> Detector:
                             min_size=get("min_size", 40), max_side=get("max_side", 1280))
     if name == "mtcnn":
         return MTCNNDetector(min_confidence=get("min_confidence", 0.9), min_size=get("min_size", 40),
-                             max_side=get("max_side", 1280))
+                             max_side=get("max_side", 1280), cache_dir=get("cache_dir"))
     if name == "none":
         return WholeImageDetector()
     raise ConfigError(f"detector.name: unknown detector {name!r} (haar|mtcnn|none)")

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from faceattr.errors import InputError, ModelError
+from faceattr.inference.align import ChipTemplate
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
+from faceattr.models.calibration import Calibration
 from faceattr.models.preprocessing import resize_face
 
 if TYPE_CHECKING:  # TensorFlow/Keras load on first use (never, with the TensorFlow Lite runner)
@@ -78,7 +80,13 @@ class Predictor:
         self.tta_flip = bool(tta_flip)
         self.info = info
         self.path = path
+        self.calibration = Calibration.from_dict(info.calibration if info is not None else None)
         self._lock = threading.Lock()
+
+    @property
+    def chip_template(self) -> ChipTemplate:
+        """Where the model's training chips have their landmarks (``inference.align``)."""
+        return ChipTemplate.from_dict(self.info.chip_template if self.info is not None else None)
 
     @property
     def backend(self) -> str:
@@ -110,14 +118,18 @@ class Predictor:
     @classmethod
     def from_config(cls, cfg: Any) -> Predictor:
         """From the composed config: ``model_path`` (or the shipped model), ``run.batch_size``,
-        ``run.tta_flip``, ``run.backend``, ``run.threads`` and ``paths.cache``."""
+        ``run.tta_flip``, ``run.backend``, ``run.threads``, ``run.calibrate`` and ``paths.cache``."""
         from faceattr.models.io import resolve_model_dir
 
         cache = cfg.paths.get("cache") if "paths" in cfg else None
         tta = bool(cfg.run.get("tta_flip", False))
         threads = cfg.run.get("threads")
-        return cls.load(resolve_model_dir(cfg), cache, batch_size=int(cfg.run.get("batch_size", 32)), tta_flip=tta,
-                        backend=str(cfg.run.get("backend", "auto")), threads=int(threads) if threads else None)
+        predictor = cls.load(resolve_model_dir(cfg), cache, batch_size=int(cfg.run.get("batch_size", 32)),
+                             tta_flip=tta, backend=str(cfg.run.get("backend", "auto")),
+                             threads=int(threads) if threads else None)
+        if not bool(cfg.run.get("calibrate", True)):  # the raw outputs, without the model's decision rules
+            predictor.calibration = Calibration()
+        return predictor
 
     # -- prediction ---------------------------------------------------------------------
     def prepare(self, faces_rgb: list[np.ndarray]) -> np.ndarray:
@@ -136,7 +148,9 @@ class Predictor:
         """Raw outputs for a prepared batch (N, S, S, 3) float32 RGB [0, 255].
 
         Returns ``age`` (N,) years (unclipped), ``gender`` (N, 2), ``race`` (N, 5), with flip
-        test-time augmentation applied when enabled. Processed in chunks of ``batch_size``.
+        test-time augmentation applied when enabled, then the model's calibration (its decision
+        rules fitted on the validation split, ``models.calibration``). Processed in chunks of
+        ``batch_size``.
         """
         n = len(batch)
         out = {"age": np.empty((n,), np.float32), "gender": np.empty((n, len(GENDERS)), np.float32),
@@ -157,7 +171,7 @@ class Predictor:
                 out["age"][start:start + k] = age
                 out["gender"][start:start + k] = gender
                 out["race"][start:start + k] = race
-        return out
+        return self.calibration.apply(out)
 
     def predict(self, faces_rgb: list[np.ndarray]) -> list[FacePrediction]:
         """One ``FacePrediction`` per crop, in order; crops are (H, W, 3) uint8 RGB, any size."""

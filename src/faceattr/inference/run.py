@@ -38,17 +38,18 @@ from tqdm import tqdm
 
 from faceattr.errors import ConfigError, FaceAttrError, InputError
 from faceattr.inference.annotate import BOX_COLOUR, MISSED_COLOUR, annotate, draw_face, draw_fps, format_label
-from faceattr.inference.crop import crop_face
-from faceattr.inference.detectors import Detection, Detector, make_detector
 from faceattr.inference.images import expand_inputs, read_image
-from faceattr.inference.predictor import FacePrediction, Predictor
+from faceattr.inference.pipeline import FaceCrop, FacePipeline
+from faceattr.inference.predictor import FacePrediction
 from faceattr.inference.tracking import IoUTracker
 
 log = logging.getLogger(__name__)
 
 #: Columns of the predictions file, in order (the JSON output has the same keys).
+#: ``aligned``: whether the face was mapped onto the chip template by its landmarks (False: the
+#: detection box with the detector's margin; see ``inference.align``).
 COLUMNS: tuple[str, ...] = ("image", "face", "x", "y", "w", "h", "age", "gender", "race",
-                            "gender_confidence", "race_confidence")
+                            "gender_confidence", "race_confidence", "aligned")
 TABLE_SUFFIXES = (".csv", ".json")
 #: Video container -> FourCC. mp4v ships with every OpenCV wheel (H.264 often doesn't).
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
@@ -62,50 +63,6 @@ TRACKER_DEFAULTS = {"iou_threshold": 0.3, "max_missed": 10, "window": 30, "refre
 # ----------------------------------------------------------------------------------------
 # Shared parts
 # ----------------------------------------------------------------------------------------
-@dataclass
-class FacePipeline:
-    """Image -> detections -> margin crops -> predictions. Plain arguments, no Hydra.
-
-    ``margin``: fraction of the face box added on each side; ``shift_y``: the crop's centre moves
-    down by this fraction of the box height; ``align``: rotate the eyes level when the detector
-    gives landmarks. Both numbers belong to the detector: each is calibrated so its crops frame
-    a face like the UTKFace training chips (see conf/detector/*.yaml).
-    """
-
-    detector: Detector
-    predictor: Predictor
-    margin: float = 0.1
-    align: bool = False
-    shift_y: float = 0.0
-
-    def crops(self, image_bgr: np.ndarray) -> tuple[list[Detection], list[np.ndarray]]:
-        """Detections in an (H, W, 3) BGR image and their (S, S, 3) RGB crops, S = model input."""
-        detections = self.detector.detect(image_bgr)
-        return detections, self.crop(image_bgr, detections)
-
-    def crop(self, image_bgr: np.ndarray, detections: Sequence[Detection]) -> list[np.ndarray]:
-        """The (S, S, 3) RGB model input of each detection, margin and shift applied."""
-        if not detections:
-            return []
-        rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-        size = self.predictor.input_size
-        return [crop_face(rgb, d, self.margin, size, self.align, self.shift_y) for d in detections]
-
-    def analyse(self, image_bgr: np.ndarray) -> list[tuple[Detection, FacePrediction]]:
-        """Every face of one image with its prediction (one model call for all faces)."""
-        detections, faces = self.crops(image_bgr)
-        return list(zip(detections, self.predictor.predict(faces), strict=True))
-
-    @classmethod
-    def from_config(cls, cfg: Any, predictor: Predictor | None = None, video: bool = False) -> FacePipeline:
-        """Detector from ``cfg.detector`` (with its ``video`` settings when ``video``), model from
-        ``model_path`` (see ``Predictor.from_config``)."""
-        predictor = predictor or Predictor.from_config(cfg)
-        det_cfg = cfg.detector
-        return cls(make_detector(det_cfg, video=video), predictor, margin=float(det_cfg.get("margin", 0.0)),
-                   align=bool(det_cfg.get("align", False)), shift_y=float(det_cfg.get("shift_y", 0.0)))
-
-
 def screen_available() -> bool:
     """Whether a window can be shown: on Linux/BSD only with $DISPLAY or $WAYLAND_DISPLAY
     (OpenCV's Qt/GTK back ends abort the process, not raise, without one)."""
@@ -169,8 +126,7 @@ def _report(message: str, stream: Any = None) -> None:
 class _Pending:
     path: Path
     image: np.ndarray
-    detections: list[Detection]
-    crops: list[np.ndarray]
+    faces: list[FaceCrop]
 
 
 @dataclass
@@ -200,10 +156,12 @@ def _write_image(path: Path, image_bgr: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())  # via Python, so non-ASCII paths work everywhere
 
 
-def _face_row(path: Path, index: int, det: Detection, pred: FacePrediction) -> dict:
+def _face_row(path: Path, index: int, face: FaceCrop, pred: FacePrediction) -> dict:
+    det = face.detection
     return {"image": str(path), "face": index, "x": det.x, "y": det.y, "w": det.w, "h": det.h,
             "age": round(pred.age, 1), "gender": pred.gender, "race": pred.race,
-            "gender_confidence": round(pred.gender_confidence, 4), "race_confidence": round(pred.race_confidence, 4)}
+            "gender_confidence": round(pred.gender_confidence, 4), "race_confidence": round(pred.race_confidence, 4),
+            "aligned": face.aligned}
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
@@ -230,8 +188,9 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
     overwrite = bool(cfg.run.get("overwrite", False))
     out_path = _output_path(cfg.run.output, run_dir / "predictions.csv", TABLE_SUFFIXES, overwrite, "predictions")
     annotated_dir = Path(cfg.run.annotated_dir).expanduser() if cfg.run.get("annotated_dir") else run_dir / "annotated"
+    annotate_images = bool(cfg.run.get("annotate", True))
     input_dirs = {p.parent.resolve() for p in paths if p.exists()}
-    if annotated_dir.resolve() in input_dirs:
+    if annotate_images and annotated_dir.resolve() in input_dirs:
         raise ConfigError(f"run.annotated_dir: {annotated_dir} holds input images; annotated copies are never "
                           "written next to the inputs, choose another folder")
     display = _want_display(bool(cfg.run.get("display", False)))
@@ -251,15 +210,17 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
         nonlocal display
         if not pending:
             return
-        crops = [c for p in pending for c in p.crops]
-        preds = iter(get_pipeline().predictor.predict(crops))
-        annotated_dir.mkdir(parents=True, exist_ok=True)
+        preds = iter(get_pipeline().predict([f for p in pending for f in p.faces]))
         for item in pending:
-            faces = [(d, next(preds)) for d in item.detections]
-            stats.rows.extend(_face_row(item.path, i, d, p) for i, (d, p) in enumerate(faces))
-            drawn = annotate(item.image, [(d.box, p) for d, p in faces])
-            suffix = item.path.suffix.lower() if item.path.suffix.lower() in ANNOTATED_SUFFIXES else ".png"
-            _write_image(_unique_path(annotated_dir, item.path.stem, suffix), drawn)
+            faces = [(f, next(preds)) for f in item.faces]
+            stats.rows.extend(_face_row(item.path, i, f, p) for i, (f, p) in enumerate(faces))
+            if not annotate_images and not display:
+                continue
+            drawn = annotate(item.image, [(f.detection.box, p) for f, p in faces])
+            if annotate_images:
+                annotated_dir.mkdir(parents=True, exist_ok=True)
+                suffix = item.path.suffix.lower() if item.path.suffix.lower() in ANNOTATED_SUFFIXES else ".png"
+                _write_image(_unique_path(annotated_dir, item.path.stem, suffix), drawn)
             if display:
                 key = _show(drawn, 0)
                 if key is None or key in QUIT_KEYS:  # q/Esc: stop showing, keep processing
@@ -279,17 +240,17 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
                 _report(f"error: {exc}", sys.stderr)
                 continue
             stats.read += 1
-            detections, crops = get_pipeline().crops(image)
-            if not detections:
+            faces = get_pipeline().crops(image)
+            if not faces:
                 stats.no_face.append(str(path))
                 log.info("%s: no face found", path)
                 _report(f"{path}: no face found")
                 continue
-            stats.faces += len(crops)
-            pending.append(_Pending(path, image, detections, crops))
+            stats.faces += len(faces)
+            pending.append(_Pending(path, image, faces))
             # Faces of several images share a model call; big photos are flushed sooner so a batch of
             # 24-megapixel images doesn't pile up gigabytes while waiting for batch_size faces.
-            if (sum(len(p.crops) for p in pending) >= get_pipeline().predictor.batch_size
+            if (sum(len(p.faces) for p in pending) >= get_pipeline().predictor.batch_size
                     or sum(p.image.nbytes for p in pending) >= PENDING_BYTES):
                 flush()
         flush()
@@ -304,10 +265,10 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
     print(f"{stats.images} image(s): {stats.faces} face(s) in {stats.read - len(stats.no_face)} image(s); "
           f"{len(stats.no_face)} without a face, {len(stats.errors)} unreadable (skipped)")
     print(f"Predictions: {out_path}")
-    print(f"Annotated images: {annotated_dir}")
+    print(f"Annotated images: {annotated_dir}" if annotate_images else "Annotated images: none (run.annotate=false)")
     return {"mode": "images", "images": stats.images, "read": stats.read, "faces": stats.faces,
             "no_face": stats.no_face, "errors": stats.errors, "output": str(out_path),
-            "annotated_dir": str(annotated_dir)}
+            "annotated_dir": str(annotated_dir) if annotate_images else None}
 
 
 # ----------------------------------------------------------------------------------------
@@ -396,7 +357,7 @@ def _tracking_process(pipeline: FacePipeline, tracker: IoUTracker) -> Callable[[
         # Only new faces and tracks due a refresh go through the model (run.tracker.refresh_every).
         need = tracker.needs_prediction(detections)
         due = [d for d, n in zip(detections, need, strict=True) if n]
-        fresh = iter(pipeline.predictor.predict(pipeline.crop(frame, due)))
+        fresh = iter(pipeline.predict(pipeline.crop(frame, due)))
         tracks = tracker.update(detections, [next(fresh) if n else None for n in need])
         return [TrackView(t.track_id, t.box, t.prediction, t.missed) for t in tracks]
 

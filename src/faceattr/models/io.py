@@ -60,6 +60,8 @@ class ModelInfo:
     trained_with: dict | None = None     # the composed training config, for the record
     export: dict | None = None           # model.tflite's file, quantization, source_sha256 (models.export)
     ensemble: dict | None = None         # members and how they combine, for an averaged model (models.ensemble)
+    chip_template: dict | None = None    # where the landmarks sit in a training chip (inference.align); None: UTKFace's
+    calibration: dict | None = None      # decision rules fitted on the validation split (models.calibration)
     format_version: int = FORMAT_VERSION
 
     @classmethod

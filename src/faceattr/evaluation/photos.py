@@ -1,0 +1,243 @@
+"""``evaluate --labels PATH``: score a model on any labelled photo folder, as ``run`` sees it.
+
+Each photo goes through the same ``FacePipeline`` as ``run --img`` (detector, alignment onto
+the chip template, the model and its calibration). The largest face of a photo is taken as the
+labelled person; a photo without a face counts as a miss (``no_face_rate``) and is left out of
+the other figures, which are over the photos where a face was found.
+
+Ages may be exact or groups (``data.labels_csv``). Both are scored as an interval [lo, hi] (an
+exact age is [age, age]): the *interval error* of a prediction is its distance to the
+interval, 0 inside it, signed (+ too old) in ``age_by_group.csv``. ``age_mae`` is reported
+where exact ages exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from faceattr.data.labels_csv import read_labels
+from faceattr.errors import InputError
+from faceattr.evaluation import fairness, plots
+from faceattr.evaluation.metrics import age_by_bin_frame, classification_report_frame, compute_metrics
+from faceattr.labels import DEFAULT_AGE_BIN_EDGES, GENDERS, RACES
+
+log = logging.getLogger(__name__)
+
+#: Faces cropped before they go through the model together.
+CHUNK = 256
+
+
+def interval_error(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Signed distance (years) from each predicted age to its true interval [lo, hi]: 0 inside,
+    positive when predicted too old, negative when too young; NaN where there is no interval."""
+    pred, lo, hi = (np.asarray(a, dtype=float) for a in (pred, lo, hi))
+    return np.where(pred < lo, pred - lo, np.where(pred > hi, pred - hi, 0.0)) + np.where(np.isnan(lo), np.nan, 0.0)
+
+
+def _group_name(lo: float, hi: float) -> str:
+    if math.isinf(hi):
+        return f"{lo:g}+"
+    return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+
+
+def age_by_group_frame(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> pd.DataFrame:
+    """Interval errors per true age group (photos with age groups; exact ages are grouped by
+    ``labels.DEFAULT_AGE_BIN_EDGES`` instead, through ``metrics.age_by_bin_frame``).
+
+    Columns: ``group``, ``lo``, ``hi``, ``n``, ``mean_pred`` (years), ``signed_error`` (mean
+    signed interval error: + = predicted too old), ``interval_error`` (mean absolute),
+    ``inside`` (share of predictions inside the group).
+    """
+    err = interval_error(pred, lo, hi)
+    keys = sorted({(a, b) for a, b in zip(lo, hi, strict=True) if not np.isnan(a)})
+    rows = []
+    for a, b in keys:
+        m = (lo == a) & (hi == b)
+        rows.append({"group": _group_name(a, b), "lo": a, "hi": b, "n": int(m.sum()),
+                     "mean_pred": float(np.mean(pred[m])), "signed_error": float(np.mean(err[m])),
+                     "interval_error": float(np.mean(np.abs(err[m]))), "inside": float(np.mean(err[m] == 0))})
+    return pd.DataFrame(rows, columns=["group", "lo", "hi", "n", "mean_pred", "signed_error", "interval_error",
+                                       "inside"])
+
+
+def photo_metrics(table: pd.DataFrame) -> dict[str, Any]:
+    """Headline figures from ``predict_photos``'s table (see the module docstring)."""
+    found = table[table["found"]]
+    n_read = int(table["read"].sum())
+    out: dict[str, Any] = {"n": int(len(table)), "n_read": n_read, "n_unreadable": int(len(table) - n_read),
+                           "n_no_face": int(n_read - len(found)),
+                           "no_face_rate": float((n_read - len(found)) / n_read) if n_read else math.nan,
+                           "aligned_share": float(found["aligned"].mean()) if len(found) else math.nan}
+    exact = found[found["age"].notna()]
+    out["n_age"] = int(len(exact))
+    out["age_mae"] = float(np.mean(np.abs(exact["age_pred"] - exact["age"]))) if len(exact) else math.nan
+    grouped = found[found["age_lo"].notna()]
+    err = interval_error(grouped["age_pred"], grouped["age_lo"], grouped["age_hi"])
+    out["n_age_interval"] = int(len(grouped))
+    out["age_interval_error"] = float(np.mean(np.abs(err))) if len(grouped) else math.nan
+    out["age_signed_interval_error"] = float(np.mean(err)) if len(grouped) else math.nan
+    out["age_inside_share"] = float(np.mean(err == 0)) if len(grouped) else math.nan
+    for task, names in (("gender", GENDERS), ("race", RACES)):
+        rows = found[found[task] >= 0]
+        out[f"n_{task}"] = int(len(rows))
+        t = rows[task].to_numpy(int)
+        p = np.array([names.index(v) for v in rows[f"{task}_pred"]], dtype=int)
+        out[f"{task}_accuracy"] = float(np.mean(t == p)) if len(rows) else math.nan
+        recalls = {}
+        for c, name in enumerate(names):
+            if np.any(t == c):
+                recalls[name] = float(np.mean(p[t == c] == c))
+                out[f"{task}_recall_{name}"] = recalls[name]
+        out[f"{task}_balanced_accuracy"] = float(np.mean(list(recalls.values()))) if recalls else math.nan
+    return out
+
+
+def predict_photos(pipeline, labels: pd.DataFrame, batch: int = CHUNK) -> pd.DataFrame:
+    """Run ``pipeline`` (``inference.pipeline.FacePipeline``) over the labelled photos.
+
+    Returns ``labels`` with, per photo: ``read``, ``found``, ``faces`` (count), ``aligned``, the
+    largest face's box ``x``, ``y``, ``w``, ``h`` (pixels), ``age_pred`` (years), ``gender_pred``,
+    ``race_pred`` (class names), ``gender_confidence``, ``race_confidence`` and ``p_race_<name>``.
+    An unreadable photo is reported in one line and skipped (``read`` False).
+    """
+    from faceattr.inference.images import read_image
+
+    table = labels.reset_index(drop=True).copy()
+    n = len(table)
+    cols: dict[str, list] = {k: [None] * n for k in ("read", "found", "faces", "aligned", "x", "y", "w", "h",
+                                                     "age_pred", "gender_pred", "race_pred", "gender_confidence",
+                                                     "race_confidence", *(f"p_race_{r}" for r in RACES))}
+    pending: list[tuple[int, Any]] = []
+
+    def flush() -> None:
+        preds = pipeline.predict([face for _, face in pending])
+        for (i, _), p in zip(pending, preds, strict=True):
+            cols["age_pred"][i] = round(float(p.age), 2)
+            cols["gender_pred"][i], cols["race_pred"][i] = p.gender, p.race
+            cols["gender_confidence"][i] = round(p.gender_confidence, 4)
+            cols["race_confidence"][i] = round(p.race_confidence, 4)
+            for j, r in enumerate(RACES):
+                cols[f"p_race_{r}"][i] = round(float(p.race_probs[j]), 5)
+        pending.clear()
+
+    for i, path in enumerate(tqdm(table["path"], desc="photos", unit="photo", file=sys.stderr)):
+        try:
+            image = read_image(path)
+        except InputError as exc:
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+            log.warning("%s", exc)
+            cols["read"][i], cols["found"][i], cols["faces"][i] = False, False, 0
+            continue
+        faces = pipeline.crops(image)
+        cols["read"][i], cols["found"][i], cols["faces"][i] = True, bool(faces), len(faces)
+        if not faces:
+            continue
+        face = max(faces, key=lambda f: f.detection.w * f.detection.h)  # the labelled person
+        cols["aligned"][i] = face.aligned
+        for k in ("x", "y", "w", "h"):
+            cols[k][i] = getattr(face.detection, k)
+        pending.append((i, face))
+        if len(pending) >= batch:
+            flush()
+    if pending:
+        flush()
+    for k, v in cols.items():
+        table[k] = v
+    table["found"] = table["found"].astype(bool)
+    table["read"] = table["read"].astype(bool)
+    return table
+
+
+def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, source: str) -> dict[str, Any]:
+    """Write ``metrics.json``, ``predictions.csv``, the report CSVs, confusion matrices, age plots
+    and the fairness breakdown of a labelled-photo evaluation into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    formats = [str(f) for f in (eval_cfg.get("formats") if eval_cfg is not None else None) or ["png"]]
+    dpi = int((eval_cfg.get("dpi") if eval_cfg is not None else None) or 120)
+    metrics = photo_metrics(table)
+    table.drop(columns=["path"]).to_csv(out_dir / "predictions.csv", index=False, float_format="%.6g")
+    found = table[table["found"]]
+    for task, names in (("gender", GENDERS), ("race", RACES)):
+        rows = found[found[task] >= 0]
+        if rows.empty:
+            continue
+        t = rows[task].to_numpy(int)
+        p = np.array([names.index(v) for v in rows[f"{task}_pred"]], dtype=int)
+        classification_report_frame(task, t, p).to_csv(out_dir / f"report_{task}.csv", index=False,
+                                                        float_format="%.6g")
+        plots.plot_confusion(task, t, p, out_dir / f"confusion_{task}", formats, dpi, where="the labelled photos")
+    exact = found[found["age"].notna()]
+    if len(exact):
+        age_by_bin_frame(exact["age"], exact["age_pred"], DEFAULT_AGE_BIN_EDGES).to_csv(
+            out_dir / "age_by_bin.csv", index=False, float_format="%.6g")
+        plots.plot_age(exact["age"], exact["age_pred"], out_dir / "age_predictions", DEFAULT_AGE_BIN_EDGES, formats,
+                       dpi)
+    grouped = found[found["age_lo"].notna()]
+    if len(grouped):
+        by_group = age_by_group_frame(grouped["age_pred"].to_numpy(float), grouped["age_lo"].to_numpy(float),
+                                      grouped["age_hi"].to_numpy(float))
+        by_group.to_csv(out_dir / "age_by_group.csv", index=False, float_format="%.6g")
+        plots.plot_age_groups(grouped["age_pred"].to_numpy(float), grouped["age_lo"].to_numpy(float),
+                              grouped["age_hi"].to_numpy(float), out_dir / "age_groups", formats, dpi)
+    full = found[(found["gender"] >= 0) & (found["race"] >= 0) & found["age_lo"].notna()]
+    if len(full):
+        pred = full["age_pred"].to_numpy(float)
+        # The age each prediction is scored against: the nearest age inside its true interval.
+        y_true = {"age": np.clip(pred, full["age_lo"].to_numpy(float), full["age_hi"].to_numpy(float)),
+                  "gender": full["gender"].to_numpy(int), "race": full["race"].to_numpy(int)}
+        y_pred = {"age": pred, "gender": np.array([GENDERS.index(v) for v in full["gender_pred"]]),
+                  "race": np.array([RACES.index(v) for v in full["race_pred"]])}
+        fairness.write_fairness(out_dir, y_true, y_pred, formats, dpi)
+        metrics["race_macro_f1"] = compute_metrics(y_true, y_pred)["race_macro_f1"]
+    (out_dir / "metrics.json").write_text(json.dumps(
+        {**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
+         "split": "labels", "labels": source}, indent=2) + "\n")
+    log.info("labelled photos (n=%d): no face %.1f%%, age interval error %.2f y (inside %.0f%%), MAE %s, "
+             "gender %.1f%%, race %.1f%% (balanced %.1f%%)", metrics["n"], 100 * metrics["no_face_rate"],
+             metrics["age_interval_error"], 100 * metrics["age_inside_share"],
+             f"{metrics['age_mae']:.2f} y" if not math.isnan(metrics["age_mae"]) else "-",
+             100 * metrics["gender_accuracy"], 100 * metrics["race_accuracy"], 100 * metrics["race_balanced_accuracy"])
+    return metrics
+
+
+def evaluate_photos(cfg: Any, run_dir: Path, pipeline=None) -> dict[str, Any]:
+    """``evaluate --labels PATH``: the model of ``model_path`` (or the shipped one) with the
+    configured detector, over the photos of ``evaluation.labels``; reports into ``run_dir``."""
+    from faceattr.inference.pipeline import FacePipeline
+
+    source = str(cfg.evaluation.labels)
+    labels = read_labels(source)  # a bad labels file fails before any model loads
+    log.info("evaluating on %d labelled photos of %s", len(labels), source)
+    pipeline = pipeline or FacePipeline.from_config(cfg)
+    table = predict_photos(pipeline, labels, batch=max(CHUNK, int(cfg.run.batch_size)))
+    metrics = write_photo_evaluation(run_dir, table, cfg.get("evaluation"), source)
+    print(f"{metrics['n']} photo(s): face found in {metrics['n_read'] - metrics['n_no_face']}, "
+          f"no face in {metrics['n_no_face']} ({metrics['no_face_rate']:.1%}), unreadable {metrics['n_unreadable']}")
+    print(summary_line(metrics))
+    return metrics
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    """One line of the headline figures (those the labels allow)."""
+    parts = []
+    if not math.isnan(m.get("age_mae", math.nan)):
+        parts.append(f"age MAE {m['age_mae']:.2f} y")
+    if not math.isnan(m.get("age_interval_error", math.nan)):
+        parts.append(f"age {m['age_interval_error']:.2f} y outside the true group ({m['age_inside_share']:.0%} inside)")
+    for task in ("gender", "race"):
+        if not math.isnan(m.get(f"{task}_accuracy", math.nan)):
+            parts.append(f"{task} {m[f'{task}_accuracy']:.1%} (balanced {m[f'{task}_balanced_accuracy']:.1%})")
+    recalls = [f"{r} {m[f'race_recall_{r}']:.0%}" for r in RACES if f"race_recall_{r}" in m]
+    if recalls:
+        parts.append("race recall: " + ", ".join(recalls))
+    return "; ".join(parts)
