@@ -83,6 +83,13 @@ def age_summary(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return out
 
 
+def class_recalls(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """Recall of each class present in ``y_true`` (N,) indices, given predicted indices (N,),
+    keyed by class name in head order; their mean is the balanced accuracy."""
+    t, p = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    return {name: float(np.mean(p[t == c] == c)) for c, name in enumerate(names) if np.any(t == c)}
+
+
 def compute_metrics(y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.ndarray]) -> dict[str, float | int]:
     """Headline test metrics.
 
@@ -112,10 +119,9 @@ def compute_metrics(y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.nd
         metrics[f"{task}_macro_f1"] = (float(f1_score(t, p, labels=present, average="macro", zero_division=0))
                                        if n else math.nan)
         if task == "race":
-            recalls = [float(np.mean(p[t == c] == c)) for c in present]
-            metrics["race_balanced_accuracy"] = float(np.mean(recalls)) if recalls else math.nan
-            for c, recall in zip(present, recalls, strict=True):
-                metrics[f"race_recall_{names[c]}"] = recall
+            recalls = class_recalls(t, p, names)
+            metrics["race_balanced_accuracy"] = float(np.mean(list(recalls.values()))) if recalls else math.nan
+            metrics.update({f"race_recall_{name}": r for name, r in recalls.items()})
         missing = [names[c] for c in range(len(names)) if c not in present]
         if missing and n:
             log.warning("%s classes absent from the test labels: %s", task, ", ".join(missing))

@@ -27,7 +27,12 @@ from tqdm import tqdm
 from faceattr.data.labels_csv import read_labels
 from faceattr.errors import InputError
 from faceattr.evaluation import fairness, plots
-from faceattr.evaluation.metrics import age_by_bin_frame, classification_report_frame, compute_metrics
+from faceattr.evaluation.metrics import (
+    age_by_bin_frame,
+    class_recalls,
+    classification_report_frame,
+    compute_metrics,
+)
 from faceattr.labels import DEFAULT_AGE_BIN_EDGES, GENDERS, RACES
 
 log = logging.getLogger(__name__)
@@ -92,11 +97,8 @@ def photo_metrics(table: pd.DataFrame) -> dict[str, Any]:
         t = rows[task].to_numpy(int)
         p = np.array([names.index(v) for v in rows[f"{task}_pred"]], dtype=int)
         out[f"{task}_accuracy"] = float(np.mean(t == p)) if len(rows) else math.nan
-        recalls = {}
-        for c, name in enumerate(names):
-            if np.any(t == c):
-                recalls[name] = float(np.mean(p[t == c] == c))
-                out[f"{task}_recall_{name}"] = recalls[name]
+        recalls = class_recalls(t, p, names)
+        out.update({f"{task}_recall_{name}": r for name, r in recalls.items()})
         out[f"{task}_balanced_accuracy"] = float(np.mean(list(recalls.values()))) if recalls else math.nan
     return out
 
