@@ -273,7 +273,7 @@ def load_entry(entry: ModelEntry) -> None:
 
     progress(f"loading {entry.name} from {_rel(entry.dir)}")
     try:
-        entry.served, info = open_runner(entry.dir, default_run_setting("backend", "auto"), CACHE)
+        entry.served, info = open_runner(entry.dir, default_run_setting("backend"), CACHE)
         # Served by Keras already: its model is the one the Keras rows would load again.
         entry.loaded = (LoadedModel(entry.served.model, info, entry.dir) if entry.served.backend == "keras"
                         else load_model(entry.dir, CACHE))
@@ -295,32 +295,30 @@ def facenet_package_missing() -> str | None:
 
 def model_config(name: str, entry: ModelEntry | None):
     """The model config the shipped model was trained with, else ``conf/model/<name>.yaml``."""
-    from omegaconf import OmegaConf
+    from faceattr.config import compose_config, model_settings
 
     trained = (entry.raw_info or {}).get("trained_with") if entry else None
     if isinstance(trained, dict) and isinstance(trained.get("model"), dict):
-        return OmegaConf.create(trained["model"]), "model_info.json trained_with"
-    return OmegaConf.load(CONF / "model" / f"{name}.yaml"), f"conf/model/{name}.yaml"
+        return model_settings(trained["model"]), "model_info.json trained_with"
+    return compose_config([f"model={name}"]).model, f"conf/model/{name}.yaml"
 
 
-def default_run_setting(key: str, fallback: Any) -> Any:
+def default_run_setting(key: str) -> Any:
     """``run.<key>`` of the default config: what ``run`` (Predictor.from_config) uses."""
-    from omegaconf import OmegaConf
+    from faceattr.config import compose_config
 
-    return OmegaConf.load(CONF / "config.yaml").run.get(key, fallback)
+    return compose_config(["command=run"]).run[key]
 
 
 def default_detector_config():
     """The detector node of the default config (``conf/detector/<default>.yaml``), as ``run`` composes it."""
-    from omegaconf import OmegaConf
+    from faceattr.config import compose_config
 
-    defaults = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml").defaults)
-    name = next(d["detector"] for d in defaults if isinstance(d, dict) and "detector" in d)
-    return OmegaConf.load(CONF / "detector" / f"{name}.yaml")
+    return compose_config(["command=run"]).detector
 
 
 def default_tta_flip() -> bool:
-    return bool(default_run_setting("tta_flip", False))
+    return bool(default_run_setting("tta_flip"))
 
 
 def served_predictor(entry: ModelEntry, batch_size: int, tta_flip: bool):
@@ -472,10 +470,10 @@ def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
     import cv2
     from omegaconf import OmegaConf
 
+    from faceattr.config import compose_config
     from faceattr.inference.annotate import draw_fps
     from faceattr.inference.pipeline import FacePipeline
     from faceattr.inference.run import (
-        TRACKER_DEFAULTS,
         VIDEO_CODECS,
         InferenceWorker,
         _tracking_process,
@@ -483,12 +481,12 @@ def measure_video(entry: ModelEntry, clip: Path, out_dir: Path, tta_flip: bool,
     )
     from faceattr.inference.tracking import IoUTracker
 
-    config = OmegaConf.load(CONF / "config.yaml")
+    config = compose_config(["command=run"])
     predictor = served_predictor(entry, int(config.run.batch_size), tta_flip)
     pipeline = FacePipeline.from_config(OmegaConf.create({"detector": default_detector_config()}), predictor=predictor,
                                         video=True)
     predictor.warmup()  # as run_video does, before its loop
-    tracker_cfg = {**TRACKER_DEFAULTS, **OmegaConf.to_container(config.run.tracker)}
+    tracker_cfg = OmegaConf.to_container(config.run.tracker)
     metric = "video_fps"
     if refresh_every is not None:
         tracker_cfg["refresh_every"] = int(refresh_every)

@@ -32,7 +32,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from faceattr.cli import CONF_DIR, _register_resolvers
+from faceattr.config import CONF_DIR, register
 from faceattr.data.utkface import prepare_dataset
 from faceattr.models.facenet import FeatureCache
 from faceattr.models.preprocessing import resize_face
@@ -56,7 +56,7 @@ def framed(path: str, fraction: float, pad: int, size: int = 160) -> np.ndarray:
 def main() -> None:
     n_train, n_val, fractions = int(sys.argv[1]), int(sys.argv[2]), [float(f) for f in sys.argv[3:]]
     pad = PADS[os.environ.get("PAD", "sym")]
-    _register_resolvers()
+    register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["command=train", "model=facenet", "model.zoom_out=1.0"])
     frame = prepare_dataset(cfg.data, cfg.rebalance, Path("outputs/framing_probe")).frame

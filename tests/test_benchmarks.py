@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from faceattr.cli import CONF_DIR
+from faceattr.config import group_node
 from faceattr.models import io
 from faceattr.models.cnn import build_cnn
 from faceattr.models.export import export_tflite
@@ -35,7 +35,7 @@ def _graph_available() -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "model" / "normal.yaml"),
+    cfg = OmegaConf.merge(group_node("model", "normal"),
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("bench_model") / "model"
     io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
@@ -95,8 +95,10 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
     assert rows["latency_b1", "normal"]["target"] == "<= 5"
     assert rows["video_fps", "normal"]["target"] == ">= 25"
     assert rows["run_img_cold", "normal"]["target"] == "<= 8"
-    for key in ("latency_b1", "video_fps", "run_img_cold"):
-        assert rows[key, "normal"]["pass"] in (True, False)
+    for key in ("latency_b1", "video_fps", "run_img_cold"):  # the verdict is the value against the target
+        row = rows[key, "normal"]
+        op, limit = row["target"].split()
+        assert row["pass"] is (row["value"] <= float(limit) if op == "<=" else row["value"] >= float(limit)), row
     assert rows["throughput_b32", "normal"]["target"] is None and rows["throughput_b32", "normal"]["pass"] is None
 
     # The pipelines really saw faces: one in the photo, two per video frame.
@@ -113,6 +115,15 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
     # The tiny model has no training log: skipped, with the reason and the way out.
     shipped = rows["shipped_train_seconds", "normal"]
     assert shipped["status"] == "skipped" and "--train-summary" in shipped["note"]
+
+
+@pytest.mark.parametrize("metric, value, expected", [("latency_b1", 4.0, True), ("latency_b1", 5.0, True),
+                                                     ("latency_b1", 5.5, False), ("video_fps", 30.0, True),
+                                                     ("video_fps", 24.0, False)])
+def test_verdict_compares_the_value_with_its_target(bench, metric, value, expected):
+    assert bench.Row(metric, "normal", value, "unit").as_json()["pass"] is expected
+    assert bench.Row(metric, "normal", value, "unit", status="error").as_json()["pass"] is None
+    assert bench.Row("throughput_b32", "normal", value, "unit").as_json()["pass"] is None  # no target
 
 
 def test_missing_model_is_skipped_with_a_reason(tmp_path, bench):

@@ -19,6 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import SHARED_TARBALL, make_fake_utkface
+from faceattr.config import group_node
 from faceattr.data import utkface
 from faceattr.data.archive import MARKER, resolve_image_folder
 from faceattr.data.pipeline import augment_batch, load_images, make_dataset
@@ -427,14 +428,14 @@ def test_load_images_missing_file(tmp_path):
 
 
 def _data_cfg(path: Path, extract_dir: Path, limit: int | None = None):
-    cfg = OmegaConf.load(ROOT / "conf" / "data" / "utkface.yaml")
+    cfg = group_node("data", "utkface")
     return OmegaConf.merge(cfg, {"path": str(path), "extract_dir": str(extract_dir), "limit": limit,
                                  "split": {"seed": 0}})
 
 
 def test_prepare_dataset_and_statistics(tmp_path, fake_utkface):
     archive = Path(shutil.make_archive(str(tmp_path / "UTKFace"), "gztar", tmp_path, "UTKFace"))
-    reb = OmegaConf.load(ROOT / "conf" / "rebalance" / "oversample.yaml")
+    reb = group_node("rebalance", "oversample")
     prepared = prepare_dataset(_data_cfg(archive, tmp_path / "cache", limit=50), reb, tmp_path / "run")
     frame = prepared.frame
     assert len(frame) == 50 and {"split", "copies", "weight"} <= set(frame.columns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -35,7 +36,7 @@ from faceattr.labels import GENDERS, RACES, age_bin_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "explore_runs.ipynb"
-REQUIRED_METRICS = ("age_mae", "age_rmse", "age_r2", "gender_accuracy", "race_accuracy", "race_macro_f1", "n_test")
+REQUIRED_METRICS = ("age_mae", "age_rmse", "age_r2", "gender_accuracy", "race_accuracy", "race_macro_f1", "n")
 
 
 def one_hot(idx: list[int], n: int, p: float = 0.9) -> np.ndarray:
@@ -55,7 +56,7 @@ def test_perfect_predictions():
     assert set(REQUIRED_METRICS) <= set(m)
     assert m["age_mae"] == 0 and m["age_rmse"] == 0 and m["age_r2"] == 1
     assert m["gender_accuracy"] == 1 and m["race_accuracy"] == 1 and m["race_macro_f1"] == 1
-    assert m["age_within_5"] == 1 and m["n_test"] == 3
+    assert m["age_within_5"] == 1 and m["n"] == 3
     json.dumps(m)  # plain Python numbers
 
 
@@ -77,7 +78,7 @@ def test_metrics_match_hand_computed_example():
     # macro over the 3 races present: F1 white 2/3, black 1, asian 2/3
     assert m["race_macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
     assert m["race_balanced_accuracy"] == pytest.approx((1 + 1 + 0.5) / 3)
-    assert m["n_test"] == 4
+    assert m["n"] == 4
 
 
 def test_mismatched_lengths_are_rejected():
@@ -176,7 +177,7 @@ def test_write_evaluation_writes_every_file(evaluated, synthetic):
         img = cv2.imread(str(out / name))
         assert img is not None and img.shape[0] > 200 and img.shape[1] > 200, name
     saved = json.loads((out / "metrics.json").read_text())
-    assert set(REQUIRED_METRICS) <= set(saved) and saved["n_test"] == 60
+    assert set(REQUIRED_METRICS) <= set(saved) and saved["n"] == 60 and "n_test" not in saved
     assert saved.pop("split") == "test" and saved == pytest.approx(metrics)  # which split, then the numbers
     assert metrics == pytest.approx(compute_metrics(
         {k: synthetic["frame"][k].to_numpy() for k in ("age", "gender", "race")}, synthetic["predictions"]))
@@ -187,6 +188,17 @@ def test_write_evaluation_writes_every_file(evaluated, synthetic):
     assert list(pd.read_csv(out / "report_race.csv")["class"])[:5] == list(RACES)
     assert list(pd.read_csv(out / "age_by_bin.csv")["n"]) == list(
         pd.read_csv(out / "report_age.csv")["n"].iloc[1:])
+
+
+def test_validation_evaluation_names_its_split_and_count(synthetic, tmp_path):
+    rows = synthetic["frame"].iloc[:12]
+    predictions = {k: np.asarray(v)[:12] for k, v in synthetic["predictions"].items()}
+    write_evaluation(tmp_path, rows, predictions, OmegaConf.create({"formats": ["png", "svg"], "dpi": 40,
+                                                                    "grid_faces": 0}), split="val")
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["split"] == "val" and saved["n"] == 12 and "n_test" not in saved
+    title = (tmp_path / "confusion_gender.svg").read_text()
+    assert "confusion on the val split" in title and "test split" not in title
 
 
 def test_svg_written_when_configured(evaluated, tmp_path):
@@ -259,14 +271,16 @@ def fake_sweep(tmp_path) -> Path:
 
 def test_summarize_runs_two_runs(tmp_path):
     a = make_run(tmp_path / "a", ["command=train", "model=facenet", "train.epochs=3"],
-                 {"age_mae": 7.0, "gender_accuracy": 0.9, "race_accuracy": 0.8, "n_test": 10})
-    b = make_run(tmp_path / "b", ["command=train", "model=normal", "train.epochs=5"],
-                 {"age_mae": 8.0, "gender_accuracy": 0.85, "race_accuracy": 0.7, "n_test": 10})
+                 {"age_mae": 7.0, "gender_accuracy": 0.9, "race_accuracy": 0.8, "n": 10, "split": "val"})
+    b = make_run(tmp_path / "b", ["command=train", "model=normal", "train.epochs=5"],  # written before ``n``
+                 {"age_mae": 8.0, "gender_accuracy": 0.85, "race_accuracy": 0.7, "n_test": 12})
     df = summarize_runs([a, b])
     assert list(df["run"]) == [str(a), str(b)]
     assert list(df["model"]) == ["facenet", "normal"] and list(df["train.epochs"]) == [3, 5]
     assert "command" not in df.columns
     assert list(df["age_mae"]) == [7.0, 8.0]
+    assert list(df["n"]) == [10, 12] and "n_test" not in df.columns  # one count column, old runs included
+    assert df["split"].iloc[0] == "val" and pd.isna(df["split"].iloc[1])
     written = write_sweep_summary(df, tmp_path / "out", ["png"], 60)
     back = pd.read_csv(written["summary"])
     assert len(back) == 2 and {"run", "model", "train.epochs", "age_mae", "race_accuracy"} <= set(back.columns)
@@ -380,3 +394,20 @@ def test_notebook_without_a_sweep(evaluated, kernel_env, tmp_path, monkeypatch):
     monkeypatch.setenv("RUN_DIR", str(evaluated[0]))
     monkeypatch.setenv("SWEEP_DIR", str(tmp_path / "no_sweep"))
     assert "No sweep found" in run_notebook(kernel_env, tmp_path)
+
+
+def test_notebook_falls_back_to_the_shipped_evaluations(evaluated, fake_sweep, kernel_env, tmp_path, monkeypatch):
+    """A fresh clone has no runs under outputs/: the notebook shows the evaluations in statistics/."""
+    project = tmp_path / "project"
+    (project / "conf").mkdir(parents=True)
+    (project / "conf" / "config.yaml").write_text("")
+    (project / "outputs").mkdir()
+    shipped = project / "statistics" / "normal"
+    shutil.copytree(evaluated[0], shipped)
+    summary = write_sweep_summary(summarize_runs([fake_sweep]), project / "statistics", ["png"], 40)
+    monkeypatch.setenv("PROJECT_ROOT", str(project))
+    monkeypatch.delenv("RUN_DIR", raising=False)
+    monkeypatch.delenv("SWEEP_DIR", raising=False)
+    text = run_notebook(kernel_env, tmp_path)
+    assert f"run:     {shipped}\n" in text and "a shipped model's evaluation" in text
+    assert f"sweep:   {summary['summary'].parent}\n" in text and "No sweep found" not in text

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from faceattr.cli import CONF_DIR
+from faceattr.config import group_node
 from faceattr.errors import ConfigError, ModelError
+from faceattr.hashing import file_sha256
 from faceattr.inference.predictor import Predictor
 from faceattr.inference.runtime import KerasRunner, LiteRunner, open_runner
 from faceattr.models import io
@@ -31,7 +32,7 @@ def tiny_cnn(seed: int):
     import keras
 
     keras.utils.set_random_seed(seed)
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "model" / "normal.yaml"),
+    cfg = OmegaConf.merge(group_node("model", "normal"),
                           {"input_size": SIZE, "filters": [16, 32], "heads": {"hidden_units": [64]}})
     return build_cnn(cfg)
 
@@ -57,7 +58,7 @@ def test_export_records_its_source_and_matches_keras(exported):
     folder = exported["float32"]
     info = io.ModelInfo.read(folder)
     assert info.export["quantization"] == "float32"
-    assert info.export["source_sha256"] == io.file_sha256(folder / "model.keras")
+    assert info.export["source_sha256"] == file_sha256(folder / "model.keras")
     assert info.export["bytes"] == (folder / TFLITE_FILE).stat().st_size
     keras_out = KerasRunner(io.load_model(folder).model, SIZE)(faces(5))
     lite = LiteRunner(folder / TFLITE_FILE)
@@ -139,7 +140,7 @@ def test_backend_errors_are_clear(exported, tmp_path):
         open_runner(folder, "onnx")
     (folder / TFLITE_FILE).write_bytes(b"not a flatbuffer")
     info = io.ModelInfo.read(folder)
-    info.export["source_sha256"] = io.file_sha256(folder / "model.keras")
+    info.export["source_sha256"] = file_sha256(folder / "model.keras")
     io.write_info(folder, info)
     with pytest.raises(ModelError, match="cannot load the TensorFlow Lite model"):
         open_runner(folder, "tflite")

@@ -13,11 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from faceattr.cli import CONF_DIR, _register_resolvers
+from faceattr.config import compose_config, group_node
 from faceattr.errors import ConfigError, InputError, ModelError
 from faceattr.inference.annotate import annotate, format_label, put_label
 from faceattr.inference.crop import crop_face, crop_square, square_box
@@ -41,7 +39,7 @@ TINY_SIZE = 32
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A real (untrained) CNN, saved and reloadable through models.io."""
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "model" / "normal.yaml"),
+    cfg = OmegaConf.merge(group_node("model", "normal"),
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("tiny_model")
     io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
@@ -62,13 +60,7 @@ def astronaut() -> np.ndarray:
 
 def compose_cfg(*overrides: str):
     """The real config tree, composed through Hydra as the CLI does."""
-    _register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=["command=run", "run.display=false", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(["command=run", "run.display=false", *overrides])
 
 
 def _q(path: Path | str) -> str:
@@ -115,7 +107,7 @@ def make_bad_files(folder: Path) -> dict[str, Path]:
 # Detection and cropping
 # ---------------------------------------------------------------------------------------
 def test_haar_finds_the_one_face(astronaut):
-    dets = make_detector(OmegaConf.load(CONF_DIR / "detector" / "haar.yaml")).detect(astronaut)
+    dets = make_detector(group_node("detector", "haar")).detect(astronaut)
     assert len(dets) == 1
     d = dets[0]
     assert abs(d.x - 177) <= 8 and abs(d.y - 66) <= 8 and abs(d.w - 95) <= 10 and d.landmarks is None
@@ -123,17 +115,17 @@ def test_haar_finds_the_one_face(astronaut):
 
 def test_haar_boxes_are_in_original_pixels_when_downscaled(astronaut):
     big = cv2.resize(astronaut, (1024, 1024))
-    cfg = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "detector" / "haar.yaml")), "max_side": 512}
+    cfg = {**OmegaConf.to_container(group_node("detector", "haar")), "max_side": 512}
     (d,) = make_detector(cfg).detect(big)
     assert abs(d.x - 2 * 177) <= 16 and abs(d.w - 2 * 95) <= 20
 
 
 def test_mtcnn_finds_the_face_with_landmarks(astronaut, tmp_path):
     """The eyes come out level-ish, inside the box; a second detector reads the cached weights."""
-    cfg = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "detector" / "mtcnn.yaml")), "cache_dir": tmp_path}
-    dets = make_detector(cfg).detect(astronaut)
+    cfg = group_node("detector", "mtcnn")
+    dets = make_detector(cfg, cache_dir=tmp_path).detect(astronaut)
     assert len(list((tmp_path / "mtcnn").glob("weights-*.npz"))) == 1
-    assert make_detector(cfg).detect(astronaut)[0].box == dets[0].box
+    assert make_detector(cfg, cache_dir=tmp_path).detect(astronaut)[0].box == dets[0].box
     assert len(dets) == 1
     d = dets[0]
     assert iou(d.box, (177, 66, 95, 95)) > 0.5 and d.score >= 0.9
@@ -186,7 +178,7 @@ def test_none_detector_is_the_whole_image(astronaut):
 
 
 def test_unknown_detector_is_a_config_error():
-    with pytest.raises(Exception, match="unknown detector"):
+    with pytest.raises(ConfigError, match="detector.name='yolo' is not allowed: expected one of haar, mtcnn, none"):
         make_detector({"name": "yolo"})
 
 
@@ -477,7 +469,7 @@ def test_tracker_refreshes_a_track_every_k_frames_and_new_faces_at_once():
 
 
 def test_detector_video_settings_override_for_video_only():
-    cfg = OmegaConf.load(CONF_DIR / "detector" / "haar.yaml")
+    cfg = group_node("detector", "haar")
     assert make_detector(cfg).scale_factor == pytest.approx(cfg.scale_factor)
     assert make_detector(cfg, video=True).scale_factor == pytest.approx(cfg.video.scale_factor)
     assert make_detector(cfg, video=True).min_size == cfg.min_size  # what video doesn't set is kept
@@ -501,7 +493,7 @@ def test_run_video_model_sees_each_face_every_refresh_frames(tmp_path, tiny_mode
 def test_run_video_bad_tracker_setting_is_a_config_error(tmp_path, tiny_model_dir):
     clip = tmp_path / "clip.mp4"
     write_clip(clip, frames=3)
-    with pytest.raises(ConfigError, match="run.tracker: refresh_every must be >= 1"):
+    with pytest.raises(ConfigError, match="run.tracker.refresh_every=0 is not allowed"):
         run_command(compose_cfg(f"run.video={_q(clip)}", f"model_path={_q(tiny_model_dir)}",
                                 "run.tracker.refresh_every=0"), tmp_path / "run")
 

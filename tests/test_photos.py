@@ -13,11 +13,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from faceattr.cli import CONF_DIR, _register_resolvers
+from faceattr.config import compose_config, group_node
 from faceattr.data.labels_csv import read_labels
 from faceattr.errors import InputError
 from faceattr.evaluation.photos import age_by_group_frame, evaluate_photos, interval_error
@@ -32,7 +30,7 @@ FAIRFACE_DEV = ROOT.parent / "shared" / "data" / "external" / "fairface-dev"
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "model" / "normal.yaml"),
+    cfg = OmegaConf.merge(group_node("model", "normal"),
                           {"input_size": 32, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("tiny_model")
     io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=32), build_cnn(cfg))
@@ -40,13 +38,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 def compose_cfg(*overrides: str):
-    _register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=["command=evaluate", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(["command=evaluate", *overrides])
 
 
 def labelled_folder(folder: Path) -> Path:

@@ -57,7 +57,7 @@ def test_normal_trains_saves_and_evaluates(fake_data, cache, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics.pop("split") == "test"  # the rest are numbers
     split = pd.read_csv(run / "split.csv")
-    assert metrics["n_test"] == (split.split == "test").sum()
+    assert metrics["n"] == (split.split == "test").sum()
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1]
     assert any((run / "tensorboard").rglob("events.out.tfevents*"))
     # The saved model loads in safe mode and evaluates to the same numbers on the same split.
@@ -70,7 +70,7 @@ def test_normal_trains_saves_and_evaluates(fake_data, cache, tmp_path):
     main_py("evaluate", "--model_path", run / "model", *common(fake_data, cache), "evaluation.split=val",
             f"hydra.run.dir={on_val}")
     val_metrics = json.loads((on_val / "metrics.json").read_text())
-    assert val_metrics["split"] == "val" and val_metrics["n_test"] == (split.split == "val").sum()
+    assert val_metrics["split"] == "val" and val_metrics["n"] == (split.split == "val").sum()
     # The exported file `run` serves, fed whole images through OpenCV (not tf.data) scores the
     # same, up to the two JPEG decoders' pixel differences.
     served = tmp_path / "eval_tflite"
@@ -224,7 +224,7 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(fake_data, c
     # It evaluates on the members' test split, as any model folder.
     main_py("evaluate", "--model_path", out / "model", *common(fake_data, cache), f"hydra.run.dir={tmp_path / 'ev'}")
     split = pd.read_csv(members[0] / "split.csv")
-    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n_test"] == (split.split == "test").sum()
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["n"] == (split.split == "test").sum()
     # The members' training curves come along: their histories in the folder, one plot each.
     for i, member in enumerate(members[:2]):
         kept = pd.read_csv(out / "model" / f"history_member{i}.csv")
@@ -273,7 +273,7 @@ def test_ensemble_of_facenet_and_cnn_feeds_the_cnn_the_shrunk_face(fake_data, ca
         main_py("evaluate", "--model_path", ens / "model", *common(fake_data, cache), f"evaluation.backend={backend}",
                 f"hydra.run.dir={tmp_path / backend}")
         metrics[backend] = json.loads((tmp_path / backend / "metrics.json").read_text())
-    assert metrics["keras"]["n_test"] == metrics["tflite"]["n_test"] > 0
+    assert metrics["keras"]["n"] == metrics["tflite"]["n"] > 0
     assert abs(metrics["keras"]["age_mae"] - metrics["tflite"]["age_mae"]) < 1.0
     assert (tmp_path / "keras" / "training_curves_member0.png").stat().st_size > 0
     # A CNN that needs a larger face than FaceNet's 160 px would get an enlarged one: refused.
@@ -297,7 +297,7 @@ def test_facenet_on_3000_real_faces(tmp_path, cache):
             f"paths.cache={cache}", "train.epochs=25", f"hydra.run.dir={run}", timeout=1800)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["gender_accuracy"] >= 0.85 and metrics["race_accuracy"] >= 0.70, metrics
-    assert metrics["n_test"] >= 400
+    assert metrics["n"] >= 400
 
 
 def test_facenet_augmented_copies_are_cached_once_per_setting(fake_data, tmp_path):

@@ -2,12 +2,18 @@
 
 Each command's work lives in its own module and is imported only when used, so ``run``
 doesn't pay for training code and ``--help`` stays fast.
+
+Here too: a typed error becomes one ``error:`` line on stderr (its record goes to the run's
+log file only), Ctrl-C one line (for ``train``, the command that resumes the run) and exit code
+130, and a rerun of a finished training is answered before Hydra writes into its folder.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,8 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from faceattr.cli import CONF_DIR, _register_resolvers
+from faceattr.config import CONF_DIR, register, validate
 from faceattr.errors import FaceAttrError
+from faceattr.training_state import finished_message, finished_summary
 
 log = logging.getLogger("faceattr")
 
@@ -34,26 +41,129 @@ HANDLERS = {
     "calibrate": "faceattr.evaluation.calibrate:calibrate_command",
 }
 
-_register_resolvers()
+register()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def hydra_entry(cfg: DictConfig) -> float | None:
+def hydra_app(cfg: DictConfig) -> float | None:
     """Run ``cfg.command`` in the Hydra run (or sweep job) directory."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     module_name, func_name = HANDLERS[cfg.command].split(":")
     try:
+        validate(cfg)  # sweep values too: each job's config is checked before its work
         handler = getattr(importlib.import_module(module_name), func_name)
         result = handler(cfg, run_dir)
     except FaceAttrError as exc:
-        log.error("%s", exc)
+        _log_to_file(logging.ERROR, str(exc))  # the console gets the one line below
         print(f"error: {exc}", file=sys.stderr)
         if hc.mode == RunMode.MULTIRUN:
             return None  # one failed job of a sweep is reported; the others go on
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        line = "interrupted"
+        if cfg.command == "train":  # the same command with its folder goes on from the last backup
+            key, folder = (("hydra.sweep.dir", Path(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN
+                           else ("hydra.run.dir", run_dir))
+            line += f"; to resume, run: {command_line({key: _override_value(_shown(folder))})}"
+        _interrupted(line)
     print(f"Results written to {run_dir}")
     # A number lets optimising sweepers (e.g. Optuna) minimise validation/test loss.
     if isinstance(result, dict) and isinstance(result.get("objective"), float):
         return result["objective"]
     return None
+
+
+def hydra_entry() -> None:
+    """Run the checked command line (``sys.argv`` as ``cli.main`` left it) through the Hydra app.
+
+    A rerun of a finished training run is answered first, before Hydra rewrites anything in
+    its folder; Ctrl-C anywhere is one line and exit code 130, never a traceback.
+    """
+    try:
+        if _report_finished_training():
+            return
+        hydra_app()
+    except KeyboardInterrupt:
+        _interrupted("interrupted")
+
+
+def command_line(overrides: dict[str, str | None]) -> str:
+    """The command line as the user typed it, with ``key=value`` overrides set (None: dropped).
+
+    Ready to paste into a shell: ``sys.orig_argv`` from the interpreter on, or, when the
+    toolkit was called in-process, ``python src/main.py`` with Hydra's form of the arguments.
+    """
+    argv = list(sys.orig_argv)
+    at = next((i for i, token in enumerate(argv) if Path(token).name == "main.py"), None)
+    if at is None:
+        args = sys.argv[1:]
+        command = next((a.split("=", 1)[1] for a in args if a.startswith("command=")), "")
+        argv, at = ["python", "src/main.py", command, *(a for a in args if not a.startswith("command="))], 1
+    head, args = argv[: at + 1], argv[at + 1 :]
+    for key, value in overrides.items():
+        spots = [i for i, token in enumerate(args) if "=" in token and token.split("=", 1)[0].lstrip("+~") == key]
+        new = [] if value is None else [f"{key}={value}"]
+        if spots:  # in place of the first, so the command reads as typed
+            args = args[: spots[0]] + new + [t for i, t in enumerate(args) if i > spots[0] and i not in spots]
+        else:
+            args += new
+    return shlex.join(head + args)
+
+
+def _report_finished_training() -> bool:
+    """``train`` into the folder of a finished run: say so, and how to train on; changes nothing."""
+    args = sys.argv[1:]
+    if "command=train" not in args or any(a.startswith("-") for a in args):
+        return False  # a sweep, --cfg, --help: Hydra's business
+    given = [a for a in args if a.split("=", 1)[0] == "hydra.run.dir"]
+    if not given:
+        return False  # a new dated folder
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_overrides(given[-1:])[0].value()
+    except Exception:
+        return False  # Hydra will say what is wrong with it
+    if not isinstance(value, str) or "${" in value:
+        return False
+    summary = finished_summary(Path(value))
+    if summary is None:
+        return False
+    model_dir = _override_value(_shown(Path(value).resolve() / "model"))
+    further = command_line({"hydra.run.dir": None, "train.init_from": model_dir})
+    print(finished_message(Path(value), summary, further))
+    return True
+
+
+def _interrupted(line: str) -> None:
+    """Ctrl-C: the one line (and into the run's log file), then exit code 130."""
+    if sys.stdout.isatty():
+        print(flush=True)  # off the progress bar's line
+    _log_to_file(logging.WARNING, line)
+    print(line, file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+def _log_to_file(level: int, message: str) -> None:
+    """Record ``message`` in the run's log file (Hydra's file handler) and nowhere else."""
+    record = log.makeRecord(log.name, level, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user would type it: relative to the working directory when inside it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _override_value(text: str) -> str:
+    """``text`` as a value of Hydra's override grammar (quoted unless plainly safe)."""
+    if re.fullmatch(r"[\w./@:+\-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -16,10 +16,9 @@ import re
 import sys
 from pathlib import Path
 
+from faceattr.config import CONF_DIR, composition_error, register, validate
 from faceattr.errors import FaceAttrError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = PROJECT_ROOT / "conf"
 COMMANDS = {
     "run": "label the faces in images (--img) or a video/camera (--video)",
     "train": "train a model on UTKFace (add --eval to evaluate on the test split)",
@@ -166,15 +165,9 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
     return out
 
 
-def _register_resolvers() -> None:
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
-
-
 def _validate_overrides(overrides: list[str]) -> None:
-    """Compose the config once so a typo is one clear line, not Hydra's multi-line report.
+    """Compose the config once and check it against the schema (faceattr.config), so a typo or
+    a bad value is one clear line before any data is touched, not Hydra's multi-line report.
 
     Sweep overrides (``a=1,2``, ``range(...)``) are left for Hydra's sweeper to expand.
     """
@@ -190,12 +183,12 @@ def _validate_overrides(overrides: list[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose("config", overrides=plain)
+            cfg = compose("config", overrides=plain)
     except Exception as exc:
-        first = " ".join(str(exc).split("Config search path")[0].split())
-        raise UsageError(f"configuration: {first}") from None
+        raise UsageError(f"configuration: {composition_error(exc)}") from None
     finally:
         GlobalHydra.instance().clear()
+    validate(cfg)
 
 
 def _print_help() -> None:
@@ -238,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(f in ("-h", "--help") for f in hydra_flags):
             _print_command_help(command)
         overrides = flags_to_overrides(command, sugar) + overrides
-        _register_resolvers()
+        register()
         if not any(f in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion") for f in hydra_flags):
             _validate_overrides(overrides + [f"command={command}"])
     except FaceAttrError as exc:

@@ -3,11 +3,12 @@
 Flow (``python src/main.py train``): prepare data (index, dedup, split, rebalance the
 training split only) -> dataset statistics -> a trainer for ``model.name`` -> Keras ``fit``
 with a best-on-validation checkpoint, early stopping, plateau LR decay, TensorBoard and CSV
-logs and BackupAndRestore -> save to ``<run dir>/model`` -> optional test evaluation
+logs and atomic backups -> save to ``<run dir>/model`` -> optional test evaluation
 (``--eval``) -> optional promotion to ``saved_model/`` (``promote=true``).
 
-Resume an interrupted run by running the same command with ``hydra.run.dir=<its folder>``:
-BackupAndRestore picks up from the last finished epoch.
+Resume an interrupted run by running the same command with ``hydra.run.dir=<its folder>``
+(what Ctrl-C prints): it picks up after the last backed-up epoch (``training_backup``). The
+same command on a finished run changes nothing; ``train.init_from=<its model folder>`` trains on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
+from faceattr.config import model_settings
 from faceattr.data.pipeline import make_dataset
 from faceattr.data.stats import write_statistics
 from faceattr.data.utkface import prepare_dataset
@@ -37,6 +39,8 @@ from faceattr.models.cnn import build_cnn
 from faceattr.models.heads import compile_args
 from faceattr.models.io import ModelInfo, history_of, load_trainable, promote, save_model
 from faceattr.models.preprocessing import load_face
+from faceattr.training_backup import AtomicBackup, SafeInterrupt, check_resumable, fingerprint
+from faceattr.training_state import SUMMARY, finished_message, finished_summary, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +101,7 @@ def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Pa
     decays it from ``learning_rate`` to 1 % over ``train.epochs`` (steady weights at the end,
     where noisy validation metrics made checkpoint selection a lottery).
     """
-    schedule = str(cfg.train.get("schedule", "plateau"))
-    if schedule not in ("plateau", "cosine"):
-        raise ConfigError(f"train.schedule: {schedule!r} is not one of plateau, cosine")
+    schedule = str(cfg.train.schedule)  # plateau | cosine (faceattr.config checked it)
     epochs = int(cfg.train.epochs if epochs is None else epochs)
     lr: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
     if schedule == "cosine":
@@ -109,26 +111,39 @@ def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Pa
                   **compile_args(cfg.model.heads))
     throughput = ThroughputLogger(images_per_epoch)
     suffix = f"_{phase}" if phase else ""
+    history_csv = run_dir / f"history{suffix}.csv"
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    callbacks = [
+    monitors = [
         keras.callbacks.ModelCheckpoint(run_dir / "checkpoints" / f"best{suffix}.weights.h5",
                                         monitor="val_loss", save_best_only=True, save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.early_stopping_patience,
                                       restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                          patience=cfg.train.lr_plateau_patience, min_lr=1e-6)
-        if schedule == "plateau" else LearningRateLogger(),
-        keras.callbacks.CSVLogger(run_dir / f"history{suffix}.csv", append=True),
-        keras.callbacks.TensorBoard(run_dir / "tensorboard" / (phase or "main"), write_graph=False),
-        keras.callbacks.BackupAndRestore(run_dir / "backup" / (phase or "main")),
-        throughput,
     ]
-    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-              verbose="auto")
+    if schedule == "plateau":
+        monitors.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                          patience=cfg.train.lr_plateau_patience, min_lr=1e-6))
+    # Last, after the monitors and the CSV log: each backup holds the epoch's final state.
+    backup = AtomicBackup(run_dir / "backup" / (phase or "main"), history_csv, monitors,
+                          backup_fingerprint(cfg, run_dir))
+    interrupt = SafeInterrupt()  # Ctrl-C: out of fit between batches, after the epoch's backup
+    callbacks = [
+        *monitors,
+        *([] if schedule == "plateau" else [LearningRateLogger()]),
+        keras.callbacks.CSVLogger(history_csv, append=True),
+        keras.callbacks.TensorBoard(run_dir / "tensorboard" / (phase or "main"), write_graph=False),
+        throughput,
+        backup,
+        interrupt,
+    ]
+    _, finished = backup.restore(model)  # an interrupted run goes on after its last backed-up epoch
+    if not finished:
+        with interrupt:
+            model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+                      verbose="auto")
     if throughput.rates:
         log.info("training throughput%s: %.1f images/s (mean over %d epochs)",
                  f" ({phase})" if phase else "", float(np.mean(throughput.rates)), len(throughput.rates))
-    return pd.read_csv(run_dir / f"history{suffix}.csv")
+    return pd.read_csv(history_csv)
 
 
 class CNNTrainer:
@@ -214,7 +229,7 @@ class FaceNetTrainer:
             views.append(lambda: self.features(train, flip=True))
         views += [functools.partial(self.cache.get_augmented, train["path"].tolist(), train["sha1"].tolist(), index,
                                     augment_cfg, batch_size=int(self.cfg.train.batch_size))
-                  for index in range(1, int(self.cfg.model.get("augmented_views", 0) or 0) + 1)]
+                  for index in range(1, int(self.cfg.model.augmented_views) + 1)]
         # Filled view by view: at 8x8x896 per view a stack of loaded copies would double the memory.
         first = views[0]()
         out = np.empty((len(train), len(views), *first.shape[1:]), first.dtype)
@@ -264,7 +279,7 @@ class FaceNetTrainer:
         # Fine-tuning: heads first on the frozen stages, then everything at a lower rate, so
         # random heads don't push large gradients into pretrained weights.
         backbone = self.top.get_layer("facenet_top")
-        heads_epochs = self.cfg.model.get("heads_epochs")  # null: train.epochs; 0: no heads-only phase
+        heads_epochs = self.cfg.model.heads_epochs  # null: train.epochs; 0: no heads-only phase
         if heads_epochs is None or int(heads_epochs) > 0:
             backbone.trainable = False
             fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n, float(self.cfg.train.learning_rate),
@@ -338,7 +353,7 @@ def trainer_for(cfg: DictConfig, trained: keras.Model | None = None) -> CNNTrain
 def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrainer | FaceNetTrainer:
     """A trainer for ``model.name``; with ``train.init_from`` (a model folder) its weights are the
     starting point, after checking against ``frame`` that they never trained on a val/test image."""
-    init_from = cfg.train.get("init_from")
+    init_from = cfg.train.init_from
     if not init_from:
         return trainer_for(cfg)
     init_dir = Path(str(init_from))
@@ -389,15 +404,29 @@ def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, histo
                             age_bin_edges=list(cfg.data.age_bin_edges), history_csv=history_csv, split=split)
 
 
+def backup_fingerprint(cfg: DictConfig, run_dir: Path) -> dict:
+    """What a run's backups must share with the run that resumes them: model settings and split."""
+    return fingerprint(OmegaConf.to_container(cfg.model, resolve=True), run_dir / "split.csv")
+
+
 def train_command(cfg: DictConfig, run_dir: Path) -> dict:
-    """``python src/main.py train``: train, save to ``<run dir>/model``, optionally evaluate/promote."""
+    """``python src/main.py train``: train, save to ``<run dir>/model``, optionally evaluate/promote.
+
+    A run folder whose training finished is left as it is (its summary comes back); an
+    unfinished one resumes from its backups (``training_backup``).
+    """
+    finished = finished_summary(run_dir)
+    if finished is not None:  # e.g. a sweep run again: its finished jobs are not trained twice
+        log.info("%s", finished_message(run_dir, finished))
+        return finished
     # Experiments that continue a model say so with train.require_init_from: a "???" value would
     # not do, since OmegaConf keeps the default's null when merging a missing value over it.
-    if cfg.train.get("require_init_from") and not cfg.train.get("init_from"):
+    if cfg.train.require_init_from and not cfg.train.init_from:
         raise ConfigError("train.init_from: this experiment continues a trained model; "
                           "give its folder, e.g. train.init_from=outputs/train/<date>/<time>/model")
     keras.utils.set_random_seed(int(cfg.seed))
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    check_resumable(run_dir / "backup", backup_fingerprint(cfg, run_dir))  # before features and training
     write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
                      dpi=int(cfg.evaluation.dpi))
     frame = prepared.frame
@@ -409,7 +438,7 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.save(model_dir, trained_with=OmegaConf.to_container(cfg, resolve=True))
     # The exact test split and the training curves travel with the model (evaluate, promote).
     shutil.copy(run_dir / "split.csv", model_dir / "split.csv")
-    init_from = cfg.train.get("init_from")
+    init_from = cfg.train.init_from
     if init_from:  # a continued model's curves show its whole training, earlier runs first
         join_histories(Path(str(init_from)) / "history.csv", run_dir / "history.csv", model_dir / "history.csv")
     else:
@@ -433,8 +462,11 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.train.eval:
         test = frame[frame.split == "test"]
         summary["test"] = _evaluate(trainer, test, cfg, run_dir, run_dir / "history.csv")
-    for folder in (run_dir, model_dir):  # the model keeps its training record when promoted
-        (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    # The model keeps its training record when promoted; the run folder's copy, written last,
+    # marks the run finished, and its backups are no longer needed.
+    for folder in (model_dir, run_dir):
+        write_atomic(folder / SUMMARY, json.dumps(summary, indent=2))
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
     print(f"Model saved to {model_dir}")
     if cfg.promote:
         promote(model_dir, Path(cfg.paths.saved_models))
@@ -449,13 +481,11 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     ``evaluation.split=val`` scores the validation split instead, to choose between models
     (e.g. a single model or an ensemble) while the test split stays unseen.
     """
-    split = str(cfg.evaluation.get("split", "test"))
-    if split not in ("test", "val"):
-        raise ConfigError(f"evaluation.split: {split!r} is not one of test, val")
+    split = str(cfg.evaluation.split)  # test | val (faceattr.config checked it)
     model_dir = Path(model_dir)
     info = ModelInfo.read(model_dir)
-    trained = OmegaConf.create(info.trained_with or {})
-    model_cfg = trained.get("model") or cfg.model
+    stored = (info.trained_with or {}).get("model")  # the settings it was trained with, filled from the schema
+    model_cfg = model_settings(stored) if stored else cfg.model
     if model_cfg.name != info.model_type:
         raise ModelError(f"{model_dir}: model_info says {info.model_type} but its config says {model_cfg.name}")
     eval_cfg = cfg.copy()
@@ -476,9 +506,9 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     if test.empty:
         raise ModelError(f"{model_dir}: none of its {split} images were found in {cfg.data.path}")
     log.info("evaluating on the %s split: %d images", split, len(test))
-    backend = str(cfg.evaluation.get("backend", "keras"))
+    backend = str(cfg.evaluation.backend)
     # The model's decision rules (models.calibration), as `run` applies them; run.calibrate=false: raw outputs.
-    calibration = Calibration.from_dict(info.calibration if cfg.run.get("calibrate", True) else None)
+    calibration = Calibration.from_dict(info.calibration if cfg.run.calibrate else None)
     if backend == "keras":
         trainer = trainer_for(eval_cfg, load_trainable(model_dir, info))
     else:  # what `run` serves: the images through the exported file, not the cached features

@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from faceattr.config import AugmentConfig
+from faceattr.config import settings as config_settings
 from faceattr.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -61,11 +63,6 @@ def load_images(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
     return np.stack(images).astype(np.float32)
 
 
-def _cfg(cfg: Mapping[str, Any] | None, key: str, default: float) -> float:
-    value = None if cfg is None else cfg.get(key, default)
-    return float(default if value is None else value)
-
-
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, Any] | None) -> tf.Tensor:
     """Randomly augment a batch, float32 (N, H, W, 3) in [0, 255] -> same shape and range.
 
@@ -84,6 +81,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
     ``noise`` (0-1 scale); with probability ``jpeg``, JPEG compression at a quality in
     ``[jpeg_quality_min, 95]``.
     """
+    augment = config_settings(AugmentConfig, augment_cfg, "data.augment.")  # None: every op off
     n = tf.shape(images)[0]
     h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, num=5)
@@ -94,12 +92,12 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
     def per_image(mask: tf.Tensor) -> tf.Tensor:
         return tf.reshape(mask, [-1, 1, 1, 1])
 
-    if augment_cfg is not None and bool(augment_cfg.get("flip", False)):
+    if bool(augment.flip):
         images = tf.where(per_image(uniform(0, 0.0, 1.0) < 0.5), tf.reverse(images, axis=[2]), images)
 
-    rotation = math.radians(_cfg(augment_cfg, "rotation_deg", 0.0))
-    scale = _cfg(augment_cfg, "scale", 0.0)
-    shift = _cfg(augment_cfg, "shift", 0.0)
+    rotation = math.radians(float(augment.rotation_deg))
+    scale = float(augment.scale)
+    shift = float(augment.shift)
     if rotation > 0 or scale > 0 or shift > 0:
         angle = uniform(1, -rotation, rotation) if rotation > 0 else tf.zeros([n])
         # Scale and shift draw from seeds split off the rotation's, so that turning them on
@@ -120,26 +118,26 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
             images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
             interpolation="BILINEAR", fill_mode="REFLECT")
 
-    brightness = _cfg(augment_cfg, "brightness", 0.0)
+    brightness = float(augment.brightness)
     if brightness > 0:
         images = images + per_image(uniform(2, -brightness, brightness)) * 255.0
 
-    contrast = _cfg(augment_cfg, "contrast", 0.0)
+    contrast = float(augment.contrast)
     if contrast > 0:
         mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
         images = (images - mean) * per_image(uniform(3, 1.0 - contrast, 1.0 + contrast)) + mean
 
-    blur = _cfg(augment_cfg, "blur", 0.0)
+    blur = float(augment.blur)
     if blur > 0:
         kernel = tf.fill([3, 3, 3, 1], 1.0 / 9.0)
         padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
         blurred = tf.nn.depthwise_conv2d(padded, kernel, strides=[1, 1, 1, 1], padding="VALID")
         images = tf.where(per_image(uniform(4, 0.0, 1.0) < blur), blurred, images)
 
-    return tf.clip_by_value(_real_photo_augment(images, seeds[4], augment_cfg), 0.0, 255.0)
+    return tf.clip_by_value(_real_photo_augment(images, seeds[4], augment), 0.0, 255.0)
 
 
-def _real_photo_augment(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, Any] | None) -> tf.Tensor:
+def _real_photo_augment(images: tf.Tensor, seed: tf.Tensor, augment: Any) -> tf.Tensor:
     """The real-photo part of ``augment_batch`` (see there); float32 (N, H, W, 3) in [0, 255].
     Its draws come from seeds split off ``seed``, so they leave the others' draws unchanged."""
     n = tf.shape(images)[0]
@@ -152,10 +150,10 @@ def _real_photo_augment(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping
         return tf.reshape(uniform(i, 0.0, 1.0) < p, [-1, 1, 1, 1])
 
     images = tf.clip_by_value(images, 0.0, 255.0)
-    downscale = _cfg(augment_cfg, "downscale", 0.0)
+    downscale = float(augment.downscale)
     if downscale > 0:
         size = tf.shape(images)[1:3]
-        factors = uniform(1, _cfg(augment_cfg, "downscale_min", 0.4), 1.0)
+        factors = uniform(1, float(augment.downscale_min), 1.0)
 
         def shrink(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
             image, factor = args
@@ -164,24 +162,24 @@ def _real_photo_augment(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping
 
         shrunk = tf.map_fn(shrink, (images, factors), fn_output_signature=tf.float32)
         images = tf.where(chance(0, downscale), shrunk, images)
-    gamma = _cfg(augment_cfg, "gamma", 0.0)
+    gamma = float(augment.gamma)
     if gamma > 0:
         g = tf.exp(uniform(2, -math.log1p(gamma), math.log1p(gamma)))
         images = 255.0 * tf.pow(images / 255.0, tf.reshape(g, [-1, 1, 1, 1]))
-    saturation = _cfg(augment_cfg, "saturation", 0.0)
-    grayscale = _cfg(augment_cfg, "grayscale", 0.0)
+    saturation = float(augment.saturation)
+    grayscale = float(augment.grayscale)
     if saturation > 0 or grayscale > 0:
         grey = tf.reduce_sum(images * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
         factor = tf.reshape(uniform(3, 1.0 - saturation, 1.0 + saturation), [-1, 1, 1, 1])
         factor = tf.where(chance(4, grayscale), tf.zeros_like(factor), factor)
         images = grey + (images - grey) * factor
-    noise = _cfg(augment_cfg, "noise", 0.0)
+    noise = float(augment.noise)
     if noise > 0:
         std = tf.reshape(uniform(5, 0.0, noise), [-1, 1, 1, 1]) * 255.0
         images = images + std * tf.random.stateless_normal(tf.shape(images), seeds[6])
-    jpeg = _cfg(augment_cfg, "jpeg", 0.0)
+    jpeg = float(augment.jpeg)
     if jpeg > 0:
-        quality = tf.cast(tf.round(uniform(7, _cfg(augment_cfg, "jpeg_quality_min", 30.0), 95.0)), tf.int32)
+        quality = tf.cast(tf.round(uniform(7, float(augment.jpeg_quality_min), 95.0)), tf.int32)
 
         def compress(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
             image, q = args

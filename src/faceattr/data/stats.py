@@ -23,6 +23,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from faceattr.data.utkface import SPLITS, PreparedData, prepare_dataset
+from faceattr.evaluation.plots import save_figure
 from faceattr.labels import AGE_RANGE, GENDERS, RACES, age_bin_labels
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ def _panels(prepared: PreparedData) -> list[tuple[str, pd.DataFrame, np.ndarray,
     """(title, rows, per-row count, y label) for the two panels of every plot."""
     frame = prepared.frame
     train = frame[frame["split"] == "train"]
-    method = str(prepared.rebalance.get("name", "none"))
+    method = str(prepared.rebalance["name"])
     if method == "weights":
         counts, unit = (train["copies"] * train["weight"]).to_numpy(float), "sum of sample weights"
     else:
@@ -54,13 +55,9 @@ def _bars(ax: plt.Axes, names: Sequence[str], values: np.ndarray, color: str) ->
 
 
 def _save(fig: plt.Figure, out_dir: Path, name: str, formats: Sequence[str], dpi: int) -> list[str]:
-    paths = []
-    for fmt in formats:
-        path = out_dir / f"{name}.{fmt}"
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
-        paths.append(str(path))
+    paths = save_figure(fig, out_dir / name, formats, dpi, bbox_inches="tight")
     plt.close(fig)
-    return paths
+    return [str(path) for path in paths]
 
 
 def _plot_all(prepared: PreparedData, out_dir: Path, formats: Sequence[str], dpi: int) -> list[str]:
@@ -143,6 +140,5 @@ def stats_command(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """``python src/main.py stats``: prepare the data and write its statistics into the run dir."""
     run_dir = Path(run_dir)
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
-    evaluation = cfg.get("evaluation") or {}
-    return write_statistics(prepared, run_dir / "statistics", formats=tuple(evaluation.get("formats", ["png"])),
-                            dpi=int(evaluation.get("dpi", 120)))
+    return write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
+                            dpi=int(cfg.evaluation.dpi))

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from faceattr.config import DataConfig, RebalanceConfig, settings
 from faceattr.data.archive import resolve_image_folder
 from faceattr.errors import ConfigError, DataError
 from faceattr.labels import AGE_RANGE, DEFAULT_AGE_BIN_EDGES, GENDERS, RACES, age_to_bin
@@ -337,11 +338,6 @@ def check_split_disjoint(frame: pd.DataFrame) -> None:
 # ---------------------------------------------------------------------------- rebalance
 
 
-def _cfg_get(cfg: Mapping[str, Any] | None, key: str, default: Any) -> Any:
-    value = None if cfg is None else cfg.get(key, default)
-    return default if value is None else value
-
-
 def rebalance(frame: pd.DataFrame, cfg: Mapping[str, Any] | None) -> pd.DataFrame:
     """A copy of ``frame`` with ``copies`` (int >= 1) and ``weight`` (float) per row.
 
@@ -356,7 +352,8 @@ def rebalance(frame: pd.DataFrame, cfg: Mapping[str, Any] | None) -> pd.DataFram
       ``w_b = min(max_weight, (n_max / n_b) ** power)``, then divided by the mean of ``w``
       over the training rows, so the mean training weight is 1; copies 1.
     """
-    name = _cfg_get(cfg, "name", "none")
+    cfg = settings(RebalanceConfig, cfg, "rebalance.")  # keys left out take the schema's defaults
+    name = cfg.name
     out = frame.copy()
     out["copies"] = 1
     out["weight"] = 1.0
@@ -367,15 +364,11 @@ def rebalance(frame: pd.DataFrame, cfg: Mapping[str, Any] | None) -> pd.DataFram
     n_max = float(n_bin.max())
     bins = out.loc[train, "age_bin"]
     if name == "oversample":
-        target, max_copies = float(_cfg_get(cfg, "target", 0.5)), int(_cfg_get(cfg, "max_copies", 5))
-        if target < 0 or max_copies < 1:
-            raise ConfigError(f"rebalance: need target >= 0 and max_copies >= 1, got {target}, {max_copies}")
+        target, max_copies = float(cfg.target), int(cfg.max_copies)
         copies = np.clip(np.ceil(target * n_max / n_bin.to_numpy(float) - 1e-9), 1, max_copies).astype(int)
         out.loc[train, "copies"] = bins.map(dict(zip(n_bin.index, copies, strict=True))).to_numpy()
     elif name == "weights":
-        power, max_weight = float(_cfg_get(cfg, "power", 0.5)), float(_cfg_get(cfg, "max_weight", 5.0))
-        if max_weight <= 0:
-            raise ConfigError(f"rebalance.max_weight: must be > 0, got {max_weight}")
+        power, max_weight = float(cfg.power), float(cfg.max_weight)
         w = np.minimum(max_weight, (n_max / n_bin.to_numpy(float)) ** power)
         per_row = bins.map(dict(zip(n_bin.index, w, strict=True))).to_numpy(float)
         out.loc[train, "weight"] = per_row / per_row.mean()
@@ -424,12 +417,13 @@ def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any
     lands in ``out_dir``.
     """
     start = time.perf_counter()
+    data_cfg = settings(DataConfig, data_cfg, "data.")
     extract_dir = Path(str(data_cfg["extract_dir"]))
     folder = resolve_image_folder(Path(str(data_cfg["path"])), extract_dir)
-    edges = [float(e) for e in _cfg_get(data_cfg, "age_bin_edges", DEFAULT_AGE_BIN_EDGES)]
+    edges = [float(e) for e in data_cfg["age_bin_edges"]]
     split_cfg = data_cfg["split"]
-    seed = int(_cfg_get(split_cfg, "seed", 0))
-    limit = data_cfg.get("limit")
+    seed = int(split_cfg["seed"])
+    limit = data_cfg["limit"]
     index = index_images(folder, limit=None if limit is None else int(limit), seed=seed,
                          cache_dir=extract_dir, age_bin_edges=edges)
     frame = rebalance(split_index(index.frame, split_cfg, seed), rebalance_cfg)

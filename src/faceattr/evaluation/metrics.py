@@ -91,13 +91,13 @@ def class_recalls(y_true: np.ndarray, y_pred: np.ndarray, names: Sequence[str]) 
 
 
 def compute_metrics(y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.ndarray]) -> dict[str, float | int]:
-    """Headline test metrics.
+    """Headline metrics of one split (test, or val when choosing between models).
 
     Returns a flat dict of Python numbers: ``age_mae``, ``age_rmse``, ``age_bias`` (years),
     ``age_r2``, ``age_within_5``, ``age_within_10`` (share of faces with |error| <= 5 / 10
     years), ``gender_accuracy``, ``gender_macro_f1``, ``race_accuracy``, ``race_macro_f1``,
     ``race_balanced_accuracy`` (mean per-class recall), ``race_recall_<class>`` for each class
-    present, and ``n_test``.
+    present, and ``n`` (the number of faces scored).
     """
     n = _check_lengths(y_true, y_pred)
     age = age_summary(y_true["age"], y_pred["age"])
@@ -125,7 +125,7 @@ def compute_metrics(y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.nd
         missing = [names[c] for c in range(len(names)) if c not in present]
         if missing and n:
             log.warning("%s classes absent from the test labels: %s", task, ", ".join(missing))
-    metrics["n_test"] = int(n)
+    metrics["n"] = int(n)
     return metrics
 
 

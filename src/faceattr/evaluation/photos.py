@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from faceattr.config import EvaluationConfig, settings
 from faceattr.data.labels_csv import read_labels
 from faceattr.errors import InputError
 from faceattr.evaluation import fairness, plots
@@ -164,8 +165,9 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
     and the fairness breakdown of a labelled-photo evaluation into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    formats = [str(f) for f in (eval_cfg.get("formats") if eval_cfg is not None else None) or ["png"]]
-    dpi = int((eval_cfg.get("dpi") if eval_cfg is not None else None) or 120)
+    eval_cfg = settings(EvaluationConfig, eval_cfg, "evaluation.")  # keys left out: the schema's defaults
+    formats = [str(f) for f in eval_cfg.formats]
+    dpi = int(eval_cfg.dpi)
     metrics = photo_metrics(table)
     table.drop(columns=["path"]).to_csv(out_dir / "predictions.csv", index=False, float_format="%.6g")
     found = table[table["found"]]
@@ -222,7 +224,7 @@ def evaluate_photos(cfg: Any, run_dir: Path, pipeline=None) -> dict[str, Any]:
     log.info("evaluating on %d labelled photos of %s", len(labels), source)
     pipeline = pipeline or FacePipeline.from_config(cfg)
     table = predict_photos(pipeline, labels, batch=max(CHUNK, int(cfg.run.batch_size)))
-    metrics = write_photo_evaluation(run_dir, table, cfg.get("evaluation"), source)
+    metrics = write_photo_evaluation(run_dir, table, cfg.evaluation, source)
     print(f"{metrics['n']} photo(s): face found in {metrics['n_read'] - metrics['n_no_face']}, "
           f"no face in {metrics['n_no_face']} ({metrics['no_face_rate']:.1%}), unreadable {metrics['n_unreadable']}")
     print(summary_line(metrics))

@@ -55,8 +55,13 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png",), dpi: int = 120) -> list[Path]:
-    """Write ``fig`` as ``<stem>.<fmt>`` for each format ("png" always); returns the paths."""
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png",), dpi: int = 120,
+                bbox_inches: str | None = None) -> list[Path]:
+    """Write ``fig`` as ``<stem>.<fmt>`` for each format ("png" always); returns the paths.
+
+    The one figure saver of the toolkit (evaluation plots and the dataset statistics);
+    ``bbox_inches="tight"`` trims the margins.
+    """
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     fmts = ["png", *(f for f in dict.fromkeys(str(f).lower() for f in formats) if f != "png")]
@@ -66,7 +71,7 @@ def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png",), dpi:
             log.warning("plot format %r not supported (%s); skipped", fmt, "|".join(SUPPORTED_FORMATS))
             continue
         path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=dpi, format=fmt)
+        fig.savefig(path, dpi=dpi, format=fmt, bbox_inches=bbox_inches)
         paths.append(path)
     fig.clear()
     return paths

@@ -1,7 +1,8 @@
-"""Everything an evaluation writes for one test split, and the ``evaluate`` command.
+"""Everything an evaluation writes for one split, and the ``evaluate`` command.
 
 ``write_evaluation`` is called by ``training`` (after ``train --eval`` and by ``evaluate``)
-with the test rows and the model's predictions on them.
+with the rows of the split scored (test, or val with ``evaluation.split=val``) and the model's
+predictions on them; ``metrics.json`` names the split beside ``n``, the number of faces.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from faceattr.config import EvaluationConfig, settings
 from faceattr.evaluation import fairness, plots
 from faceattr.evaluation.metrics import (
     age_by_bin_frame,
@@ -35,13 +37,6 @@ OUTPUT_FILES: tuple[str, ...] = (
     "predictions.csv", "fairness.csv", "confusion_gender.png", "confusion_race.png", "age_predictions.png",
     "faces_grid.png", "fairness.png",
 )
-
-
-def _setting(cfg: Any, key: str, default: Any) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def predictions_frame(frame: pd.DataFrame, predictions: Mapping[str, np.ndarray]) -> pd.DataFrame:
@@ -80,14 +75,15 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
                      eval_cfg: DictConfig | Mapping[str, Any] | None,
                      age_bin_edges: Sequence[float] = DEFAULT_AGE_BIN_EDGES,
                      history_csv: Path | None = None, split: str = "test") -> dict[str, float | int]:
-    """Write the full evaluation of one test split into ``out_dir``; return the metrics.
+    """Write the full evaluation of one split into ``out_dir``; return the metrics.
 
-    ``frame``: the test rows (``image``, ``path``, ``age`` in years, ``gender`` and ``race``
-    class indices, ...). ``predictions``: row-aligned with ``frame``: ``age`` (N,) years,
+    ``frame``: the rows scored, test or val (``image``, ``path``, ``age`` in years, ``gender``
+    and ``race`` class indices, ...). ``predictions``: row-aligned with ``frame``: ``age`` (N,) years,
     ``gender`` (N, 2) and ``race`` (N, 5) probabilities. ``eval_cfg``: the ``evaluation``
     config group (``formats``, ``dpi``, ``grid_faces``). ``age_bin_edges``: years.
     ``history_csv``: a Keras ``CSVLogger`` file for the training curves (skipped if None or
-    missing). ``split``: the name of the split ``frame`` holds, recorded in ``metrics.json``.
+    missing). ``split``: the name of the split ``frame`` holds, recorded in ``metrics.json``
+    beside ``n``, the number of faces scored.
 
     Writes ``metrics.json``, ``report_gender.csv``, ``report_race.csv``, ``report_age.csv``,
     ``age_by_bin.csv``, ``predictions.csv``, ``fairness.csv`` and the plots
@@ -100,10 +96,11 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     n = len(frame)
     for key in ("age", "gender", "race"):
         if len(np.asarray(predictions[key])) != n:
-            raise ValueError(f"predictions[{key!r}] has {len(np.asarray(predictions[key]))} rows for {n} test rows")
-    formats = [str(f) for f in _setting(eval_cfg, "formats", ["png"])]
-    dpi = int(_setting(eval_cfg, "dpi", 120))
-    grid_faces = int(_setting(eval_cfg, "grid_faces", 16))
+            raise ValueError(f"predictions[{key!r}] has {len(np.asarray(predictions[key]))} rows for {n} {split} rows")
+    eval_cfg = settings(EvaluationConfig, eval_cfg, "evaluation.")  # keys left out: the schema's defaults
+    formats = [str(f) for f in eval_cfg.formats]
+    dpi = int(eval_cfg.dpi)
+    grid_faces = int(eval_cfg.grid_faces)
     edges = [float(e) for e in age_bin_edges]
 
     y_true = {"age": frame["age"].to_numpy(float), "gender": frame["gender"].to_numpy(int),
@@ -117,7 +114,8 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     for task in ("gender", "race"):
         classification_report_frame(task, y_true[task], y_pred[task]).to_csv(
             out_dir / f"report_{task}.csv", index=False, float_format="%.6g")
-        plots.plot_confusion(task, y_true[task], y_pred[task], out_dir / f"confusion_{task}", formats, dpi)
+        plots.plot_confusion(task, y_true[task], y_pred[task], out_dir / f"confusion_{task}", formats, dpi,
+                             where=f"the {split} split")
     age_report_frame(y_true["age"], y_pred["age"], edges).to_csv(out_dir / "report_age.csv", index=False,
                                                                  float_format="%.6g")
     age_by_bin_frame(y_true["age"], y_pred["age"], edges).to_csv(out_dir / "age_by_bin.csv", index=False,

@@ -2,10 +2,10 @@
 
 A *run folder* is a Hydra output folder (it has ``.hydra/overrides.yaml``); a *sweep
 folder* holds run folders (``0/``, ``1/``, ...) and ``multirun.yaml``. Each run becomes one
-row: its overrides as columns, then its results: the test metrics of ``metrics.json``
-(``age_mae``, ``gender_accuracy``, ...) when it was evaluated, and the best-validation epoch
-of ``history.csv`` (lowest ``val_loss``) as ``val_*`` columns plus ``best_epoch`` and
-``epochs`` when it trained.
+row: its overrides as columns, then its results: the metrics of ``metrics.json``
+(``age_mae``, ``gender_accuracy``, ..., ``n`` faces and the ``split`` scored) when it was
+evaluated, and the best-validation epoch of ``history.csv`` (lowest ``val_loss``) as
+``val_*`` columns plus ``best_epoch`` and ``epochs`` when it trained.
 
 ``SweepSummaryCallback`` writes the summary into the sweep folder when a multirun ends;
 ``python src/main.py compare DIR [DIR ...]`` writes it into the compare run's folder.
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 
+from faceattr.config import EvaluationConfig, settings
 from faceattr.errors import InputError
 
 if TYPE_CHECKING:
@@ -98,17 +99,9 @@ def _parse_overrides(raw: Iterable) -> dict[str, Any]:
     return out
 
 
-def read_overrides(run: Path) -> dict[str, Any]:
-    """``key -> value`` of a run's ``.hydra/overrides.yaml`` (``command`` left out).
-
-    Values are typed as Hydra parses them; group adds/deletes (``+key=v``, ``~key``) are
-    keyed without their prefix.
-    """
-    return _parse_overrides(_raw_overrides(run))
-
-
 def read_results(run: Path) -> dict[str, Any]:
-    """A run's results: ``metrics.json`` (test) and the best ``history.csv`` row (``val_*``).
+    """A run's results: ``metrics.json`` (its numbers, ``n`` faces and the ``split`` scored) and
+    the best ``history.csv`` row (``val_*``).
 
     Returns {} for a run that wrote neither (failed, or not a training/evaluation run).
     """
@@ -135,8 +128,12 @@ def read_results(run: Path) -> dict[str, Any]:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             log.warning("%s: unreadable (%s); skipped", metrics_path, exc)
             metrics = {}
+        if "n_test" in metrics and "n" not in metrics:  # written before the count was named ``n``
+            metrics["n"] = metrics.pop("n_test")
         out.update({k: (math.nan if v is None else v) for k, v in metrics.items()
                     if isinstance(v, int | float) or v is None})
+        if isinstance(metrics.get("split"), str):  # test, or val when the run chose between models
+            out["split"] = metrics["split"]
     summary_path = run / "train_summary.json"
     if summary_path.is_file():
         try:
@@ -219,7 +216,7 @@ def _isnan(value: Any) -> bool:
 def _result_columns(df: pd.DataFrame) -> set[str]:
     names = {m for base, _, _ in MAIN_METRICS for m in (base, f"val_{base}")}
     return {c for c in df.columns if c in names or c.startswith(("val_", "age_", "gender_", "race_"))
-            or c in ("n_test", "best_epoch", "epochs", "train_seconds")}
+            or c in ("n", "split", "n_test", "best_epoch", "epochs", "train_seconds")}
 
 
 def _pick_metric(df: pd.DataFrame, base: str) -> str | None:
@@ -311,11 +308,9 @@ def _log_best(df: pd.DataFrame) -> None:
 
 
 def _plot_settings(cfg: Any) -> tuple[list[str], int]:
-    try:
-        ev = cfg.get("evaluation") or {}
-        return [str(f) for f in (ev.get("formats") or ["png"])], int(ev.get("dpi") or 120)
-    except Exception:  # a config without the evaluation group
-        return ["png"], 120
+    """Plot formats and dpi of ``cfg.evaluation`` (the schema's defaults for a config without it)."""
+    ev = settings(EvaluationConfig, cfg.evaluation if "evaluation" in cfg else None, "evaluation.")
+    return [str(f) for f in ev.formats], int(ev.dpi)
 
 
 class SweepSummaryCallback(Callback):

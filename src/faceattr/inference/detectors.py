@@ -21,7 +21,10 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
+from omegaconf import OmegaConf
 
+from faceattr.config import DetectorConfig
+from faceattr.config import settings as config_settings
 from faceattr.errors import ConfigError, InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -169,28 +172,29 @@ class WholeImageDetector:
 
 
 def detector_settings(detector_cfg: Any, video: bool = False) -> dict[str, Any]:
-    """A ``conf/detector/*.yaml`` node (or dict) as a plain dict; with ``video``, its ``video``
-    entries override the others (a coarser image pyramid, or another detector altogether, that
-    keeps a live stream fast)."""
-    settings = dict(detector_cfg)
-    video_settings = dict(settings.pop("video", None) or {})
+    """A ``conf/detector/*.yaml`` node (or a partial dict) filled from the schema
+    (``faceattr.config.DetectorConfig``) as a plain dict; with ``video``, its ``video`` entries
+    that are set override the others (a coarser image pyramid, or another detector altogether,
+    that keeps a live stream fast)."""
+    filled = OmegaConf.to_container(config_settings(DetectorConfig, detector_cfg, "detector."), resolve=True)
+    video_settings = filled.pop("video")
     if video:
-        settings.update(video_settings)
-    return settings
+        filled.update({key: value for key, value in video_settings.items() if value is not None})
+    return filled
 
 
-def make_detector(detector_cfg: Any, video: bool = False) -> Detector:
+def make_detector(detector_cfg: Any, video: bool = False, cache_dir: str | Path | None = None) -> Detector:
     """The detector named by ``detector_cfg.name`` (a ``conf/detector/*.yaml`` node or a dict);
-    ``video`` applies its ``video`` entries (``detector_settings``)."""
+    ``video`` applies its ``video`` entries (``detector_settings``); ``cache_dir`` keeps MTCNN's
+    converted weights."""
     settings = detector_settings(detector_cfg, video)
-    get = settings.get
-    name = get("name")
+    name = settings["name"]
     if name == "haar":
-        return HaarDetector(scale_factor=get("scale_factor", 1.1), min_neighbors=get("min_neighbors", 5),
-                            min_size=get("min_size", 40), max_side=get("max_side", 1280))
+        return HaarDetector(scale_factor=settings["scale_factor"], min_neighbors=settings["min_neighbors"],
+                            min_size=settings["min_size"], max_side=settings["max_side"])
     if name == "mtcnn":
-        return MTCNNDetector(min_confidence=get("min_confidence", 0.9), min_size=get("min_size", 40),
-                             max_side=get("max_side", 1280), cache_dir=get("cache_dir"))
+        return MTCNNDetector(min_confidence=settings["min_confidence"], min_size=settings["min_size"],
+                             max_side=settings["max_side"], cache_dir=cache_dir)
     if name == "none":
         return WholeImageDetector()
     raise ConfigError(f"detector.name: unknown detector {name!r} (haar|mtcnn|none)")

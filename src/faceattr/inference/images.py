@@ -1,14 +1,18 @@
 """Turning ``--img`` arguments into image files, and reading them robustly.
 
 ``expand_inputs`` accepts files, folders and glob patterns; ``read_image`` decodes any image
-OpenCV can (grayscale, alpha, 16-bit, EXIF-rotated JPEG) into 8-bit BGR and raises a one-line
-``InputError`` for a missing, empty, truncated or non-image file.
+OpenCV can (grayscale, alpha, 16-bit, EXIF-rotated JPEG and PNG) into 8-bit BGR and raises a
+one-line ``InputError`` for a missing, empty, truncated or non-image file, a symbolic link loop
+and anything that is not a regular file (a named pipe would block the read forever).
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
+import os
+import stat
 from pathlib import Path
 
 import cv2
@@ -24,6 +28,10 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".t
 _GLOB_CHARS = set("*?[")
 JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 PNG_SIGNATURE, PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
+EXIF_ORIENTATION_TAG = 0x0112
+#: What each file type is called when it isn't a regular file (``stat.S_IFMT`` -> name).
+SPECIAL_FILES = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+                 stat.S_IFBLK: "a block device"}
 
 
 def _is_glob(item: str) -> bool:
@@ -128,22 +136,112 @@ def _composite(bgr: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (bgr.astype(np.float32) * a + 255.0 * (1.0 - a)).round().astype(np.uint8)
 
 
+def stat_problem(path: Path, exc: OSError) -> str:
+    """Why ``os.stat(path)`` failed, in a few words (a loop and a broken link named as such)."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        if os.path.islink(path):
+            return f"broken symbolic link (to {os.readlink(path)})"
+        return "pattern matches no file" if _is_glob(str(path)) else "no such file"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return f"cannot be read ({exc.strerror or exc})"
+
+
+def check_regular_file(path: str | Path, what: str = "image") -> None:
+    """Raise ``InputError("<path>: <problem>")`` unless ``path`` is a regular file (after links).
+
+    Refused: a missing path, a symbolic link loop or broken link, a folder, and special files
+    (named pipe, socket, device), whose read would block forever or never end.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise InputError(f"{path}: {stat_problem(path, exc)}") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path}: is a folder, not {'an' if what[0] in 'aeiou' else 'a'} {what}")
+    if not stat.S_ISREG(mode):
+        kind = SPECIAL_FILES.get(stat.S_IFMT(mode), "a special file")
+        raise InputError(f"{path}: is {kind}, not a regular file")
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The Orientation tag (1-8) of EXIF data (a TIFF header and IFD0); 1 when absent or unreadable."""
+    if tiff.startswith(b"Exif\0\0"):  # some writers keep the JPEG APP1 prefix
+        tiff = tiff[6:]
+    order = {b"II*\0": "little", b"MM\0*": "big"}.get(tiff[:4])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    for i in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
+        entry = tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i]
+        if len(entry) < 12:
+            break
+        if int.from_bytes(entry[:2], order) != EXIF_ORIENTATION_TAG:
+            continue
+        kind = int.from_bytes(entry[2:4], order)  # 3: SHORT (as everyone writes it), 4: LONG
+        if kind not in (3, 4):
+            return 1
+        value = int.from_bytes(entry[8:10] if kind == 3 else entry[8:12], order)
+        return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def png_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) in a PNG's ``eXIf`` chunk; 1 when it has none.
+
+    Chunks are skipped by their lengths, so only the chunk headers are read.
+    """
+    pos = len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind == b"eXIf":
+            return _tiff_orientation(data[pos + 8:pos + 8 + length])
+        if kind == PNG_IEND:
+            break
+        pos += 12 + length  # length, type, data, CRC
+    return 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an image upright by its EXIF orientation (1-8), as OpenCV does for JPEG."""
+    if orientation == 2:
+        return cv2.flip(img, 1)
+    if orientation == 3:
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(img, 0)
+    if orientation == 5:
+        return cv2.transpose(img)
+    if orientation == 6:
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.transpose(img), -1)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 BGR.
 
     Grayscale becomes 3-channel, alpha is composited over white, 16-bit and float images are
-    scaled to 8 bits, and JPEGs are turned upright by their EXIF orientation (OpenCV does this
-    for ``IMREAD_COLOR``; other formats' EXIF orientation is ignored). Bytes are read by Python
-    and decoded in memory, so non-ASCII paths work everywhere.
+    scaled to 8 bits, and JPEGs and PNGs are turned upright by their EXIF orientation (OpenCV
+    does this for JPEG with ``IMREAD_COLOR``; a PNG's ``eXIf`` chunk is read here; other formats'
+    orientation is ignored). Bytes are read by Python and decoded in memory, so non-ASCII paths
+    work everywhere.
 
-    Raises ``InputError("<path>: <problem>")`` for a missing file, a folder, an empty file, a
-    truncated JPEG/PNG or anything OpenCV cannot decode.
+    Raises ``InputError("<path>: <problem>")`` for a missing file, a symbolic link loop, a
+    folder or special file (see ``check_regular_file``), an empty file, a truncated JPEG/PNG or
+    anything OpenCV cannot decode.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: {'pattern matches no file' if _is_glob(str(path)) else 'no such file'}")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
+    check_regular_file(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -165,4 +263,7 @@ def read_image(path: str | Path) -> np.ndarray:
         img = None
     if img is None or img.size == 0:
         raise InputError(f"{path}: not an image or unreadable")
-    return np.ascontiguousarray(_to_bgr8(img))
+    img = _to_bgr8(img)
+    if data.startswith(PNG_SIGNATURE):
+        img = apply_orientation(img, png_orientation(data))
+    return np.ascontiguousarray(img)

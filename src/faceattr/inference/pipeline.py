@@ -80,8 +80,7 @@ class FacePipeline:
         ``model_path`` (see ``Predictor.from_config``); the template is the model's own."""
         predictor = predictor or Predictor.from_config(cfg)
         settings = detector_settings(cfg.detector, video=video)
-        if "paths" in cfg:
-            settings.setdefault("cache_dir", cfg.paths.get("cache"))
-        return cls(make_detector(settings), predictor, margin=float(settings.get("margin", 0.0)),
-                   align=bool(settings.get("align", False)), shift_y=float(settings.get("shift_y", 0.0)),
+        detector = make_detector(settings, cache_dir=cfg.paths.cache if "paths" in cfg else None)
+        return cls(detector, predictor, margin=float(settings["margin"]), align=bool(settings["align"]),
+                   shift_y=float(settings["shift_y"]),
                    template=predictor.chip_template)

@@ -121,13 +121,11 @@ class Predictor:
         ``run.tta_flip``, ``run.backend``, ``run.threads``, ``run.calibrate`` and ``paths.cache``."""
         from faceattr.models.io import resolve_model_dir
 
-        cache = cfg.paths.get("cache") if "paths" in cfg else None
-        tta = bool(cfg.run.get("tta_flip", False))
-        threads = cfg.run.get("threads")
-        predictor = cls.load(resolve_model_dir(cfg), cache, batch_size=int(cfg.run.get("batch_size", 32)),
-                             tta_flip=tta, backend=str(cfg.run.get("backend", "auto")),
-                             threads=int(threads) if threads else None)
-        if not bool(cfg.run.get("calibrate", True)):  # the raw outputs, without the model's decision rules
+        run = cfg.run
+        predictor = cls.load(resolve_model_dir(cfg), cfg.paths.cache, batch_size=int(run.batch_size),
+                             tta_flip=bool(run.tta_flip), backend=str(run.backend),
+                             threads=int(run.threads) if run.threads else None)
+        if not bool(run.calibrate):  # the raw outputs, without the model's decision rules
             predictor.calibration = Calibration()
         return predictor
 

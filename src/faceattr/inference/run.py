@@ -5,7 +5,10 @@ go through the model together (``run.batch_size`` faces per call). Results are o
 face in ``run.output`` (.csv or .json) or ``<run dir>/predictions.csv``; annotated copies go to
 ``run.annotated_dir`` or ``<run dir>/annotated/``, never next to the inputs. A bad file is one
 ``error:`` line and is skipped; the command fails only if no input could be read. An existing
-output file is refused unless ``run.overwrite=true`` (earlier results are never lost silently).
+output file is refused unless ``run.overwrite=true`` (earlier results are never lost silently),
+and the output file and the annotated folder are checked writable before any image is read.
+With ``run.display=true``, a screen that can't be opened means no window (one log line), never
+an aborted process (see ``display_problem``).
 
 Video: a capture loop reads, draws and writes every frame and never waits for the model; a
 worker thread runs detection, the model and the tracker on the newest frame it is handed
@@ -20,11 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import os
 import queue
+import stat
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,27 +64,60 @@ ANNOTATED_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 WINDOW = "faceattr"
 PENDING_BYTES = 256 * 2**20  # decoded images held while their faces wait for a model call
 QUIT_KEYS = {ord("q"), ord("Q"), 27}  # q or Esc
-TRACKER_DEFAULTS = {"iou_threshold": 0.3, "max_missed": 10, "window": 30, "refresh_every": 1}
+#: Opening a window in a child process first: OpenCV's Qt back end aborts the whole process
+#: (SIGABRT) when $DISPLAY names a screen it can't reach, so the real process never tries.
+DISPLAY_PROBE = "import cv2; cv2.namedWindow('faceattr-probe'); cv2.destroyAllWindows()"
+DISPLAY_PROBE_TIMEOUT_S = 5.0
+NO_SCREEN = "No screen ($DISPLAY and $WAYLAND_DISPLAY unset)"
 
 
 # ----------------------------------------------------------------------------------------
 # Shared parts
 # ----------------------------------------------------------------------------------------
-def screen_available() -> bool:
-    """Whether a window can be shown: on Linux/BSD only with $DISPLAY or $WAYLAND_DISPLAY
-    (OpenCV's Qt/GTK back ends abort the process, not raise, without one)."""
+@functools.cache
+def display_problem() -> str | None:
+    """Why no window can be shown here, or None when one can (checked once per process).
+
+    On Linux/BSD a window needs $DISPLAY or $WAYLAND_DISPLAY, and the screen it names must
+    answer: OpenCV's Qt/GTK back ends abort the process, not raise, when it doesn't. So a
+    child process opens and closes a window first (a fraction of a second), and a failure or
+    a hang past ``DISPLAY_PROBE_TIMEOUT_S`` means no window.
+    """
     if sys.platform.startswith(("win", "darwin")):
-        return True
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        return None
+    names = [f"${var}={os.environ[var]}" for var in ("DISPLAY", "WAYLAND_DISPLAY") if os.environ.get(var)]
+    if not names:
+        return NO_SCREEN
+    screen = " / ".join(names)
+    try:
+        proc = subprocess.run([sys.executable, "-c", DISPLAY_PROBE], capture_output=True, text=True, errors="replace",
+                              stdin=subprocess.DEVNULL, timeout=DISPLAY_PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"{screen}: opening a window took over {DISPLAY_PROBE_TIMEOUT_S:g} s"
+    except OSError as exc:
+        return f"{screen}: cannot check the screen ({exc.strerror or exc})"
+    if proc.returncode == 0:
+        return None
+    lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+    reason = next((line for line in lines if "display" in line.lower()), lines[-1] if lines else
+                  f"exit code {proc.returncode}")
+    return f"{screen}: cannot open a window ({reason[:200]})"
+
+
+def screen_available() -> bool:
+    """Whether a window can be shown (see ``display_problem``)."""
+    return display_problem() is None
 
 
 def _want_display(requested: bool) -> bool:
     if not requested:
         return False
-    if not screen_available():
-        log.info("No screen ($DISPLAY and $WAYLAND_DISPLAY unset): not displaying")
-        return False
-    return True
+    problem = display_problem()
+    if problem is None:
+        return True
+    # No screen at all is the ordinary headless case; a screen that doesn't answer deserves a warning.
+    (log.info if problem == NO_SCREEN else log.warning)("%s: not displaying", problem)
+    return False
 
 
 def _show(image: np.ndarray, wait_ms: int) -> int | None:
@@ -99,14 +139,46 @@ def _close_windows() -> None:
         cv2.destroyAllWindows()
 
 
+def write_problem(path: Path, folder: bool = False) -> str | None:
+    """Why the file ``path`` (or the folder, with ``folder=True``) can't be written, or None.
+
+    Nothing is left behind: the nearest existing folder on the way is found (a file there is a
+    problem) and a temporary file is made and removed in it, which catches read-only and
+    pseudo file systems (``/proc``) that permission bits alone don't show.
+    """
+    probe = path if folder else path.parent
+    while True:
+        try:
+            mode = os.stat(probe).st_mode
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if probe.parent == probe:
+                return "no existing folder above it"
+            probe = probe.parent
+        except OSError as exc:
+            return f"{probe}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(mode):
+        return f"{probe} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".faceattr-write-check-", dir=probe)
+    except OSError as exc:
+        return f"{probe} does not accept new files: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
 def _output_path(value: Any, default: Path, suffixes: Sequence[str], overwrite: bool, what: str) -> Path:
-    """Validate ``run.output`` before any work: known suffix, and no silent overwrite."""
+    """Validate ``run.output`` before any work: known suffix, writable, and no silent overwrite."""
     path = Path(str(value)).expanduser() if value not in (None, "") else default
     if path.suffix.lower() not in suffixes:
         raise InputError(f"{path}: unknown {what} output type {path.suffix or '(no suffix)'!r}; "
                          f"use {' or '.join(suffixes)}")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name for the output")
+    problem = write_problem(path)
+    if problem is not None:
+        raise InputError(f"{path}: cannot be written ({problem})")
     if path.exists():
         if not overwrite:
             raise InputError(f"{path}: already exists; choose another --output or set run.overwrite=true")
@@ -185,15 +257,18 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
     paths = expand_inputs(items)
     if not paths:
         raise InputError(f"{', '.join(items)}: no image files found")
-    overwrite = bool(cfg.run.get("overwrite", False))
+    overwrite = bool(cfg.run.overwrite)
     out_path = _output_path(cfg.run.output, run_dir / "predictions.csv", TABLE_SUFFIXES, overwrite, "predictions")
-    annotated_dir = Path(cfg.run.annotated_dir).expanduser() if cfg.run.get("annotated_dir") else run_dir / "annotated"
-    annotate_images = bool(cfg.run.get("annotate", True))
+    annotated_dir = Path(cfg.run.annotated_dir).expanduser() if cfg.run.annotated_dir else run_dir / "annotated"
+    annotate_images = bool(cfg.run.annotate)
+    problem = write_problem(annotated_dir, folder=True) if annotate_images else None
+    if problem is not None:
+        raise ConfigError(f"run.annotated_dir: {annotated_dir}: cannot be written ({problem})")
     input_dirs = {p.parent.resolve() for p in paths if p.exists()}
     if annotate_images and annotated_dir.resolve() in input_dirs:
         raise ConfigError(f"run.annotated_dir: {annotated_dir} holds input images; annotated copies are never "
                           "written next to the inputs, choose another folder")
-    display = _want_display(bool(cfg.run.get("display", False)))
+    display = _want_display(bool(cfg.run.display))
     built: list[FacePipeline] = [pipeline] if pipeline is not None else []
 
     def get_pipeline() -> FacePipeline:
@@ -401,19 +476,19 @@ def _open_source(source: str) -> tuple[cv2.VideoCapture, str, bool]:
 def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> dict:
     """Video mode of ``run_command``; see the module docstring."""
     source = str(cfg.run.video).strip()
-    overwrite = bool(cfg.run.get("overwrite", False))
+    overwrite = bool(cfg.run.overwrite)
     out_path = None
-    if cfg.run.get("output"):
+    if cfg.run.output:
         out_path = _output_path(cfg.run.output, run_dir / "annotated.mp4", tuple(VIDEO_CODECS), overwrite, "video")
         if not source.isdigit() and Path(source).exists() and out_path.resolve() == Path(source).resolve():
             raise InputError(f"{out_path}: the output would overwrite the input video")
-    max_frames = int(cfg.run.max_frames) if cfg.run.get("max_frames") else None
+    max_frames = int(cfg.run.max_frames) if cfg.run.max_frames else None
     try:
-        tracker = IoUTracker(**{**TRACKER_DEFAULTS, **dict(cfg.run.get("tracker") or {})})
+        tracker = IoUTracker(**cfg.run.tracker)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"run.tracker: {exc}") from None
     cap, name, is_camera = _open_source(source)  # fail fast on a bad source, before loading the model
-    display = _want_display(bool(cfg.run.get("display", False)))
+    display = _want_display(bool(cfg.run.display))
     if out_path is None and not display:
         log.warning("Neither a screen nor run.output: the video is processed but nothing is shown or written")
     ok, frame = cap.read()
@@ -442,7 +517,7 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> 
                              f"(codec {VIDEO_CODECS[out_path.suffix.lower()]} unavailable)")
 
     live = is_camera or "://" in source
-    sync = bool(cfg.run.get("sync", False)) and not live
+    sync = bool(cfg.run.sync) and not live
     worker = InferenceWorker(_tracking_process(pipeline, tracker), threaded=not sync)
     worker.start()
     read = written = 0
@@ -519,8 +594,8 @@ def run_command(cfg: Any, run_dir: Path) -> dict:
     bad source or output, or when no input image could be read; ``ConfigError`` when both or
     neither mode is asked for.
     """
-    has_img = bool(cfg.run.get("img"))
-    has_video = cfg.run.get("video") is not None
+    has_img = bool(cfg.run.img)
+    has_video = cfg.run.video is not None
     if has_img and has_video:
         raise ConfigError("run: give either run.img (--img) or run.video (--video), not both")
     if not has_img and not has_video:

@@ -5,9 +5,10 @@ A runner is a callable: (N, S, S, 3) float32 RGB in [0, 255] -> ``{"age": (N,) y
 folder (``run.backend``):
 
 - ``tflite``: ``model.tflite`` through the LiteRT interpreter (``ai_edge_litert``). It never
-  imports TensorFlow, so ``run`` starts in ~2 s instead of ~9 s, and XNNPACK runs FaceNet at
-  batch 1 in about half the Keras time. Refused when the export is missing or stale (its
-  recorded ``source_sha256`` differs from the Keras file's).
+  imports TensorFlow, so ``run`` starts faster, and XNNPACK runs the models at batch 1 faster
+  than Keras (measured figures: ``benchmarks/README.md``, ``run_img_cold`` and ``latency_b1``
+  beside ``latency_b1_keras``). Refused when the export is missing or stale (its recorded
+  ``source_sha256`` differs from the Keras file's).
 - ``keras``: the Keras model (``models.io.load_model``), safe mode.
 - ``auto``: ``tflite`` when the folder has a current export and LiteRT is installed, else
   ``keras``, and the log says why.
@@ -23,7 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from faceattr.errors import ConfigError, ModelError
-from faceattr.models.io import ModelInfo, file_sha256, trainable_file
+from faceattr.hashing import file_sha256
+from faceattr.models.io import ModelInfo, trainable_file
 
 log = logging.getLogger(__name__)
 

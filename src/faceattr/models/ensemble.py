@@ -33,21 +33,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import pandas as pd
-from keras import layers
 
 from faceattr.errors import ConfigError
-from faceattr.models import facenet_graph as fg
-from faceattr.models.facenet import cut_position, packaged_weights, spec_of
+from faceattr.labels import TASKS
 from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, promote, save_model
-from faceattr.models.layers import AreaResize
+
+if TYPE_CHECKING:  # TensorFlow is imported once the members have passed check_members
+    import keras
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("age", "gender", "race")
 #: ``<prefix><i>.csv``: member i's ``history.csv``, kept in the ensemble's model folder.
 MEMBER_HISTORY_PREFIX = "history_member"
 #: What must agree between FaceNet members for one trunk to feed them all.
@@ -60,6 +60,8 @@ def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.
     The members take the same input (e.g. images (N, S, S, 3), or FaceNet features) and return
     ``age`` (N, 1) years, ``gender`` (N, 2) and ``race`` (N, 5) probabilities; so does the result.
     """
+    import keras
+
     first = members[0].inputs[0]
     inputs = keras.Input(tuple(first.shape[1:]), name=first.name.split(":")[0] or "inputs")
     # Nested models are saved under their names, so each member gets its own (output: the dict).
@@ -72,13 +74,22 @@ def _load_all(dirs: list[Path], infos: list[ModelInfo]) -> list[keras.Model]:
 
 
 def _average(outputs: list[dict]) -> dict:
-    return {key: layers.Average(name=key)([out[key] for out in outputs]) for key in OUTPUTS}
+    from keras import layers
+
+    return {key: layers.Average(name=key)([out[key] for out in outputs]) for key in TASKS}
 
 
 def check_members(dirs: list[Path]) -> list[ModelInfo]:
-    """Read the members' ``model_info.json`` and refuse any that can't share one input and split."""
+    """Read the members' ``model_info.json`` and refuse any that can't share one input and split,
+    or that is given twice (compared by resolved path: a member counts once in the mean)."""
     if len(dirs) < 2:
         raise ConfigError(f"ensemble: give two or more model folders, not {len(dirs)}")
+    seen: dict[Path, Path] = {}
+    for folder in dirs:  # one folder twice would silently weigh double
+        first = seen.setdefault(Path(os.path.realpath(folder)), folder)
+        if first is not folder:
+            same = "given twice" if str(first) == str(folder) else f"the same model folder as {first}"
+            raise ConfigError(f"ensemble: {folder}: {same}; give each member once")
     infos = [ModelInfo.read(d) for d in dirs]
     splits = [_split(d) for d in dirs]
     for folder, split in zip(dirs[1:], splits[1:], strict=True):
@@ -116,14 +127,20 @@ def _split(model_dir: Path) -> pd.Series:
 
 
 def _facenet_spec(info: ModelInfo) -> dict:
+    from faceattr.models.facenet import spec_of
+
     return {key: spec_of(info)[key] for key in FACENET_SHARED}
 
 
 def _cut(info: ModelInfo) -> int | None:
+    from faceattr.models.facenet import spec_of
+
     return spec_of(info)["cut_stage"]
 
 
 def _features(info: ModelInfo) -> str:
+    from faceattr.models.facenet import spec_of
+
     return spec_of(info)["features"]
 
 
@@ -140,6 +157,12 @@ def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path |
     the result then has two inputs, ``[features, image]``, which ``facenet.assemble_end_to_end``
     feeds with the trunk's output and the face.
     """
+    import keras
+
+    from faceattr.models import facenet_graph as fg
+    from faceattr.models.facenet import cut_position, packaged_weights
+    from faceattr.models.layers import AreaResize
+
     cuts = {i: cut_position(_cut(info)) for i, info in enumerate(infos) if info.model_type == "facenet"}
     lead = min(cuts, key=cuts.get)
     if len(cuts) == len(infos) and len(set(cuts.values())) == 1:
@@ -171,7 +194,9 @@ def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path |
 
 
 def ensemble_command(cfg, run_dir: Path) -> dict:
-    """``python src/main.py ensemble DIR DIR ...``: write ``<run dir>/model``, the members' mean."""
+    """``python src/main.py ensemble DIR DIR ...``: write ``<run dir>/model``, the members' mean.
+
+    The members are checked (``check_members``) before TensorFlow is imported."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
     infos = check_members(dirs)
     if any(info.model_type == "facenet" for info in infos):

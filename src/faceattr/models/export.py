@@ -1,15 +1,16 @@
 """Export a model folder to TensorFlow Lite, the format ``run`` serves by default.
 
-Why: on a 2-core CPU, ``import tensorflow`` + ``import keras`` alone take ~7 s, and the
-LiteRT interpreter (``ai_edge_litert``, 0.2 s to import) runs the FaceNet model at batch 1 in
-about half the time of the Keras graph (XNNPACK kernels). Training and evaluation stay in Keras;
+Why: ``import tensorflow`` + ``import keras`` dominate a cold ``run``, while the LiteRT
+interpreter (``ai_edge_litert``) imports quickly and runs the models at batch 1 faster than the
+Keras graph (XNNPACK kernels); ``benchmarks/README.md`` has the measured figures
+(``run_img_cold``, ``latency_b1`` beside ``latency_b1_keras``). Training and evaluation stay in Keras;
 the export is the same end-to-end network (``models.io.load_model``): float32 RGB in [0, 255],
 (N, S, S, 3) in, ``age`` (N, 1) years, ``gender`` (N, 2), ``race`` (N, 5) out.
 
 Quantization:
 - ``dynamic``: weights stored as int8, activations stay float (no calibration data needed).
-  A quarter of the size (FaceNet: 26 MB instead of 102 MB), which also keeps the shipped file
-  under the repository's 50 MB limit; its test-split metrics are reported next to Keras'.
+  About a quarter of the float32 size, which also keeps the shipped FaceNet file under the
+  repository's 50 MB limit; its test-split metrics are reported next to Keras'.
 - ``float32``: the Keras numbers exactly (to ~1e-6).
 
 The export records the sha256 of the Keras file it came from in ``model_info.json``
@@ -26,7 +27,8 @@ import time
 from pathlib import Path
 
 from faceattr.errors import ConfigError
-from faceattr.models.io import ModelInfo, file_sha256, load_model, trainable_file, write_info
+from faceattr.hashing import file_sha256
+from faceattr.models.io import ModelInfo, load_model, trainable_file, write_info
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from faceattr.data.pipeline import augment_batch
 from faceattr.errors import ConfigError
+from faceattr.hashing import file_sha256
 from faceattr.models import facenet_graph as fg
 from faceattr.models.heads import build_heads
 from faceattr.models.io import ModelInfo
@@ -48,11 +49,7 @@ FEATURE_DTYPE = np.float16  # halves the cache; features are post-ReLU/pooled va
 @functools.cache
 def graph_sha256() -> str:
     """sha256 of the packaged frozen graph: the backbone's identity in cache keys."""
-    digest = hashlib.sha256()
-    with open(fg.facenet_graph_path(), "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(fg.facenet_graph_path())
 
 
 def cut_stage(model_cfg: DictConfig) -> int | None:
@@ -69,11 +66,8 @@ def cut_position(cut: int | None) -> int:
 
 
 def zoom_out(model_cfg: DictConfig) -> float:
-    """``model.zoom_out`` (1.0 when absent, as for models trained before it existed)."""
-    factor = float(model_cfg.get("zoom_out", 1.0))
-    if not 1.0 <= factor <= 2.0:
-        raise ConfigError(f"model.zoom_out: {factor:g} is outside 1.0..2.0")
-    return factor
+    """``model.zoom_out``: how far the face is shrunk in FaceNet's frame (the schema checks 1.0..2.0)."""
+    return float(model_cfg.zoom_out)
 
 
 #: ``model_info.json``'s ``facenet`` record: what shapes a top's input, and each key's value for

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import importlib.util
 import os
 import re
@@ -43,6 +42,7 @@ import numpy as np
 from keras import layers, ops
 
 from faceattr.errors import ModelError
+from faceattr.hashing import file_sha256
 
 GRAPH_FILE = "graph_final.pb"
 INPUT_NODE = "input"
@@ -97,11 +97,8 @@ def facenet_graph_path() -> Path:
 
 @functools.cache
 def _sha256(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """``file_sha256`` cached per (path, size, mtime): a changed file is hashed again."""
+    return file_sha256(path)
 
 
 def _graph_sha256(path: Path) -> str:

@@ -20,19 +20,21 @@ exported model never imports TensorFlow.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from faceattr.config import FAMILIES
 from faceattr.errors import ModelError
 from faceattr.labels import AGE_UNIT, GENDERS, RACES
 
@@ -42,9 +44,98 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODEL_INFO = "model_info.json"
+#: The layout of ``model_info.json`` this code writes; a folder written with a newer one is refused.
 FORMAT_VERSION = 1
 #: The dtype of the weights in a saved Keras file; loading casts them to the model's float32.
 STORAGE_DTYPE = "float16"
+#: The model families a model folder may hold (``model_info.json``'s ``model_type``).
+MODEL_TYPES = FAMILIES
+MAX_SHOWN = 60  # characters of a bad value quoted in an error message
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_numbers(v: Any) -> bool:
+    return isinstance(v, list) and all(map(_is_number, v))
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(isinstance(n, str) and n for n in v)
+
+
+def _is_file_name(v: Any) -> bool:
+    """A plain file name inside the model folder (no folder part, nothing outside it)."""
+    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v
+
+
+def _is_points(v: Any) -> bool:
+    from faceattr.inference.detectors import LANDMARK_NAMES
+
+    return (isinstance(v, list) and len(v) == len(LANDMARK_NAMES)
+            and all(isinstance(p, list) and len(p) == 2 and _is_numbers(p) for p in v))
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+_OBJECT = ("an object or null", _optional(lambda v: isinstance(v, dict)))
+#: ``model_info.json``'s schema: key -> (what is expected, check). ``model_type`` and
+#: ``input_size`` are required; the others have the defaults of :class:`ModelInfo`.
+INFO_SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "model_type": (" or ".join(map(repr, MODEL_TYPES)), lambda v: v in MODEL_TYPES),
+    "input_size": ("a positive whole number of pixels", lambda v: _is_int(v) and v > 0),
+    "genders": ("a list of class names", _is_names),
+    "races": ("a list of class names", _is_names),
+    "age_unit": ("a string", lambda v: isinstance(v, str)),
+    "facenet": _OBJECT, "trained_with": _OBJECT, "export": _OBJECT, "ensemble": _OBJECT,
+    "chip_template": _OBJECT, "calibration": _OBJECT,
+    "format_version": ("a whole number >= 1", lambda v: _is_int(v) and v >= 1),
+}
+REQUIRED_KEYS = ("model_type", "input_size")
+#: Keys inside the objects above that the toolkit reads, checked when present.
+NESTED_SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
+    "export": {"tflite": ("a file name inside the model folder", _is_file_name),
+               "source_sha256": ("a string or null", _optional(lambda v: isinstance(v, str))),
+               "quantization": ("a string or null", _optional(lambda v: isinstance(v, str)))},
+    "facenet": {"cut_stage": ("a whole number or null", _optional(_is_int)),
+                "features": ("a string", lambda v: isinstance(v, str)),
+                "zoom_out": ("a number >= 1", lambda v: _is_number(v) and v >= 1),
+                "graph_sha256": ("a string or null", _optional(lambda v: isinstance(v, str)))},
+    "calibration": {"race_bias": ("a list of numbers, one per race, or null", _optional(_is_numbers)),
+                    "age_map": ("two lists of numbers of one length, or null", _optional(
+                        lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_numbers, v))
+                        and len(v[0]) == len(v[1])))},
+    "chip_template": {"points": ("one [x, y] pair of numbers per landmark", _is_points),
+                      "max_residual": ("a number", _is_number)},
+}
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
+
+
+def info_problems(raw: Any) -> list[str]:
+    """What is wrong with a parsed ``model_info.json`` against ``INFO_SCHEMA``: one entry per
+    problem, ``"<key>: expected <what>, got <value>"``; empty when it is sound."""
+    if not isinstance(raw, dict):
+        return [f"expected a JSON object with {' and '.join(REQUIRED_KEYS)}, got {_shown(raw)}"]
+    problems = [f"{key}: missing (expected {INFO_SCHEMA[key][0]})" for key in REQUIRED_KEYS if key not in raw]
+    for key, (expected, check) in INFO_SCHEMA.items():
+        if key in raw and not check(raw[key]):
+            problems.append(f"{key}: expected {expected}, got {_shown(raw[key])}")
+        elif isinstance(raw.get(key), dict):
+            for sub, (expected, check) in NESTED_SCHEMA.get(key, {}).items():
+                if sub in raw[key] and not check(raw[key][sub]):
+                    problems.append(f"{key}.{sub}: expected {expected}, got {_shown(raw[key][sub])}")
+    return problems
 
 
 @dataclass
@@ -72,14 +163,25 @@ class ModelInfo:
         if not path.is_file():
             raise ModelError(f"{model_dir}: not a model folder (no {MODEL_INFO})")
         try:
-            raw = json.loads(path.read_text())
-            known = {f.name for f in fields(cls)}
-            extra = sorted(set(raw) - known)
-            if extra:  # written by a newer version: load what we understand
-                log.warning("%s: ignoring unknown keys %s", path, ", ".join(extra))
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ModelError(f"{path}: unreadable model description ({exc})") from None
+            raw = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ModelError(f"{path}: not a text file (binary or corrupt); expected a JSON object") from None
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        version = raw.get("format_version") if isinstance(raw, dict) else None
+        if _is_int(version) and version > FORMAT_VERSION:  # its other keys may mean something else now
+            raise ModelError(f"{path}: format_version {version} is newer than this faceattr reads "
+                             f"({FORMAT_VERSION}); update faceattr to load this model")
+        problems = info_problems(raw)
+        if problems:  # all of them in the one line, so a hand edit is fixed in one go
+            raise ModelError(f"{path}: " + "; ".join(problems))
+        known = {f.name for f in fields(cls)}
+        extra = sorted(set(raw) - known)
+        if extra:  # written by a newer version: load what we understand
+            log.warning("%s: ignoring unknown keys %s", path, ", ".join(extra))
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclass
@@ -124,7 +226,35 @@ def load_keras_file(path: Path) -> keras.Model:
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # corrupt zip, unknown layer, unsafe content
-        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {exc})") from None
+        if lambda_layers(path):
+            raise ModelError(f"{path}: the model file uses a Lambda layer ({', '.join(lambda_layers(path))}), "
+                             "which safe loading refuses (it would run Python code stored in the file)") from None
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {first[:300]})") from None
+
+
+def lambda_layers(path: Path) -> list[str]:
+    """Names of the ``Lambda`` layers in a ``.keras`` file's config (empty if none or unreadable)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                layer = node.get("config")
+                found.append(str(layer.get("name", "?")) if isinstance(layer, dict) else "?")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
 
 
 def store_weights_as(keras_file: Path, dtype: str = STORAGE_DTYPE) -> None:
@@ -175,15 +305,6 @@ def history_of(model_dir: Path) -> Path | None:
     return next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (ties an export to the Keras file it came from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_info(model_dir: Path, info: ModelInfo) -> None:
     """(Re)write ``model_info.json``."""
     (Path(model_dir) / MODEL_INFO).write_text(json.dumps(asdict(info), indent=2, default=str))
@@ -223,21 +344,30 @@ def promote(run_model_dir: Path, saved_models: Path) -> Path:
     """Copy a trained model into ``saved_models/<model_type>``.
 
     The model shipped there before is moved to ``saved_models/.previous/<type>-<time>``
-    first and that is logged, so nothing is overwritten silently.
+    first (``-1``, ``-2``... within one second: a backup is never moved into another) and
+    that is logged, so nothing is overwritten silently.
     """
     info = ModelInfo.read(run_model_dir)
     target = Path(saved_models) / info.model_type
     if target.resolve() == Path(run_model_dir).resolve():
         raise ModelError(f"{run_model_dir}: already the shipped {info.model_type} model")
     if target.exists():
-        backup = Path(saved_models) / ".previous" / f"{info.model_type}-{time.strftime('%Y%m%d-%H%M%S')}"
+        backup = unique_backup(Path(saved_models) / ".previous", f"{info.model_type}-{time.strftime('%Y%m%d-%H%M%S')}")
         backup.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(target), backup)
+        shutil.move(str(target), backup)  # backup doesn't exist, so this renames (never nests)
         log.warning("Moved the previous shipped %s model to %s", info.model_type, backup)
         print(f"Previous shipped model kept at {backup}")
     shutil.copytree(run_model_dir, target)
     print(f"Promoted {run_model_dir} to {target}")
     return target
+
+
+def unique_backup(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``name-1``, ``name-2``... : the first that doesn't exist yet."""
+    candidate, k = folder / name, 1
+    while candidate.exists() or candidate.is_symlink():
+        candidate, k = folder / f"{name}-{k}", k + 1
+    return candidate
 
 
 def model_folder(path: Path) -> Path:
