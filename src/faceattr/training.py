@@ -188,7 +188,7 @@ class ServedModel:
         self.predictor.tta_flip = tta_flip
         size, paths = self.predictor.input_size, frame["path"].tolist()
         parts = []
-        with tqdm(total=len(paths), desc=f"test faces ({self.predictor.backend})", unit="img") as bar:
+        with tqdm(total=len(paths), desc=f"faces ({self.predictor.backend})", unit="img") as bar:
             for start in range(0, len(paths), self.chunk):
                 batch = np.stack([load_face(p, size) for p in paths[start:start + self.chunk]]).astype(np.float32)
                 parts.append(self.predictor.predict_arrays(batch))
@@ -389,18 +389,18 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> CNNTrain
     return trainer
 
 
-def _evaluate(trainer, test: pd.DataFrame, cfg: DictConfig, out_dir: Path, history_csv: Path | None,
+def _evaluate(trainer, scored: pd.DataFrame, cfg: DictConfig, out_dir: Path, history_csv: Path | None,
               split: str = "test", calibration: Calibration | None = None) -> dict:
-    """Predict ``test`` with ``trainer`` (then ``calibration``, the model's decision rules, when
-    given) and write the full evaluation into ``out_dir``."""
+    """Predict ``scored`` (the rows of ``split``) with ``trainer`` (then ``calibration``, the
+    model's decision rules, when given) and write the full evaluation into ``out_dir``."""
     from faceattr.evaluation.report import write_evaluation
 
     start = time.perf_counter()
-    predictions = trainer.predict(test, tta_flip=bool(cfg.train.tta_flip))
+    predictions = trainer.predict(scored, tta_flip=bool(cfg.train.tta_flip))
     if calibration is not None:
         predictions = calibration.apply(predictions)
-    log.info("predicted %d test faces in %.1f s", len(test), time.perf_counter() - start)
-    return write_evaluation(out_dir, test, predictions, cfg.evaluation,
+    log.info("predicted %d %s faces in %.1f s", len(scored), split, time.perf_counter() - start)
+    return write_evaluation(out_dir, scored, predictions, cfg.evaluation,
                             age_bin_edges=list(cfg.data.age_bin_edges), history_csv=history_csv, split=split)
 
 
@@ -495,17 +495,17 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     frame = prepared.frame
     split_csv = model_dir / "split.csv"
     if split_csv.is_file():
-        test_names = set(pd.read_csv(split_csv).query("split == @split")["image"])
-        test = frame[frame["image"].isin(test_names)]
-        if len(test) < len(test_names):
-            log.warning("%d of the model's %d %s images are not in %s", len(test_names) - len(test),
-                        len(test_names), split, cfg.data.path)
+        split_names = set(pd.read_csv(split_csv).query("split == @split")["image"])
+        scored = frame[frame["image"].isin(split_names)]
+        if len(scored) < len(split_names):
+            log.warning("%d of the model's %d %s images are not in %s", len(split_names) - len(scored),
+                        len(split_names), split, cfg.data.path)
     else:
         log.warning("%s has no split.csv: using the split of the current data config", model_dir)
-        test = frame[frame.split == split]
-    if test.empty:
+        scored = frame[frame.split == split]
+    if scored.empty:
         raise ModelError(f"{model_dir}: none of its {split} images were found in {cfg.data.path}")
-    log.info("evaluating on the %s split: %d images", split, len(test))
+    log.info("evaluating on the %s split: %d images", split, len(scored))
     backend = str(cfg.evaluation.backend)
     # The model's decision rules (models.calibration), as `run` applies them; run.calibrate=false: raw outputs.
     calibration = Calibration.from_dict(info.calibration if cfg.run.calibrate else None)
@@ -518,7 +518,7 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         predictor.calibration = Calibration()  # applied below, as for Keras
         trainer = ServedModel(predictor)
     history = history_of(model_dir)
-    metrics = _evaluate(trainer, test, eval_cfg, run_dir, history, split, calibration)
+    metrics = _evaluate(trainer, scored, eval_cfg, run_dir, history, split, calibration)
     if history is None:  # an ensemble: one set of curves per member (training_curves_member<i>)
         from faceattr.evaluation.plots import plot_training_curves
         from faceattr.models.ensemble import MEMBER_HISTORY_PREFIX

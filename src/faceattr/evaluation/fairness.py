@@ -136,7 +136,7 @@ def plot_fairness(df: pd.DataFrame, stem: Path, formats: Sequence[str] = ("png",
             ax.set_xlabel("gender")
             ax.set_ylabel("race")
             ax.tick_params(axis="y", rotation=0)
-        fig.suptitle(f"Who does the model fail? Test metrics per race x gender (n={int(df['n'].sum())})\n"
+        fig.suptitle(f"Who does the model fail? Metrics per race x gender (n={int(df['n'].sum())})\n"
                      f"red = worse than overall, blue = better; * = fewer than {MIN_GROUP_SIZE} faces")
         return save_figure(fig, stem, formats, dpi)
 

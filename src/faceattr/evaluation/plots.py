@@ -310,7 +310,7 @@ def plot_faces_grid(frame: pd.DataFrame, predictions: Mapping[str, np.ndarray], 
             ax.grid(False)
         for ax in axes[n:]:
             ax.set_visible(False)
-        fig.suptitle(f"{n} test faces: true vs predicted (green: all right, age within 10 y)")
+        fig.suptitle(f"{n} scored faces: true vs predicted (green: all right, age within 10 y)")
         if missing:
             log.warning("%d of %d grid images could not be read (grey tiles)", missing, n)
         return save_figure(fig, stem, formats, dpi)
