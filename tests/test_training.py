@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from conftest import SHARED_TARBALL, make_fake_utkface
+from faceattr.config import group_node
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CNN = ["model.input_size=32", "model.filters=[8,16]", "model.heads.hidden_units=[16]"]
@@ -323,8 +324,8 @@ def test_facenet_augmented_copies_are_cached_once_per_setting(fake_data, tmp_pat
     assert extracted("c", "model.augmented_views=2", "data.augment.scale=0.2") == 2 * n_train  # other settings
 
     # A copy is a function of the image and its number, not of the batch it was made in.
-    model_cfg = OmegaConf.load(ROOT / "conf" / "model" / "facenet.yaml")
-    augment_cfg = {**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "data" / "utkface.yaml").augment),
+    model_cfg = group_node("model", "facenet")
+    augment_cfg = {**OmegaConf.to_container(group_node("data", "utkface").augment),
                    "flip": True, "scale": 0.1}
     features = FeatureCache(cache, model_cfg, weights_cache=cache)
     paths = [str(fake_data / name) for name in train["image"][:5]]

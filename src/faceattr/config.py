@@ -142,7 +142,7 @@ class FaceNetConfig:
     zoom_out: float = rule(1.2, ge=1.0, le=2.0)  # >1 shrinks the face in the frame (chips are tighter than FaceNet's)
     features: str = rule("pooled", choices=("pooled", "embedding"))  # 1792-d average pool | 512-d L2-normalised
     finetune_blocks: int = rule(0, ge=0, le=7)  # also train the last N backbone stages (block8_6, ...); 0 = frozen
-    finetune_learning_rate: float = rule(1.0e-4, gt=0.0)
+    finetune_learning_rate: float = rule(1.0e-4, ge=0.0)  # 0: the unfrozen stages keep their weights
     augmented_views: int = rule(0, ge=0, le=10)  # also cache N augmented copies of each training image
     heads_epochs: int | None = rule(None, ge=0)  # fine-tuning: heads-only epochs first; null = train.epochs, 0 = none
     heads: HeadsConfig = field(default_factory=lambda: HeadsConfig(hidden_units=[512], dropout=0.4))
