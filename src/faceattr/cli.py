@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from faceattr.config import CONF_DIR, composition_error, register, validate
+from faceattr.config import compose_config, register
 from faceattr.errors import FaceAttrError
 
 COMMANDS = {
@@ -171,8 +171,6 @@ def _validate_overrides(overrides: list[str]) -> None:
 
     Sweep overrides (``a=1,2``, ``range(...)``) are left for Hydra's sweeper to expand.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -180,15 +178,7 @@ def _validate_overrides(overrides: list[str]) -> None:
     except Exception as exc:  # Hydra's grammar errors
         raise UsageError(f"bad override: {str(exc).splitlines()[0]}") from None
     plain = [o.input_line for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=plain)
-    except Exception as exc:
-        raise UsageError(f"configuration: {composition_error(exc)}") from None
-    finally:
-        GlobalHydra.instance().clear()
-    validate(cfg)
+    compose_config(plain)  # one line (ConfigError) for an unknown key or group, or a bad value
 
 
 def _print_help() -> None:

@@ -15,6 +15,7 @@ This module also holds what every entry point shares: the conf folder and the re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -372,9 +373,15 @@ def _problems(node: Any, schema: type, prefix: str) -> list[str]:
 
 
 def _node_type(schema: type, f: dataclasses.Field) -> Any:
+    return _type_hints(schema).get(f.name)
+
+
+@functools.cache
+def _type_hints(schema: type) -> dict[str, Any]:
+    """A schema's resolved field types (its annotations are strings: ``from __future__``)."""
     import typing
 
-    return typing.get_type_hints(schema).get(f.name)
+    return typing.get_type_hints(schema)
 
 
 def _extra_problems(cfg: DictConfig) -> list[str]:
