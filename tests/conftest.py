@@ -1,15 +1,47 @@
-"""Fixtures shared by the test files: a fake UTKFace folder of tiny random JPEGs."""
+"""Fixtures shared by the test files.
+
+- fake UTKFace folders of tiny random JPEGs (:func:`make_fake_utkface`, ``fake_utkface``, ``fake_data``);
+- :func:`run_command`: a command run in this process, as ``python src/main.py`` runs it (the
+  config composed by ``faceattr.config.compose_config``, the handler named in
+  ``faceattr.app.HANDLERS``), so a test pays TensorFlow's import once per test session;
+  :func:`main_py` runs the real command line in a subprocess, for the tests of the CLI itself;
+- trained models shared by the whole test session (``cnn_run``, ``facenet_run``): one smoke-size
+  training each, reused by the evaluate, export, ensemble, promote and run tests;
+- ``utkface_subset``: a fixed subset of the real archive (``../shared/data/UTKFace.tar.gz``), real
+  members repacked as a small ``.tar.gz`` once and kept in pytest's cache folder, with a feature
+  cache of its own, so real-data tests are cheap on a fresh clone; skipped without the archive.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib
+import io
+import logging
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+import yaml
 
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = ROOT / "src" / "main.py"
 #: The real dataset, one level above the project (skip tests that need it when absent).
-SHARED_TARBALL = Path(__file__).resolve().parents[1].parent / "shared/data/UTKFace.tar.gz"
+SHARED_TARBALL = ROOT.parent / "shared/data/UTKFace.tar.gz"
+#: A CNN small enough to train in seconds on 32 px faces (the CNN family's keys).
+TINY_CNN = ("model=normal", "model.input_size=32", "model.filters=[8,16]", "model.heads.hidden_units=[16]")
+#: Hydra's job log format (app.log in every run folder).
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 def make_fake_utkface(folder: Path, n: int, seed: int = 0, size: int = 32) -> list[Path]:
@@ -38,3 +70,274 @@ def fake_utkface(tmp_path: Path) -> Path:
     folder = tmp_path / "UTKFace"
     make_fake_utkface(folder, 60)
     return folder
+
+
+@pytest.fixture(scope="session")
+def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder ``UTKFace/`` of 80 fake UTKFace images shared by the session (never modify it)."""
+    folder = tmp_path_factory.mktemp("fake") / "UTKFace"
+    make_fake_utkface(folder, 80)
+    return folder
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def handler_module(command: str) -> ModuleType:
+    """The module holding the function ``python src/main.py <command>`` calls (``faceattr.app.HANDLERS``)."""
+    from faceattr.app import HANDLERS
+
+    return importlib.import_module(HANDLERS[command].split(":")[0])
+
+
+def handler(command: str) -> Any:
+    """The function ``python src/main.py <command>`` calls, found through ``faceattr.app.HANDLERS``."""
+    from faceattr.app import HANDLERS
+
+    return getattr(handler_module(command), HANDLERS[command].split(":")[1])
+
+
+@contextlib.contextmanager
+def app_log(run_dir: Path) -> Iterator[Path]:
+    """Log INFO and up into ``run_dir/app.log`` as Hydra's job logging does, for one command."""
+    root = logging.getLogger()
+    file_handler = logging.FileHandler(run_dir / "app.log")
+    file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    file_handler.setLevel(logging.INFO)
+    level = root.level
+    root.addHandler(file_handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield run_dir / "app.log"
+    finally:
+        root.removeHandler(file_handler)
+        file_handler.close()
+        root.setLevel(level)
+
+
+def run_command(command: str, *overrides: str, run_dir: Path) -> Any:
+    """Run ``command`` with ``overrides`` (``key=value``, Hydra's grammar) in this process.
+
+    What ``python src/main.py <command> ... hydra.run.dir=<run_dir>`` does, minus the CLI's
+    flag mapping and error printing: compose and check the config, record the overrides in
+    ``.hydra/overrides.yaml`` (sweep summaries read them), log into ``app.log``, call the
+    command's handler. A typed error propagates (``pytest.raises``); returns the handler's result.
+    """
+    from faceattr.config import compose_config
+
+    cfg = compose_config([*overrides, f"command={command}"])
+    run_dir = Path(run_dir)
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"command={command}"]))
+    if "keras" in sys.modules:  # a fresh process starts with no models or layer names in use
+        import keras
+
+        keras.backend.clear_session()
+    with app_log(run_dir):
+        return handler(command)(cfg, run_dir)
+
+
+def main_py(*args: Any, timeout: int = 600, cwd: Path = ROOT, check: bool = False,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python src/main.py ARGS`` in a subprocess (the CLI contract: exit codes, one-line errors).
+
+    ``check``: assert exit code 0, showing the output's tail otherwise.
+    """
+    res = subprocess.run([sys.executable, str(MAIN), *map(str, args)], capture_output=True, text=True,
+                         timeout=timeout, cwd=cwd, env=env)
+    if check:
+        assert res.returncode == 0, f"{args}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def cli(*args: Any) -> int:
+    """``python src/main.py ARGS`` in this process (``faceattr.cli.main``): Hydra's own machinery
+    (``-m`` sweeps, sweepers, callbacks) without a new interpreter. Returns the exit code.
+
+    Hydra configures logging for each job; the root logger's handlers and level and ``sys.argv``
+    are put back afterwards.
+    """
+    from faceattr.cli import main
+
+    root = logging.getLogger()
+    handlers, level, argv = root.handlers[:], root.level, sys.argv[:]
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    finally:
+        for extra in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(extra)
+            extra.close()
+        for kept in handlers:
+            if kept not in root.handlers:
+                root.addHandler(kept)
+        root.setLevel(level)
+        sys.argv = argv
+
+
+def smoke(data: Path, cache: Path, *more: str) -> list[str]:
+    """Overrides of a smoke-size run (``debug=smoke``) on ``data`` with ``cache`` as ``paths.cache``."""
+    return ["debug=smoke", f"data.path={data}", f"paths.cache={cache}", *more]
+
+
+# ----------------------------------------------------------------------------- caches
+
+
+def kept_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """``.pytest_cache/d/<name>`` (kept between test sessions), or a temporary folder with ``-p no:cacheprovider``."""
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir(name)) if cache is not None else tmp_path_factory.mktemp(name)
+
+
+@pytest.fixture(scope="session")
+def facenet_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding FaceNet's weights converted from the packaged graph: converted once, kept in
+    pytest's cache folder (the file name carries the graph's hash; a damaged file is rebuilt)."""
+    from faceattr.models import facenet_graph as fg
+
+    folder = kept_folder(request, tmp_path_factory, "facenet_weights")
+    fg.load_facenet_weights(folder)
+    return folder
+
+
+def new_cache(folder: Path, facenet_weights: Path) -> Path:
+    """A fresh ``paths.cache`` folder that starts with the session's converted FaceNet weights.
+
+    Its feature cache and extracted archives are its own (counts of extracted features are
+    exact); only the weights file, identical in every cache, is linked in.
+    """
+    (folder / "facenet").mkdir(parents=True, exist_ok=True)
+    for path in facenet_weights.glob("*.npz"):
+        target = folder / "facenet" / path.name
+        if target.is_symlink() and not target.exists():  # left by a session whose weights are gone
+            target.unlink()
+        if not target.exists():
+            target.symlink_to(path)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``paths.cache`` of the session's CNN runs (extracted archives, hash caches)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, facenet_weights: Path) -> Path:
+    """A ``paths.cache`` of this test alone (with the converted weights)."""
+    return new_cache(tmp_path / "cache", facenet_weights)
+
+
+# ----------------------------------------------------------------------------- shared runs
+
+
+@pytest.fixture(scope="session")
+def cnn_run(tmp_path_factory: pytest.TempPathFactory, fake_data: Path, shared_cache: Path) -> Path:
+    """A training run folder: the tiny CNN, smoke size (2 epochs) on ``fake_data``, evaluated on its
+    test split, exported to TensorFlow Lite (float32). Read it, never write into it."""
+    run = tmp_path_factory.mktemp("cnn_run")
+    run_command("train", *TINY_CNN, *smoke(fake_data, shared_cache), "train.eval=true", "export.tflite=true",
+                "export.quantization=float32", run_dir=run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def facenet_run(tmp_path_factory: pytest.TempPathFactory, fake_data: Path, facenet_weights: Path) -> Path:
+    """A training run folder: FaceNet heads (frozen backbone, pooled features, the default
+    framing), smoke size on ``fake_data``. Its ``paths.cache`` is ``<run>/../cache``, fresh
+    before this training: it holds the features of ``fake_data`` for later runs."""
+    base = tmp_path_factory.mktemp("facenet_run")
+    cache = new_cache(base / "cache", facenet_weights)
+    run_command("train", "model=facenet", *smoke(fake_data, cache), run_dir=base / "run")
+    return base / "run"
+
+
+@pytest.fixture(scope="session")
+def facenet_cache(facenet_run: Path) -> Path:
+    """The ``paths.cache`` ``facenet_run`` filled: FaceNet features of ``fake_data``."""
+    return facenet_run.parent / "cache"
+
+
+# ----------------------------------------------------------------------------- real data
+
+#: Bump when the subset's recipe changes (the cached copy is then rebuilt).
+SUBSET_VERSION = 1
+#: Every SUBSET_STRIDE-th image of the archive, plus the release's flaws (see build_subset).
+SUBSET_STRIDE = 20
+SUBSET_DUPLICATE_GROUPS = 12  # byte-identical groups under the same labels
+SUBSET_CONFLICT_GROUPS = 6  # byte-identical groups under conflicting labels
+
+
+def build_subset(archive: Path, target: Path, stride: int = SUBSET_STRIDE) -> dict[str, int]:
+    """Repack a fixed subset of the real UTKFace archive as ``target`` (.tar.gz), members unchanged.
+
+    Kept, in archive order: every ``stride``-th image, every member whose name the release got
+    wrong (too few fields, a space), and all copies of the first byte-identical groups, some
+    under one set of labels and some under conflicting labels. One pass over the archive (its
+    90 MB are held in memory meanwhile). Returns counts of what was kept.
+    """
+    from faceattr.data.utkface import Labels, parse_name
+
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    groups: dict[str, list[str]] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            data = tar.extractfile(member).read() if member.isfile() else None
+            members.append((member, data))
+            if data is not None:
+                groups.setdefault(hashlib.sha1(data).hexdigest(), []).append(member.name)
+    same, conflicting = [], []
+    for names in groups.values():
+        labels = {parse_name(Path(n).name) for n in names}
+        if len(names) > 1 and all(isinstance(x, Labels) for x in labels):
+            (same if len(labels) == 1 else conflicting).append(names)
+    copies = {n for names in same[:SUBSET_DUPLICATE_GROUPS] + conflicting[:SUBSET_CONFLICT_GROUPS] for n in names}
+    counts = {"stride": 0, "flawed_names": 0, "copies": len(copies)}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)  # another test session may be building it at the same time: each writes its own file
+    with tarfile.open(tmp, "w:gz", compresslevel=1) as out:
+        index = 0
+        for member, data in members:
+            if data is None:
+                if member.isdir():
+                    out.addfile(member)
+                continue
+            name = Path(member.name).name
+            flawed = not isinstance(parse_name(name), Labels) or " " in name
+            chosen = index % stride == 0
+            index += 1
+            if chosen or flawed or member.name in copies:
+                counts["stride"] += chosen
+                counts["flawed_names"] += flawed
+                out.addfile(member, io.BytesIO(data))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    return counts
+
+
+@pytest.fixture(scope="session")
+def utkface_subset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``UTKFace-subset.tar.gz``: about 1,050 real members of the shared archive (:func:`build_subset`).
+
+    Built once and kept in pytest's cache folder (``.pytest_cache/d/utkface_subset``), keyed by
+    the archive's size and time and the recipe; beside it, ``cache/`` serves as the
+    ``paths.cache`` of real-data runs (extraction and FaceNet features of the subset only).
+    Skips the test when the archive is absent.
+    """
+    if not SHARED_TARBALL.is_file():
+        pytest.skip(f"real dataset absent: {SHARED_TARBALL}")
+    stat = SHARED_TARBALL.stat()
+    key = f"v{SUBSET_VERSION}-{stat.st_size}-{stat.st_mtime_ns}"
+    folder = kept_folder(request, tmp_path_factory, "utkface_subset") / key
+    target = folder / "UTKFace-subset.tar.gz"
+    if not target.is_file():
+        build_subset(SHARED_TARBALL, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def subset_cache(utkface_subset: Path, facenet_weights: Path) -> Path:
+    """The ``paths.cache`` of real-data runs, kept with the subset (features computed once)."""
+    return new_cache(utkface_subset.parent / "cache", facenet_weights)

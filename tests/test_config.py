@@ -8,13 +8,11 @@ its own.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import ROOT, cli
 from faceattr.config import (
     AugmentConfig,
     DetectorConfig,
@@ -23,13 +21,6 @@ from faceattr.config import (
     validate,
 )
 from faceattr.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def main_py(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
 
 
 @pytest.mark.parametrize("command,override,expected", [
@@ -45,19 +36,23 @@ def main_py(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     ("evaluate", "evaluation.split=train", ["evaluation.split", "train", "test, val"]),
     ("train", "model.heads.age_loss=l1", ["model.heads.age_loss", "l1", "mae, huber, mse"]),
 ])
-def test_bad_values_are_one_line_before_any_data_is_touched(tmp_path, command, override, expected):
+def test_bad_values_are_one_line_before_any_data_is_touched(tmp_path, monkeypatch, capsys, command, override,
+                                                           expected):
+    """The CLI's entry point in this process (conftest's ``cli``); test_cli runs the same kind of
+    error through a real subprocess."""
     archive = tmp_path / "never-read.tar.gz"
     archive.write_bytes(b"not an archive")  # reading it would fail with another message
     extract = tmp_path / "extract"
     args = [command, override, f"data.path={archive}", f"data.extract_dir={extract}"]
     if command == "run":
         args[1:1] = ["--img", str(ROOT / "examples" / "astronaut.jpg"), "--no-display"]
-    res = main_py(*args, cwd=tmp_path)
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: configuration:"), res.stderr
+    monkeypatch.chdir(tmp_path)  # where Hydra would create outputs/
+    assert cli(*args) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: configuration:"), err
     assert all(word in lines[0] for word in expected), lines[0]
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in err
     assert not extract.exists() and not (tmp_path / "outputs").exists()
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import SHARED_TARBALL, make_fake_utkface
+from conftest import make_fake_utkface
 from faceattr.config import group_node
 from faceattr.data import utkface
 from faceattr.data.archive import MARKER, resolve_image_folder
@@ -36,7 +36,6 @@ from faceattr.data.utkface import (
 )
 from faceattr.errors import ConfigError, DataError, UnsafeArchiveError
 
-ROOT = Path(__file__).resolve().parents[1]
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
 AUGMENT = {"flip": True, "rotation_deg": 10.0, "brightness": 0.1, "contrast": 0.1, "blur": 0.5}
 
@@ -454,11 +453,15 @@ def test_prepare_dataset_and_statistics(tmp_path, fake_utkface):
 
 
 @pytest.mark.shared_data
-def test_real_tarball_index_and_split():
-    if not SHARED_TARBALL.is_file():
-        pytest.skip(f"real dataset absent: {SHARED_TARBALL}")
-    extract_dir = ROOT / ".cache" / "data"  # the configured extract_dir: extracted once, shared with runs
-    index = index_images(resolve_image_folder(SHARED_TARBALL, extract_dir), None, seed=42, cache_dir=extract_dir)
+def test_real_archive_index_and_split(utkface_subset, subset_cache):
+    """Real members of the shared archive (conftest's fixed subset: every 20th image and the
+    release's flaws), extracted by the real code and indexed: flawed names skipped with their
+    reason, the name with a space kept, byte-identical copies merged or dropped."""
+    extract_dir = subset_cache / "data"  # extracted once, kept with the subset
+    folder = resolve_image_folder(utkface_subset, extract_dir)
+    assert (folder.parent / MARKER).is_file() and resolve_image_folder(utkface_subset, extract_dir) == folder
+    index = index_images(folder, None, seed=42, cache_dir=extract_dir)
+    assert index.files_seen > 1000 and len(index.frame) > 1000
     skipped = dict(index.skipped)
     for name in ("39_1_20170116174525125.jpg.chip.jpg", "61_1_20170109142408075.jpg.chip.jpg",
                  "61_1_20170109150557335.jpg.chip.jpg"):

@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import cv2
@@ -333,17 +332,29 @@ def test_compare_command(fake_sweep, tmp_path, capsys):
     assert "\n" not in str(err.value)
 
 
-def test_evaluate_command_delegates_to_training(monkeypatch, tmp_path):
-    from faceattr.evaluation.report import evaluate_command
+def test_evaluate_command_scores_a_saved_model_on_the_split_saved_with_it(tmp_path):
+    from conftest import make_fake_utkface
+    from faceattr.config import compose_config, group_node
+    from faceattr.evaluation.model_dir import evaluate_command
+    from faceattr.models import io
+    from faceattr.models.cnn import build_cnn
 
-    calls = []
-    fake = types.ModuleType("faceattr.training")
-    fake.evaluate_model_dir = lambda cfg, model_dir, run_dir: calls.append((model_dir, run_dir)) or {"age_mae": 1.0}
-    monkeypatch.setitem(sys.modules, "faceattr.training", fake)
-    cfg = OmegaConf.create({"model_path": str(tmp_path / "m"), "model": {"name": "normal"},
-                            "paths": {"saved_models": str(tmp_path)}})
-    assert evaluate_command(cfg, tmp_path / "run") == {"age_mae": 1.0}
-    assert calls == [(tmp_path / "m", tmp_path / "run")]
+    paths = make_fake_utkface(tmp_path / "UTKFace", 30)
+    model_cfg = OmegaConf.merge(group_node("model", "normal"),
+                                {"input_size": 32, "filters": [8], "heads": {"hidden_units": [8]}})
+    model_dir = tmp_path / "model"
+    io.save_model(model_dir, io.ModelInfo("normal", 32, trained_with={"model": OmegaConf.to_container(model_cfg)}),
+                  build_cnn(model_cfg))
+    names = [p.name for p in paths]  # the model's own split: its 10 test faces, whatever the data config says
+    pd.DataFrame({"image": names, "split": ["test"] * 10 + ["train"] * 20}).to_csv(model_dir / "split.csv",
+                                                                                      index=False)
+    cfg = compose_config(["command=evaluate", f"data.path={tmp_path / 'UTKFace'}", f"paths.cache={tmp_path / 'c'}",
+                          f"model_path={model_dir}", "evaluation.grid_faces=4", "evaluation.dpi=40"])
+    metrics = evaluate_command(cfg, tmp_path / "run")
+    assert metrics["n"] == 10
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["split"] == "test"
+    scored = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert sorted(scored["image"]) == sorted(names[:10])
 
 
 # ---------------------------------------------------------------------------- notebook

@@ -1,13 +1,14 @@
 """FaceNet rebuilt in Keras vs the frozen graph it is converted from.
 
-- the Keras backbone's embedding and pooled features match the frozen graph on real UTKFace
-  faces (max abs difference <= 1e-4) at batch 1 and at batch 5;
+- the Keras backbone's embedding and pooled features match the frozen graph (max abs
+  difference <= 1e-4) at batch 1 and at batch 5, on faces drawn with OpenCV (every run) and on
+  real UTKFace faces (when the shared archive is there);
 - a trunk (stages ``[0, k)``) followed by a top (stages ``[k, end)``) equals the full network;
 - the converted weights are cached as an ``.npz`` and read back identically;
 - the cheap parts (Prewhiten, ``cut_shape``, the missing-package error) on synthetic data.
 
-Tests that convert the real 94 MB graph are marked ``slow``; the ones that read faces from
-``../shared/data/UTKFace.tar.gz`` are also marked ``shared_data`` and skip when it is absent.
+Tests that run the real 94 MB graph are marked ``slow``; their real-face variants read
+``../shared/data/UTKFace.tar.gz``, are marked ``shared_data`` and skip when it is absent.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import SHARED_TARBALL
 from faceattr.errors import ModelError
 from faceattr.models import facenet_graph as fg
 
-ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared/data/UTKFace.tar.gz"
+ARCHIVE = SHARED_TARBALL
 N_FACES = 5
 TOLERANCE = 1e-4
 
@@ -62,9 +64,9 @@ def read_faces(archive: Path, n: int, stride: int = 400) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    """The converted weights, once per module."""
-    return fg.load_facenet_weights(tmp_path_factory.mktemp("facenet_weights"))
+def weights(facenet_weights: Path) -> dict[str, np.ndarray]:
+    """The converted weights (converted once per test session: conftest's ``facenet_weights``)."""
+    return fg.load_facenet_weights(facenet_weights)
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +79,50 @@ def full_pooled_model(weights: dict[str, np.ndarray]) -> keras.Model:
     return fg.build_facenet(weights, output="pooled")
 
 
-@pytest.fixture(scope="module")
-def raw_faces() -> np.ndarray:
-    """Real UTKFace faces (N_FACES, 160, 160, 3) uint8 RGB."""
+def drawn_faces(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` different cartoon faces drawn with OpenCV: (n, 160, 160, 3) uint8 RGB.
+
+    A skin-coloured oval with eyes, brows, nose and mouth on a blurred noise background, each
+    face with its own colours, size, position and tilt, plus a little pixel noise: inputs with
+    a face's large-scale structure that exercise every layer, without any dataset.
+    """
+    rng = np.random.default_rng(seed)
+    faces = []
+    for _ in range(n):
+        background = rng.integers(0, 256, (20, 20, 3)).astype(np.uint8)
+        image = cv2.resize(background, (160, 160), interpolation=cv2.INTER_CUBIC)
+        cx, cy = 80 + int(rng.integers(-8, 9)), 84 + int(rng.integers(-8, 9))
+        ax, ay = int(rng.integers(42, 56)), int(rng.integers(56, 70))
+        tilt = float(rng.uniform(-12, 12))
+        skin = tuple(int(c) for c in rng.integers(70, 235, 3))
+        dark = tuple(int(c) for c in rng.integers(10, 70, 3))
+        cv2.ellipse(image, (cx, cy), (ax, ay), tilt, 0, 360, skin, -1, cv2.LINE_AA)
+        for side in (-1, 1):
+            ex, ey = cx + side * int(0.42 * ax), cy - int(0.22 * ay)
+            cv2.ellipse(image, (ex, ey), (9, 5), tilt, 0, 360, (240, 240, 240), -1, cv2.LINE_AA)
+            cv2.circle(image, (ex, ey), 4, dark, -1, cv2.LINE_AA)
+            cv2.line(image, (ex - 10, ey - 12), (ex + 10, ey - 13 - side * 2), dark, 3, cv2.LINE_AA)
+        cv2.line(image, (cx, cy - 8), (cx - 5, cy + 14), dark, 2, cv2.LINE_AA)
+        mouth = (int(rng.integers(140, 220)), int(rng.integers(40, 110)), int(rng.integers(40, 110)))
+        cv2.ellipse(image, (cx, cy + int(0.45 * ay)), (int(0.35 * ax), 8), tilt, 0, 180, mouth, 4, cv2.LINE_AA)
+        noisy = image.astype(np.int16) + rng.integers(-6, 7, image.shape)
+        faces.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    return np.stack(faces)
+
+
+@pytest.fixture(scope="module", params=["drawn", pytest.param("real", marks=pytest.mark.shared_data)])
+def raw_faces(request: pytest.FixtureRequest) -> np.ndarray:
+    """Faces (N_FACES, 160, 160, 3) uint8 RGB: drawn with OpenCV, or real UTKFace faces."""
+    if request.param == "drawn":
+        return drawn_faces(N_FACES)
     if not ARCHIVE.is_file():
-        pytest.skip(f"{ARCHIVE} is absent: the FaceNet-vs-graph check needs real faces")
+        pytest.skip(f"{ARCHIVE} is absent: the real-face variant of the FaceNet-vs-graph check needs it")
     return read_faces(ARCHIVE, N_FACES)
 
 
 @pytest.fixture(scope="module")
 def faces(raw_faces: np.ndarray) -> np.ndarray:
-    """Prewhitened real faces (N_FACES, 160, 160, 3) float32."""
+    """Prewhitened faces (N_FACES, 160, 160, 3) float32."""
     return np.stack([prewhiten_reference(face) for face in raw_faces]).astype(np.float32)
 
 
@@ -246,8 +281,7 @@ def test_top_model_saves_and_loads_in_safe_mode(tmp_path: Path, weights: dict[st
 
 
 @pytest.mark.slow
-@pytest.mark.shared_data
-def test_keras_matches_frozen_graph_on_real_faces(
+def test_keras_matches_frozen_graph_on_faces(
     faces: np.ndarray, full_embedding_model: keras.Model, full_pooled_model: keras.Model
 ) -> None:
     graph_embedding = fg.run_frozen_graph(faces, output="embedding")
@@ -264,12 +298,11 @@ def test_keras_matches_frozen_graph_on_real_faces(
     pooled_single = full_pooled_model.predict_on_batch(faces[:1])
     assert np.abs(pooled - graph_pooled).max() <= TOLERANCE
     assert np.abs(pooled_single - graph_pooled[:1]).max() <= TOLERANCE
-    # Real faces give distinct embeddings: the comparison is not trivially passing on zeros.
+    # Different faces give distinct embeddings: the comparison is not trivially passing on zeros.
     assert np.abs(graph_embedding[0] - graph_embedding[1]).max() > 1e-2
 
 
 @pytest.mark.slow
-@pytest.mark.shared_data
 def test_prewhiten_in_front_matches_the_reference_pipeline(
     raw_faces: np.ndarray, faces: np.ndarray, full_embedding_model: keras.Model
 ) -> None:

@@ -142,7 +142,7 @@ def test_sigkill_mid_backup_and_a_damaged_backup_still_resume(train_args, tmp_pa
 def test_an_error_is_printed_once(tmp_path):
     """Any command's typed error: one line on the console, the record in the run's log file."""
     run = tmp_path / "run"
-    missing = tmp_path / "nowhere"
+    missing = tmp_path / "nowhere.tar.gz"
     res = subprocess.run([sys.executable, str(MAIN), "stats", "--data_path", str(missing), f"hydra.run.dir={run}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 2
@@ -167,7 +167,7 @@ def fit_tiny(folder: Path, epochs: int = 6, crash_at: int | None = None, crash_b
     """
     import keras
 
-    from faceattr.training_backup import AtomicBackup
+    from faceattr.training.backup import AtomicBackup
 
     class CrashAt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -217,7 +217,7 @@ def test_damaged_backups_fall_back_in_one_log_line(tmp_path, caplog):
     backup = folder / "backup"
     assert sorted(p.name for p in backup.glob("*.json")) == ["epoch-0002.json", "epoch-0003.json"]
     (backup / "epoch-0003.json").write_text('{"epoch": 3, "fil')  # cut short
-    with caplog.at_level("INFO", logger="faceattr.training_backup"):
+    with caplog.at_level("INFO", logger="faceattr.training.backup"):
         assert fit_tiny(folder) is not None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "epoch-0003.json" in warnings[0] and "after epoch 2" in warnings[0]
@@ -230,7 +230,7 @@ def test_damaged_backups_fall_back_in_one_log_line(tmp_path, caplog):
     for weights in (folder / "backup").glob("*.weights.h5"):
         weights.write_bytes(weights.read_bytes()[:300])
     caplog.clear()
-    with caplog.at_level("INFO", logger="faceattr.training_backup"):
+    with caplog.at_level("INFO", logger="faceattr.training.backup"):
         assert fit_tiny(folder) is not None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "starting from scratch" in warnings[0]
@@ -249,7 +249,7 @@ def test_a_half_written_keras_backup_is_reported_not_fatal(tmp_path, caplog):
     model.fit(np.zeros((8, 4)), np.zeros((8, 1)), epochs=2, callbacks=[legacy], verbose=0)
     weights = folder / "backup" / "latest.weights.h5"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with caplog.at_level("INFO", logger="faceattr.training_backup"):
+    with caplog.at_level("INFO", logger="faceattr.training.backup"):
         assert fit_tiny(folder, epochs=3) is not None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "latest.weights.h5" in warnings[0] and "starting from scratch" in warnings[0]
@@ -259,7 +259,7 @@ def test_a_half_written_keras_backup_is_reported_not_fatal(tmp_path, caplog):
 
 def test_a_backup_made_with_other_settings_is_refused_in_one_line(tmp_path):
     from faceattr.errors import ConfigError
-    from faceattr.training_backup import check_resumable
+    from faceattr.training.backup import check_resumable
 
     ours = {"model": {"name": "normal", "filters": [8, 16]}, "split_sha256": "a" * 64}
     assert fit_tiny(tmp_path, crash_at=0, fingerprint=ours) is None
@@ -274,7 +274,7 @@ def test_a_backup_made_with_other_settings_is_refused_in_one_line(tmp_path):
 def test_ctrl_c_during_fit_is_raised_at_a_batch_end_not_where_it_lands():
     import os
 
-    from faceattr.training_backup import SafeInterrupt
+    from faceattr.training.backup import SafeInterrupt
 
     guard = SafeInterrupt()
     with guard:
@@ -289,7 +289,7 @@ def test_ctrl_c_during_fit_is_raised_at_a_batch_end_not_where_it_lands():
 
 
 def test_history_is_cut_to_the_restored_epochs(tmp_path):
-    from faceattr.training_backup import truncate_history
+    from faceattr.training.backup import truncate_history
 
     csv = tmp_path / "history.csv"
     # Rows of a run that went on past its last backup, a repeat, and a row cut short by a kill.
@@ -310,7 +310,7 @@ def test_two_phase_training_resumes_in_the_phase_it_was_stopped_in(tmp_path, cap
 
     from faceattr.config import model_settings
     from faceattr.models.cnn import build_cnn
-    from faceattr.training import fit_model, join_histories
+    from faceattr.training.loop import fit_model, join_histories
 
     cfg = OmegaConf.create({
         "model": OmegaConf.to_container(model_settings({"name": "normal", "input_size": 32, "filters": [4, 8],
@@ -353,7 +353,7 @@ def test_two_phase_training_resumes_in_the_phase_it_was_stopped_in(tmp_path, cap
         both_phases(fail_after=5)  # the third fine-tuning epoch fails half-way
     heads = (tmp_path / "history_heads.csv").read_text()
     assert len(pd.read_csv(tmp_path / "history_finetune.csv")) == 2
-    with caplog.at_level("INFO", logger="faceattr.training_backup"):
+    with caplog.at_level("INFO", logger="faceattr.training.backup"):
         both_phases()
     messages = [r.getMessage() for r in caplog.records]
     assert any("heads: resuming after epoch 2 (fit had finished)" in m for m in messages), messages

@@ -1,25 +1,22 @@
-"""``hparams_search=...``: an Optuna search run as a Hydra sweep, on smoke-size data."""
+"""``hparams_search=...``: an Optuna search run as a Hydra sweep, on smoke-size data.
+
+The command line goes through the CLI's own entry point in this process (conftest's ``cli``),
+on the session's fake faces whose FaceNet features ``facenet_run`` already cached.
+"""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import cli, smoke
 
 
-def test_facenet_heads_search_runs_trials_and_reports_the_best(tmp_path, fake_utkface):
+def test_facenet_heads_search_runs_trials_and_reports_the_best(tmp_path, fake_data, facenet_cache):
     sweep = tmp_path / "sweep"
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "src" / "main.py"), "train", "hparams_search=facenet_heads", "debug=smoke",
-         "hydra.sweeper.n_trials=2", "train.epochs=1", f"data.path={fake_utkface}", f"paths.cache={tmp_path / 'cache'}",
-         f"hydra.sweep.dir={sweep}"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    code = cli("train", "hparams_search=facenet_heads", *smoke(fake_data, facenet_cache), "hydra.sweeper.n_trials=2",
+               "train.epochs=1", f"hydra.sweep.dir={sweep}")
+    assert code == 0
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert result["name"] == "optuna"
     assert set(result["best_params"]) == {"train.learning_rate", "model.heads.dropout", "model.heads.hidden_units",

@@ -21,9 +21,11 @@ from faceattr.inference.annotate import annotate, format_label, put_label
 from faceattr.inference.crop import crop_face, crop_square, square_box
 from faceattr.inference.detectors import Detection, make_detector
 from faceattr.inference.images import expand_inputs, read_image
+from faceattr.inference.photos_batch import COLUMNS
 from faceattr.inference.predictor import FacePrediction, Predictor
-from faceattr.inference.run import COLUMNS, FacePipeline, run_command, run_video
+from faceattr.inference.run import run_command
 from faceattr.inference.tracking import IoUTracker, greedy_match, iou, iou_matrix
+from faceattr.inference.video import FrameStats, run_video
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
 from faceattr.models import io
 from faceattr.models.cnn import build_cnn
@@ -481,13 +483,46 @@ def test_run_video_model_sees_each_face_every_refresh_frames(tmp_path, tiny_mode
     write_clip(clip, frames=12)
     cfg = compose_cfg(f"run.video={_q(clip)}", f"run.output={_q(tmp_path / 'out.mp4')}", "run.sync=true",
                       f"model_path={_q(tiny_model_dir)}", "detector=none", f"run.tracker.refresh_every={refresh}")
-    pipeline = FacePipeline.from_config(cfg, video=True)
-    faces_seen = []
-    real_predict = pipeline.predictor.predict
-    pipeline.predictor.predict = lambda crops: faces_seen.append(len(crops)) or real_predict(crops)
-    result = run_video(cfg, tmp_path / "run", pipeline)
+    seen: list[FrameStats] = []
+    result = run_video(cfg, tmp_path / "run", on_frame=seen.append)
     assert result["frames_processed"] == 12
-    assert sum(faces_seen) - 1 == expected  # the first call is the warm-up's blank face
+    assert seen[-1].stages.faces == 12 and seen[-1].stages.predicted == expected  # the warm-up isn't counted
+
+
+def test_run_video_frame_hook_sees_every_frame_with_stage_times(tmp_path, tiny_model_dir):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, frames=9)
+    out = tmp_path / "out.mp4"
+    cfg = compose_cfg(f"run.video={_q(clip)}", f"run.output={_q(out)}", "run.sync=true",
+                      f"model_path={_q(tiny_model_dir)}", "detector=none", "run.tracker.refresh_every=1")
+    seen: list[FrameStats] = []
+    result = run_video(cfg, tmp_path / "run", on_frame=seen.append)
+    assert [s.frame for s in seen] == list(range(1, 10)) and [s.written for s in seen] == list(range(1, 10))
+    # run.sync: the frame in hand went through the model before the hook; detector=none is one face.
+    assert [s.stages.frames for s in seen] == [s.model_frames for s in seen] == list(range(1, 10))
+    assert [s.stages.faces for s in seen] == [s.stages.predicted for s in seen] == list(range(1, 10))
+    assert all(len(s.tracks) == 1 and s.tracks[0].missed == 0 for s in seen)
+    last = seen[-1].stages
+    assert last.detect_s > 0 and last.predict_s > 0 and last.crop_s > 0
+    assert last.detect_s + last.crop_s + last.predict_s < seen[-1].elapsed_s
+    assert all(a.elapsed_s <= b.elapsed_s for a, b in zip(seen, seen[1:], strict=False))
+    assert result["frames_written"] == count_frames(out)[0] == 9
+
+
+def test_run_video_frame_hook_error_stops_the_loop_and_closes_the_output(tmp_path, tiny_model_dir):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, frames=9)
+    out = tmp_path / "out.mp4"
+    cfg = compose_cfg(f"run.video={_q(clip)}", f"run.output={_q(out)}", "run.sync=true",
+                      f"model_path={_q(tiny_model_dir)}", "detector=none")
+
+    def stop_at_four(stats: FrameStats) -> None:
+        if stats.frame == 4:
+            raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        run_video(cfg, tmp_path / "run", on_frame=stop_at_four)
+    assert count_frames(out)[0] == 4  # the writer was released: a playable file of the frames so far
 
 
 def test_run_video_bad_tracker_setting_is_a_config_error(tmp_path, tiny_model_dir):

@@ -1,4 +1,5 @@
-"""Model builders: the from-scratch CNN's shape settings."""
+"""Model builders: the from-scratch CNN's shape settings; the CNN family saved, loaded and
+averaged through the model-family registry."""
 
 from __future__ import annotations
 
@@ -66,3 +67,45 @@ def test_area_resize_refuses_to_enlarge():
 
     with pytest.raises(ValueError, match="downscales only"):
         area_weights(32, 64)
+
+
+def save_cnn_member(model_dir, seed: int, split_csv: str) -> np.ndarray:
+    """A tiny CNN saved through its family's trainer into ``model_dir``; returns its outputs on
+    ``FACES`` (as stored: float16 weights)."""
+    import keras
+
+    from faceattr.models.families import family
+
+    keras.utils.set_random_seed(seed)
+    trainer = family("normal").trainer(OmegaConf.create({"model": cnn_cfg()}))
+    trainer.save(model_dir, trained_with={"model": OmegaConf.to_container(cnn_cfg())})
+    (model_dir / "split.csv").write_text(split_csv)
+    return trainer.model.predict_on_batch(FACES)
+
+
+FACES = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.float32)
+
+
+def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
+    from faceattr.models import io
+    from faceattr.models.ensemble import ensemble_command
+    from faceattr.models.families import family
+
+    cnn = family("normal")
+    assert (cnn.trainable_file, cnn.input_spec(32).size, cnn.shares_trunk) == ("model.keras", 32, False)
+    split = "image,split\na.jpg,train\nb.jpg,test\n"
+    outs = [save_cnn_member(tmp_path / f"m{i}", seed=i, split_csv=split) for i in range(2)]
+    assert (tmp_path / "m0" / "model.keras").is_file() and io.ModelInfo.read(tmp_path / "m0").model_type == "normal"
+    loaded = io.load_model(tmp_path / "m0")  # the family's end-to-end model: the CNN itself
+    np.testing.assert_allclose(loaded.model.predict_on_batch(FACES)["race"], outs[0]["race"], atol=1e-5)
+
+    cfg = OmegaConf.create({"ensemble": {"members": [str(tmp_path / "m0"), str(tmp_path / "m1")]},
+                            "paths": {"cache": str(tmp_path / "cache"), "saved_models": str(tmp_path / "saved")},
+                            "export": {"tflite": False}, "promote": False})
+    ensemble_command(cfg, tmp_path / "ens")
+    mean = io.load_model(tmp_path / "ens" / "model").model.predict_on_batch(FACES)
+    for task in ("age", "gender", "race"):
+        np.testing.assert_allclose(mean[task], (outs[0][task] + outs[1][task]) / 2, atol=1e-4)
+    info = io.ModelInfo.read(tmp_path / "ens" / "model")
+    assert info.model_type == "normal" and info.ensemble["member_types"] == ["normal", "normal"]
+

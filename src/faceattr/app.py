@@ -24,21 +24,23 @@ from omegaconf import DictConfig
 
 from faceattr.config import CONF_DIR, register, validate
 from faceattr.errors import FaceAttrError
-from faceattr.training_state import finished_message, finished_summary
+from faceattr.training.state import finished_message, finished_summary
 
 log = logging.getLogger("faceattr")
 
 #: command -> "module:function"; each function takes (cfg, run_dir) and returns a dict or None.
 HANDLERS = {
     "run": "faceattr.inference.run:run_command",
-    "train": "faceattr.training:train_command",
-    "evaluate": "faceattr.evaluation.report:evaluate_command",
+    "train": "faceattr.training.command:train_command",
+    "evaluate": "faceattr.evaluation.model_dir:evaluate_command",
     "stats": "faceattr.data.stats:stats_command",
     "compare": "faceattr.evaluation.sweep:compare_command",
     "promote": "faceattr.models.io:promote_command",
     "export": "faceattr.models.export:export_command",
     "ensemble": "faceattr.models.ensemble:ensemble_command",
     "calibrate": "faceattr.evaluation.calibrate:calibrate_command",
+    "distill": "faceattr.distill.command:distill_command",
+    "serve": "faceattr.serve.app:serve_command",
 }
 
 register()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from faceattr.config import compose_config, register
 from faceattr.errors import FaceAttrError
+from faceattr.models.families.names import family_names
 
 COMMANDS = {
     "run": "label the faces in images (--img) or a video/camera (--video)",
@@ -29,6 +30,8 @@ COMMANDS = {
     "export": "write a model folder's TensorFlow Lite file, what `run` serves: export [MODEL_DIR]",
     "ensemble": "average trained models of one kind into one model: ensemble DIR DIR [DIR ...]",
     "calibrate": "fit a model's decision rules (rare race class, age extremes) on its validation split",
+    "distill": "train a student model (default: one CNN) on a teacher's outputs: distill [--teacher DIR]",
+    "serve": "a local web app: upload photos, correct labels, retrain; browse runs (serve.host, serve.port)",
 }
 # Hydra's own flags pass through untouched; the value tells how many arguments follow.
 HYDRA_FLAGS = {
@@ -54,9 +57,14 @@ def _quote(value: str) -> str:
 def _flag_parser(command: str) -> argparse.ArgumentParser:
     """The sugar flags of one command; everything else is Hydra's."""
     p = argparse.ArgumentParser(prog=f"python src/main.py {command}", add_help=False)
-    if command in ("run", "train", "evaluate", "export", "calibrate"):
-        p.add_argument("--model_type", choices=["facenet", "normal"], help="model family (model=...)")
-    if command in ("run", "evaluate", "calibrate"):
+    if command in ("run", "train", "evaluate", "export", "calibrate", "serve"):
+        p.add_argument("--model_type", choices=family_names(), help="model family (model=...)")
+    if command == "distill":
+        p.add_argument("--model_type", choices=family_names(), default="normal",
+                       help="the student's model family (model=...; default normal, one CNN)")
+        p.add_argument("--teacher", metavar="DIR",
+                       help="the teacher's model folder, with its split.csv (distill.teacher=...)")
+    if command in ("run", "evaluate", "calibrate", "serve"):
         p.add_argument("--model_path", help="a trained model folder (default: saved_model/<model_type>)")
     if command in ("train", "evaluate", "stats", "calibrate"):
         p.add_argument("--data_path", help="UTKFace folder or .tar.gz/.zip archive (data.path=...)")
@@ -132,6 +140,8 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
         out.append(f"evaluation.labels={_quote(ns.labels)}")
     if getattr(ns, "eval", False):
         out.append("train.eval=true")
+    if getattr(ns, "teacher", None):
+        out.append(f"distill.teacher={_quote(ns.teacher)}")
     if command == "run":
         if ns.img is None and ns.video is None:
             fail("give --img PATH [PATH ...] or --video [SOURCE]")

@@ -26,11 +26,13 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from faceattr.errors import ConfigError
 from faceattr.labels import DEFAULT_AGE_BIN_EDGES
+from faceattr.models.families.names import FAMILIES as SHIPPED_FAMILIES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = PROJECT_ROOT / "conf"
-COMMAND_NAMES = ("run", "train", "evaluate", "stats", "compare", "promote", "export", "ensemble", "calibrate")
-FAMILIES = ("facenet", "normal")
+COMMAND_NAMES = ("run", "train", "evaluate", "stats", "compare", "promote", "export", "ensemble", "calibrate",
+                 "distill", "serve")
+FAMILIES = SHIPPED_FAMILIES  # model.name choices: the model-family registry's (models.families)
 
 
 def rule(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -94,6 +96,10 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(flip=True, rotation_deg=10.0,
                                                                          brightness=0.1, contrast=0.1))
     shuffle_buffer: int = rule(32768, ge=1)  # images; a full-epoch buffer at 64-96 px
+    # A labels.csv of extra face chips (e.g. the web app's corrections), appended to the
+    # training split only, never to val/test; each is used extra_copies times per epoch.
+    extra_labels: str | None = None
+    extra_copies: int = rule(1, ge=1, le=1000)
 
 
 # ---------------------------------------------------------------------------------- model
@@ -225,6 +231,43 @@ class EvaluationConfig:
     labels: str | None = None  # a labelled photo folder or its CSV (`evaluate --labels PATH`)
 
 
+@dataclass
+class DistillConfig:
+    """Teacher/student distillation (``distill``, faceattr/distill/): a student trained on the
+    teacher's split with targets mixed from the true labels and the teacher's outputs."""
+
+    teacher: str = "${paths.saved_models}/facenet"  # the teacher's model folder (it must hold split.csv)
+    alpha: float = rule(0.5, **PROBABILITY)       # weight of the teacher in the targets (1 - alpha: the labels)
+    temperature: float = rule(2.0, gt=0.0)        # softens the teacher's gender/race probabilities (1 = as given)
+    unlabeled: list[str] = field(default_factory=list)  # folders of photos and video files, labelled by the teacher
+    video_stride: int = rule(10, ge=1)            # every N-th frame of a video is searched for faces
+    min_confidence: float = rule(0.6, **PROBABILITY)  # unlabelled faces: least gender and race confidence
+    dedup_iou: float = rule(0.5, gt=0.0, le=1.0)  # video: least box overlap to be the same face
+    dedup_threshold: float = rule(6.0, ge=0.0)    # video: same face if mean |diff| (0-255) is under this
+    tta_flip: bool = True                         # the teacher's outputs average each face and its mirror
+    train_limit: int | None = rule(None, ge=1)    # at most N faces of the teacher's training split (null = all)
+    latency_faces: int = rule(30, ge=1)           # faces timed one at a time for the report's latency per face
+
+
+@dataclass
+class ServeConfig:
+    """The local web app (``serve``, faceattr/serve/): uploads, corrections, retrain jobs, runs browser."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes it to the network: it has no accounts
+    port: int = rule(8000, ge=0, le=65535)  # 0: any free port
+    data_dir: str = "${paths.root}/outputs/serve"  # SQLite database, uploads and crops
+    retention_hours: float = rule(24.0, gt=0.0)  # uploads older than this are deleted (at start, hourly)
+    max_upload_mb: float = rule(10.0, gt=0.0, le=1024.0)  # larger uploads: 413
+    max_pixels: int = rule(40_000_000, ge=1)  # width x height read from the header, before decoding: 422
+    runs_roots: list[str] = field(default_factory=lambda: ["${paths.root}/outputs", "${paths.root}/multirun",
+                                                           "${paths.root}/statistics"])  # the read-only runs browser
+    retrain_dir: str = "${paths.root}/outputs/retrain"  # one run folder per retrain job
+    retrain_epochs: int = rule(3, ge=1)
+    retrain_learning_rate: float = rule(1.0e-4, gt=0.0, le=1.0)
+    retrain_copies: int = rule(20, ge=1, le=1000)  # each corrected face per epoch (data.extra_copies)
+    retrain_overrides: list[str] = field(default_factory=list)  # more `train` overrides, e.g. [debug=smoke]
+
+
 # ---------------------------------------------------------------------- the other nodes
 
 @dataclass
@@ -299,6 +342,8 @@ class Config:
     detector: DetectorConfig = MISSING
     train: TrainConfig = MISSING
     evaluation: EvaluationConfig = MISSING
+    distill: DistillConfig = MISSING
+    serve: ServeConfig = MISSING
     command: str = rule("train", choices=COMMAND_NAMES)  # set by src/main.py
     seed: int = rule(42, ge=0)
     model_path: str | None = None  # a trained model folder; null = saved_model/<model.name>
@@ -319,6 +364,8 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "detector": {"base": DetectorConfig},
     "train": {"base": TrainConfig},
     "evaluation": {"base": EvaluationConfig},
+    "distill": {"base": DistillConfig},
+    "serve": {"base": ServeConfig},
 }
 
 
@@ -388,7 +435,7 @@ def _extra_problems(cfg: DictConfig) -> list[str]:
     """Rules that tie two keys together or that a field type can't state."""
     out: list[str] = []
     model = cfg.get("model")
-    if isinstance(model, DictConfig) and model.get("name") == "normal":
+    if isinstance(model, DictConfig) and "convs_per_stage" in model:  # the CNN's stages
         convs = model.convs_per_stage
         counts = list(convs) if isinstance(convs, ListConfig) else [convs]
         if any(not isinstance(c, int) or c < 1 for c in counts) or (

@@ -427,6 +427,12 @@ def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any
     index = index_images(folder, limit=None if limit is None else int(limit), seed=seed,
                          cache_dir=extract_dir, age_bin_edges=edges)
     frame = rebalance(split_index(index.frame, split_cfg, seed), rebalance_cfg)
+    if data_cfg["extra_labels"]:  # extra chips join the training split only, after split and rebalance
+        from faceattr.data.extra_labels import append_extra, extra_training_rows
+
+        extra = extra_training_rows(str(data_cfg["extra_labels"]), edges, int(data_cfg["extra_copies"]))
+        frame = append_extra(frame, extra)
+        log.info("data.extra_labels: %d extra training chips (x%d)", len(extra), int(data_cfg["extra_copies"]))
     split_csv = write_split_csv(frame, Path(out_dir) / "split.csv")
     reb = {k: (v if isinstance(v, str | int | float | bool) or v is None else str(v))
            for k, v in dict(rebalance_cfg or {}).items()}

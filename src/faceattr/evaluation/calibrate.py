@@ -42,9 +42,9 @@ def validation_rows(cfg: Any, model_dir: Path, run_dir: Path) -> pd.DataFrame:
 
 def calibrate_command(cfg: Any, run_dir: Path) -> dict:
     """Fit, store and report the calibration of ``model_path`` (or the shipped model)."""
+    from faceattr.evaluation.served import ServedModel
     from faceattr.inference.predictor import Predictor
     from faceattr.models.io import ModelInfo, resolve_model_dir, write_info
-    from faceattr.training import ServedModel
 
     model_dir = resolve_model_dir(cfg)
     info = ModelInfo.read(model_dir)

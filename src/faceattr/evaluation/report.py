@@ -1,8 +1,8 @@
-"""Everything an evaluation writes for one split, and the ``evaluate`` command.
+"""Everything an evaluation writes for one split.
 
-``write_evaluation`` is called by ``training`` (after ``train --eval`` and by ``evaluate``)
-with the rows of the split scored (test, or val with ``evaluation.split=val``) and the model's
-predictions on them; ``metrics.json`` names the split beside ``n``, the number of faces.
+``write_evaluation`` is called by ``evaluation.model_dir`` (after ``train --eval`` and by
+``evaluate``) with the rows of the split scored (test, or val with ``evaluation.split=val``)
+and the model's predictions on them; ``metrics.json`` names the split beside ``n``, the number of faces.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from faceattr.config import EvaluationConfig, settings
 from faceattr.evaluation import fairness, plots
@@ -135,22 +135,3 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
              ", ".join(f"{r} {100 * metrics[f'race_recall_{r}']:.0f}%" for r in RACES if f"race_recall_{r}" in metrics))
     log.info("evaluation reports and plots written to %s", out_dir)
     return metrics
-
-
-def evaluate_command(cfg: DictConfig, run_dir: Path) -> dict:
-    """``python src/main.py evaluate``: evaluate the chosen model on its test split, or with
-    ``evaluation.labels`` (``--labels PATH``) on a labelled photo folder (``evaluation.photos``).
-
-    The model folder is ``cfg.model_path`` or the shipped model of ``cfg.model.name``; the
-    reports land in ``run_dir``. Returns the test metrics.
-    """
-    from faceattr.models.io import resolve_model_dir
-    from faceattr.training import evaluate_model_dir
-
-    if OmegaConf.select(cfg, "evaluation.labels"):  # real photos, through run's face pipeline
-        from faceattr.evaluation.photos import evaluate_photos
-
-        return evaluate_photos(cfg, run_dir)
-    model_dir = resolve_model_dir(cfg)
-    log.info("evaluating %s", model_dir)
-    return evaluate_model_dir(cfg, model_dir, run_dir)

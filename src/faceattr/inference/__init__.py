@@ -17,5 +17,10 @@ Modules:
   TensorFlow import) or its Keras model (``run.backend``).
 - ``tracking``: ``IoUTracker``, stable ids and smoothed labels across video frames.
 - ``annotate``: boxes, labels and FPS text drawn onto images.
-- ``run``: ``run_command``, the ``python src/main.py run`` command (images and video).
+- ``run``: ``run_command``, the ``python src/main.py run`` command: checks, then images or video.
+- ``photos_batch``: ``run --img`` (reading, batched prediction, annotated copies, CSV/JSON rows).
+- ``video``: ``run --video`` (the capture loop, the ``InferenceWorker`` thread, the tracking
+  process, and the per-frame timing hook ``on_frame``).
+- ``display``: whether a window can be opened here (probed in a child process), and showing one.
+- ``outputs``: output files and folders checked writable, no silent overwrite.
 """

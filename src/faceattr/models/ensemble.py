@@ -27,6 +27,11 @@ weighs as much as any other member.
 The result is an ordinary model folder (``run``, ``evaluate``, ``export`` and ``promote`` take
 it as any other); ``model_info.json`` lists the members and their types under ``ensemble``, and
 each member's ``history.csv`` is kept as ``history_member<i>.csv``.
+
+What depends on the members' kind lives in their families (``models.families``): a family
+whose models share a frozen trunk (``shares_trunk``, FaceNet) checks the members and builds
+the ensemble (``check_ensemble``, ``ensemble``); one whose models take the face image says how
+it is fed (``feed_image``). Image models alone are simply averaged here.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import pandas as pd
 
 from faceattr.errors import ConfigError
 from faceattr.labels import TASKS
+from faceattr.models.families import family
 from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, promote, save_model
 
 if TYPE_CHECKING:  # TensorFlow is imported once the members have passed check_members
@@ -50,8 +56,6 @@ log = logging.getLogger(__name__)
 
 #: ``<prefix><i>.csv``: member i's ``history.csv``, kept in the ensemble's model folder.
 MEMBER_HISTORY_PREFIX = "history_member"
-#: What must agree between FaceNet members for one trunk to feed them all.
-FACENET_SHARED = ("zoom_out", "graph_sha256")
 
 
 def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.Model:
@@ -66,17 +70,23 @@ def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.
     inputs = keras.Input(tuple(first.shape[1:]), name=first.name.split(":")[0] or "inputs")
     # Nested models are saved under their names, so each member gets its own (output: the dict).
     outputs = [keras.Model(m.inputs, m.output, name=f"member_{i}")(inputs) for i, m in enumerate(members)]
-    return keras.Model(inputs, _average(outputs), name=name)
+    return keras.Model(inputs, mean_outputs(outputs), name=name)
 
 
 def _load_all(dirs: list[Path], infos: list[ModelInfo]) -> list[keras.Model]:
     return [load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]
 
 
-def _average(outputs: list[dict]) -> dict:
+def mean_outputs(outputs: list[dict]) -> dict:
+    """The members' output dicts (``age``, ``gender``, ``race`` tensors) averaged task by task."""
     from keras import layers
 
     return {key: layers.Average(name=key)([out[key] for out in outputs]) for key in TASKS}
+
+
+def trunk_member(infos: list[ModelInfo]) -> int | None:
+    """The first member whose family feeds its models from a shared trunk (``shares_trunk``), or None."""
+    return next((i for i, info in enumerate(infos) if family(info.model_type).shares_trunk), None)
 
 
 def check_members(dirs: list[Path]) -> list[ModelInfo]:
@@ -96,26 +106,14 @@ def check_members(dirs: list[Path]) -> list[ModelInfo]:
         if not split.equals(splits[0]):
             raise ConfigError(f"ensemble: {folder}/split.csv differs from {dirs[0]}/split.csv; members must "
                               "share one split (same data and data.split.seed) or a test face may have been trained on")
-    nets = [i for i, info in enumerate(infos) if info.model_type == "facenet"]
-    if not nets:  # CNNs alone take one image size
+    lead = trunk_member(infos)
+    if lead is None:  # models that take the image alone: one image size
         for folder, info in zip(dirs[1:], infos[1:], strict=True):
             if info.input_size != infos[0].input_size:
                 raise ConfigError(f"ensemble: {folder} takes {info.input_size}px faces, {dirs[0]} "
                                   f"{infos[0].input_size}px")
         return infos
-    lead, lead_dir = infos[nets[0]], dirs[nets[0]]
-    for folder, info in zip(dirs, infos, strict=True):
-        if info.model_type != "facenet":
-            if info.input_size > lead.input_size:
-                raise ConfigError(f"ensemble: {folder} takes {info.input_size}px faces, more than the FaceNet "
-                                  f"members' {lead.input_size}px (a CNN member's face can only be shrunk)")
-            continue
-        if (info.input_size, _facenet_spec(info)) != (lead.input_size, _facenet_spec(lead)):
-            raise ConfigError(f"ensemble: {folder} has a FaceNet top for {_facenet_spec(info)} at "
-                              f"{info.input_size}px, {lead_dir} one for {_facenet_spec(lead)} at {lead.input_size}px")
-        if _cut(info) is None and _cut(lead) is None and _features(info) != _features(lead):
-            raise ConfigError(f"ensemble: {folder} takes {_features(info)} features, {lead_dir} "
-                              f"{_features(lead)}; frozen-backbone members must share the feature kind")
+    family(infos[lead].model_type).check_ensemble(dirs, infos)
     return infos
 
 
@@ -126,81 +124,15 @@ def _split(model_dir: Path) -> pd.Series:
     return pd.read_csv(path).set_index("image")["split"].sort_index()
 
 
-def _facenet_spec(info: ModelInfo) -> dict:
-    from faceattr.models.facenet import spec_of
-
-    return {key: spec_of(info)[key] for key in FACENET_SHARED}
-
-
-def _cut(info: ModelInfo) -> int | None:
-    from faceattr.models.facenet import spec_of
-
-    return spec_of(info)["cut_stage"]
-
-
-def _features(info: ModelInfo) -> str:
-    from faceattr.models.facenet import spec_of
-
-    return spec_of(info)["features"]
-
-
-def facenet_ensemble(dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None) -> tuple[keras.Model, int]:
-    """The members' FaceNet tops averaged, all fed from the earliest cut among them; returns the
-    model and the index of the member whose cut (and so whose trunk and cached features) it takes.
-
-    A frozen-backbone top (cut None) counts as cut after the last stage. Members cut later than
-    the earliest get the packaged, frozen stages from the earliest cut to their own in front,
-    one copy per distinct cut and feature kind.
-
-    CNN members (``model=normal``) take the face image itself, shrunk to their input size by
-    box averaging (:class:`~faceattr.models.layers.AreaResize`, as their training images were);
-    the result then has two inputs, ``[features, image]``, which ``facenet.assemble_end_to_end``
-    feeds with the trunk's output and the face.
-    """
-    import keras
-
-    from faceattr.models import facenet_graph as fg
-    from faceattr.models.facenet import cut_position, packaged_weights
-    from faceattr.models.layers import AreaResize
-
-    cuts = {i: cut_position(_cut(info)) for i, info in enumerate(infos) if info.model_type == "facenet"}
-    lead = min(cuts, key=cuts.get)
-    if len(cuts) == len(infos) and len(set(cuts.values())) == 1:
-        return average_models(_load_all(dirs, infos)), lead
-    size = infos[lead].input_size
-    tops = {i: load_trainable(dirs[i], infos[i]) for i in cuts}
-    features = keras.Input(tuple(tops[lead].inputs[0].shape[1:]), name="features")
-    image = keras.Input((size, size, 3), name="image")
-    bridged: dict[tuple[int | None, str], keras.KerasTensor] = {}
-    outputs = []
-    for i, (folder, info) in enumerate(zip(dirs, infos, strict=True)):
-        if info.model_type != "facenet":
-            member = load_trainable(folder, info)
-            x = image if info.input_size == size else AreaResize(info.input_size, name=f"resize_{i}")(image)
-        else:
-            member, x = tops[i], features
-            if cuts[i] != cuts[lead]:
-                key = (_cut(info), _features(info))
-                if key not in bridged:
-                    stages = fg.build_facenet(packaged_weights(cache_dir), cuts[lead], _cut(info),
-                                              output=_features(info), input_shape=fg.cut_shape(cuts[lead], size),
-                                              name=f"frozen_stages_{i}")
-                    stages.trainable = False
-                    bridged[key] = stages(features)
-                x = bridged[key]
-        outputs.append(keras.Model(member.inputs, member.output, name=f"member_{i}")(x))
-    inputs = features if len(cuts) == len(infos) else [features, image]
-    return keras.Model(inputs, _average(outputs), name="ensemble"), lead
-
-
 def ensemble_command(cfg, run_dir: Path) -> dict:
     """``python src/main.py ensemble DIR DIR ...``: write ``<run dir>/model``, the members' mean.
 
     The members are checked (``check_members``) before TensorFlow is imported."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
     infos = check_members(dirs)
-    if any(info.model_type == "facenet" for info in infos):
-        model, lead = facenet_ensemble(dirs, infos, Path(cfg.paths.cache))
+    trunk = trunk_member(infos)
+    if trunk is not None:  # one shared trunk feeds the members (e.g. FaceNet tops)
+        model, lead = family(infos[trunk].model_type).ensemble(dirs, infos, Path(cfg.paths.cache))
     else:
         model, lead = average_models(_load_all(dirs, infos)), 0
     first = infos[lead]  # its cut, features and training config describe the ensemble's input

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -38,8 +38,10 @@ from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
 from faceattr.models import facenet_graph as fg
 from faceattr.models.heads import build_heads
-from faceattr.models.io import ModelInfo
 from faceattr.models.preprocessing import load_face
+
+if TYPE_CHECKING:  # this module only reads a ModelInfo's fields
+    from faceattr.models.info import ModelInfo
 
 log = logging.getLogger(__name__)
 

@@ -20,168 +20,42 @@ exported model never imports TensorFlow.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
 import time
-import zipfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from io import BytesIO
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from faceattr.config import FAMILIES
 from faceattr.errors import ModelError
-from faceattr.labels import AGE_UNIT, GENDERS, RACES
+from faceattr.models.info import (
+    FORMAT_VERSION,
+    INFO_SCHEMA,
+    MODEL_INFO,
+    MODEL_TYPES,
+    STORAGE_DTYPE,
+    ModelInfo,
+    info_problems,
+    lambda_layers,
+    load_keras_file,
+    save_keras,
+    store_weights_as,
+    write_info,
+)
 
 if TYPE_CHECKING:
     import keras
 
+__all__ = [  # the folder primitives of models.info, used through this module too
+    "FORMAT_VERSION", "INFO_SCHEMA", "MODEL_INFO", "MODEL_TYPES", "STORAGE_DTYPE", "ModelInfo", "info_problems",
+    "lambda_layers", "load_keras_file", "store_weights_as", "write_info",
+    "LoadedModel", "history_of", "load_model", "load_trainable", "model_folder", "promote", "promote_command",
+    "resolve_model_dir", "save_model", "trainable_file", "unique_backup",
+]
+
 log = logging.getLogger(__name__)
-
-MODEL_INFO = "model_info.json"
-#: The layout of ``model_info.json`` this code writes; a folder written with a newer one is refused.
-FORMAT_VERSION = 1
-#: The dtype of the weights in a saved Keras file; loading casts them to the model's float32.
-STORAGE_DTYPE = "float16"
-#: The model families a model folder may hold (``model_info.json``'s ``model_type``).
-MODEL_TYPES = FAMILIES
-MAX_SHOWN = 60  # characters of a bad value quoted in an error message
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_numbers(v: Any) -> bool:
-    return isinstance(v, list) and all(map(_is_number, v))
-
-
-def _is_names(v: Any) -> bool:
-    return isinstance(v, list) and len(v) > 0 and all(isinstance(n, str) and n for n in v)
-
-
-def _is_file_name(v: Any) -> bool:
-    """A plain file name inside the model folder (no folder part, nothing outside it)."""
-    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v
-
-
-def _is_points(v: Any) -> bool:
-    from faceattr.inference.detectors import LANDMARK_NAMES
-
-    return (isinstance(v, list) and len(v) == len(LANDMARK_NAMES)
-            and all(isinstance(p, list) and len(p) == 2 and _is_numbers(p) for p in v))
-
-
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda v: v is None or check(v)
-
-
-_OBJECT = ("an object or null", _optional(lambda v: isinstance(v, dict)))
-#: ``model_info.json``'s schema: key -> (what is expected, check). ``model_type`` and
-#: ``input_size`` are required; the others have the defaults of :class:`ModelInfo`.
-INFO_SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "model_type": (" or ".join(map(repr, MODEL_TYPES)), lambda v: v in MODEL_TYPES),
-    "input_size": ("a positive whole number of pixels", lambda v: _is_int(v) and v > 0),
-    "genders": ("a list of class names", _is_names),
-    "races": ("a list of class names", _is_names),
-    "age_unit": ("a string", lambda v: isinstance(v, str)),
-    "facenet": _OBJECT, "trained_with": _OBJECT, "export": _OBJECT, "ensemble": _OBJECT,
-    "chip_template": _OBJECT, "calibration": _OBJECT,
-    "format_version": ("a whole number >= 1", lambda v: _is_int(v) and v >= 1),
-}
-REQUIRED_KEYS = ("model_type", "input_size")
-#: Keys inside the objects above that the toolkit reads, checked when present.
-NESTED_SCHEMA: dict[str, dict[str, tuple[str, Callable[[Any], bool]]]] = {
-    "export": {"tflite": ("a file name inside the model folder", _is_file_name),
-               "source_sha256": ("a string or null", _optional(lambda v: isinstance(v, str))),
-               "quantization": ("a string or null", _optional(lambda v: isinstance(v, str)))},
-    "facenet": {"cut_stage": ("a whole number or null", _optional(_is_int)),
-                "features": ("a string", lambda v: isinstance(v, str)),
-                "zoom_out": ("a number >= 1", lambda v: _is_number(v) and v >= 1),
-                "graph_sha256": ("a string or null", _optional(lambda v: isinstance(v, str)))},
-    "calibration": {"race_bias": ("a list of numbers, one per race, or null", _optional(_is_numbers)),
-                    "age_map": ("two lists of numbers of one length, or null", _optional(
-                        lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_numbers, v))
-                        and len(v[0]) == len(v[1])))},
-    "chip_template": {"points": ("one [x, y] pair of numbers per landmark", _is_points),
-                      "max_residual": ("a number", _is_number)},
-}
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "..."
-
-
-def info_problems(raw: Any) -> list[str]:
-    """What is wrong with a parsed ``model_info.json`` against ``INFO_SCHEMA``: one entry per
-    problem, ``"<key>: expected <what>, got <value>"``; empty when it is sound."""
-    if not isinstance(raw, dict):
-        return [f"expected a JSON object with {' and '.join(REQUIRED_KEYS)}, got {_shown(raw)}"]
-    problems = [f"{key}: missing (expected {INFO_SCHEMA[key][0]})" for key in REQUIRED_KEYS if key not in raw]
-    for key, (expected, check) in INFO_SCHEMA.items():
-        if key in raw and not check(raw[key]):
-            problems.append(f"{key}: expected {expected}, got {_shown(raw[key])}")
-        elif isinstance(raw.get(key), dict):
-            for sub, (expected, check) in NESTED_SCHEMA.get(key, {}).items():
-                if sub in raw[key] and not check(raw[key][sub]):
-                    problems.append(f"{key}.{sub}: expected {expected}, got {_shown(raw[key][sub])}")
-    return problems
-
-
-@dataclass
-class ModelInfo:
-    """What a saved model is; written as ``model_info.json`` beside its weights."""
-
-    model_type: str                      # "facenet" | "normal"
-    input_size: int                      # pixels; the model takes S x S RGB faces
-    genders: list[str] = field(default_factory=lambda: list(GENDERS))
-    races: list[str] = field(default_factory=lambda: list(RACES))
-    age_unit: str = AGE_UNIT
-    facenet: dict | None = None          # cut_stage, features, graph_sha256 for model_type=facenet
-    trained_with: dict | None = None     # the composed training config, for the record
-    export: dict | None = None           # model.tflite's file, quantization, source_sha256 (models.export)
-    ensemble: dict | None = None         # members and how they combine, for an averaged model (models.ensemble)
-    chip_template: dict | None = None    # where the landmarks sit in a training chip (inference.align); None: UTKFace's
-    calibration: dict | None = None      # decision rules fitted on the validation split (models.calibration)
-    format_version: int = FORMAT_VERSION
-
-    @classmethod
-    def read(cls, model_dir: Path) -> ModelInfo:
-        if not Path(model_dir).exists():
-            raise ModelError(f"{model_dir}: no such model folder (train one, or check --model_path)")
-        path = Path(model_dir) / MODEL_INFO
-        if not path.is_file():
-            raise ModelError(f"{model_dir}: not a model folder (no {MODEL_INFO})")
-        try:
-            raw = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ModelError(f"{path}: not a text file (binary or corrupt); expected a JSON object") from None
-        except json.JSONDecodeError as exc:
-            raise ModelError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-        except OSError as exc:
-            raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-        version = raw.get("format_version") if isinstance(raw, dict) else None
-        if _is_int(version) and version > FORMAT_VERSION:  # its other keys may mean something else now
-            raise ModelError(f"{path}: format_version {version} is newer than this faceattr reads "
-                             f"({FORMAT_VERSION}); update faceattr to load this model")
-        problems = info_problems(raw)
-        if problems:  # all of them in the one line, so a hand edit is fixed in one go
-            raise ModelError(f"{path}: " + "; ".join(problems))
-        known = {f.name for f in fields(cls)}
-        extra = sorted(set(raw) - known)
-        if extra:  # written by a newer version: load what we understand
-            log.warning("%s: ignoring unknown keys %s", path, ", ".join(extra))
-        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 @dataclass
@@ -194,109 +68,17 @@ class LoadedModel:
 
 
 def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Path:
-    """Write ``keras_model`` (whole CNN, or FaceNet's trained top) and ``model_info.json``.
-
-    ``keras_model`` is left holding its weights as stored (rounded to ``STORAGE_DTYPE``), so what
-    it predicts afterwards (the evaluation at the end of training) is what the saved model does.
-    """
-    import numpy as np
-
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    name = trainable_file(info.model_type)
-    keras_model.set_weights([w.astype(STORAGE_DTYPE).astype(np.float32) if w.dtype == np.float32 else w
-                             for w in map(np.asarray, keras_model.get_weights())])
-    # An uncompiled clone carries the weights without the optimizer's state (3x the size).
-    clean = keras_model.__class__.from_config(keras_model.get_config())
-    clean.set_weights(keras_model.get_weights())
-    clean.save(model_dir / name)
-    store_weights_as(model_dir / name, STORAGE_DTYPE)  # half the file; the served export is int8 anyway
-    write_info(model_dir, info)
-    log.info("Saved %s model to %s", info.model_type, model_dir)
-    return model_dir
-
-
-def load_keras_file(path: Path) -> keras.Model:
-    import keras
-
-    import faceattr.models.layers  # noqa: F401  (registers the custom layers safe mode may meet)
-
-    if not path.is_file():
-        raise ModelError(f"{path}: model weights missing")
-    try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # corrupt zip, unknown layer, unsafe content
-        if lambda_layers(path):
-            raise ModelError(f"{path}: the model file uses a Lambda layer ({', '.join(lambda_layers(path))}), "
-                             "which safe loading refuses (it would run Python code stored in the file)") from None
-        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {first[:300]})") from None
-
-
-def lambda_layers(path: Path) -> list[str]:
-    """Names of the ``Lambda`` layers in a ``.keras`` file's config (empty if none or unreadable)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return []
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                layer = node.get("config")
-                found.append(str(layer.get("name", "?")) if isinstance(layer, dict) else "?")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
-    return found
-
-
-def store_weights_as(keras_file: Path, dtype: str = STORAGE_DTYPE) -> None:
-    """Rewrite the float32 weights inside a ``.keras`` archive as ``dtype``, in place.
-
-    The model's config is untouched: loading casts the stored values back into its float32
-    variables, so computation stays float32 (no float16 graph is ever built).
-    """
-    import h5py
-    import numpy as np
-
-    def copy(source: h5py.Group, target: h5py.Group) -> None:
-        target.attrs.update(source.attrs)
-        for key, item in source.items():
-            if isinstance(item, h5py.Group):
-                copy(item, target.create_group(key))
-                continue
-            data = item[()]
-            stored = target.create_dataset(key, data=data.astype(dtype) if data.dtype == np.float32 else data)
-            stored.attrs.update(item.attrs)
-
-    keras_file = Path(keras_file)
-    with zipfile.ZipFile(keras_file) as archive:
-        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
-    rewritten = []
-    for info, data in entries:
-        if info.filename.endswith(".weights.h5"):
-            out = BytesIO()
-            with h5py.File(BytesIO(data), "r") as source, h5py.File(out, "w") as target:
-                copy(source, target)
-            data = out.getvalue()
-        rewritten.append((info, data))
-    tmp = keras_file.with_name(keras_file.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w") as archive:
-        for info, data in rewritten:
-            archive.writestr(info, data)
-    tmp.replace(keras_file)
+    """Write ``keras_model`` (whole CNN, or FaceNet's trained top) as its family's ``trainable_file``
+    and ``model_info.json`` (``models.info.save_keras``)."""
+    return save_keras(model_dir, info, keras_model, trainable_file(info.model_type))
 
 
 def trainable_file(model_type: str) -> str:
-    """The file holding what a model folder's training produced: the whole CNN, or FaceNet's top."""
-    return "top.keras" if model_type == "facenet" else "model.keras"
+    """The file holding what a model folder's training produced (its family's ``trainable_file``):
+    the whole CNN, or FaceNet's top."""
+    from faceattr.models.families import family
+
+    return family(model_type).trainable_file
 
 
 def history_of(model_dir: Path) -> Path | None:
@@ -305,14 +87,11 @@ def history_of(model_dir: Path) -> Path | None:
     return next((h for h in (model_dir / "history.csv", model_dir.parent / "history.csv") if h.is_file()), None)
 
 
-def write_info(model_dir: Path, info: ModelInfo) -> None:
-    """(Re)write ``model_info.json``."""
-    (Path(model_dir) / MODEL_INFO).write_text(json.dumps(asdict(info), indent=2, default=str))
-
-
 def load_trainable(model_dir: Path, info: ModelInfo) -> keras.Model:
     """The Keras model a trainer holds (the CNN, or FaceNet's trainable top), safe mode."""
-    return load_keras_file(Path(model_dir) / trainable_file(info.model_type))
+    from faceattr.models.families import family
+
+    return family(info.model_type).load_trainable(model_dir, info)
 
 
 def load_model(model_dir: Path, cache_dir: Path | None = None) -> LoadedModel:
@@ -320,16 +99,11 @@ def load_model(model_dir: Path, cache_dir: Path | None = None) -> LoadedModel:
 
     ``cache_dir`` holds the converted FaceNet weights (made once from the pip package).
     """
-    model_dir = Path(model_dir)
-    info = ModelInfo.read(model_dir)
-    if info.model_type == "normal":
-        model = load_trainable(model_dir, info)
-    elif info.model_type == "facenet":
-        from faceattr.models.facenet import assemble_end_to_end
+    from faceattr.models.families import family
 
-        model = assemble_end_to_end(load_trainable(model_dir, info), info, cache_dir)
-    else:
-        raise ModelError(f"{model_dir / MODEL_INFO}: unknown model_type {info.model_type!r}")
+    model_dir = Path(model_dir)
+    info = ModelInfo.read(model_dir)  # its model_type is a family's (checked there)
+    model = family(info.model_type).end_to_end(load_trainable(model_dir, info), info, cache_dir)
     return LoadedModel(model=model, info=info, path=model_dir)
 
 

@@ -11,7 +11,7 @@ scratch, and ``history.csv`` is cut to the epochs the restored weights have seen
 
 A backup folder (``<run dir>/backup/<phase>``) holds ``epoch-NNNN.*`` slots (the newest two),
 ``final.*`` once ``fit`` has returned, and nothing after the run has finished: the run
-folder's ``train_summary.json``, written last, marks a finished run (``training_state``).
+folder's ``train_summary.json``, written last, marks a finished run (``training.state``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import keras
 import numpy as np
 
 from faceattr.errors import ConfigError
-from faceattr.training_state import write_atomic
+from faceattr.training.state import write_atomic
 
 log = logging.getLogger(__name__)
 

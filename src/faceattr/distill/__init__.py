@@ -1,0 +1,1 @@
+"""Teacher/student distillation (``python src/main.py distill``): see ``distill.command``."""

@@ -1,0 +1,145 @@
+"""The student: a model of the toolkit trained on targets mixed from true labels and a teacher.
+
+Targets per training face (``distill.alpha`` = a, ``distill.temperature`` = T):
+
+- age (years): ``a * teacher_age + (1 - a) * true_age``;
+- gender, race: ``a * soften(teacher_probs, T) + (1 - a) * one_hot(true)``, where
+  ``soften(p, T) = p ** (1/T) / sum(p ** (1/T))`` (the teacher's softmax at temperature T);
+- an unlabelled face: the teacher's alone (a = 1).
+
+Validation faces keep their true labels (one-hot), so ``val_loss`` and the checkpoint chosen on
+it measure the student against the truth, as for ``train``. The model is built, fitted
+(``training.fit_model``: the same callbacks, backups, schedules) and saved by the toolkit's own
+code; only the losses of the class heads change, to cross-entropy on probability targets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from faceattr.data.pipeline import make_dataset
+from faceattr.errors import ConfigError
+from faceattr.labels import GENDERS, RACES
+from faceattr.models.heads import compile_args
+
+log = logging.getLogger(__name__)
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """(N, K) probabilities at temperature ``temperature`` (> 1 flattens), rows summing to 1."""
+    logp = np.log(np.clip(np.asarray(probs, np.float64), 1e-7, 1.0)) / float(temperature)
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def mix_targets(frame: pd.DataFrame, teacher: Mapping[str, np.ndarray], alpha: float,
+                temperature: float) -> dict[str, np.ndarray]:
+    """Targets for every row of ``frame`` (columns ``split``, ``labelled``, ``age``, ``gender``,
+    ``race``); ``teacher`` holds ``age`` (N,), ``gender`` (N, 2), ``race`` (N, 5) in frame order
+    (rows outside the training split are not read and may be NaN).
+
+    Returns ``age`` float32 (N, 1) years, ``gender`` (N, 2), ``race`` (N, 5) float32 probabilities.
+    """
+    n = len(frame)
+    train = (frame["split"] == "train").to_numpy()
+    labelled = frame["labelled"].to_numpy(bool)
+    weight = np.where(train, np.where(labelled, float(alpha), 1.0), 0.0).astype(np.float32)
+    true_age = np.where(labelled, frame["age"].to_numpy(np.float32), 0.0)
+    t_age = np.where(train, np.nan_to_num(np.asarray(teacher["age"], np.float32)), 0.0)
+    out = {"age": (weight * t_age + (1 - weight) * true_age).astype(np.float32)[:, None]}
+    for task, classes in (("gender", GENDERS), ("race", RACES)):
+        one_hot = np.zeros((n, len(classes)), np.float32)
+        one_hot[np.flatnonzero(labelled), frame[task].to_numpy(int)[labelled]] = 1.0
+        probs = np.nan_to_num(np.asarray(teacher[task], np.float32), nan=1.0 / len(classes))
+        out[task] = (weight[:, None] * soften(probs, temperature) + (1 - weight[:, None]) * one_hot).astype(np.float32)
+    return out
+
+
+def soft_compile_args(heads_cfg: DictConfig) -> dict:
+    """``models.heads.compile_args`` with the class heads on probability targets."""
+    args = compile_args(heads_cfg)
+    for task in ("gender", "race"):
+        args["loss"][task] = keras.losses.CategoricalCrossentropy()
+        args["metrics"][task] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    return args
+
+
+def student_dataset(frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg: DictConfig,
+                    training: bool) -> tf.data.Dataset:
+    """Batches of (images float32 (B, S, S, 3) RGB [0, 255], targets) for ``frame``'s rows.
+
+    The toolkit's pipeline (``data.pipeline.make_dataset``: decode, cache, oversampling, shuffle,
+    augmentation) carries each row's position in its ``age`` label; the targets are looked up by it.
+    """
+    indexed = frame.assign(age=np.arange(len(frame)), gender=0, race=0)
+    ds = make_dataset(indexed, int(cfg.model.input_size), int(cfg.train.batch_size), training=training,
+                      augment_cfg=cfg.data.augment, shuffle_buffer=int(cfg.data.shuffle_buffer),
+                      seed=int(cfg.seed), with_weights=training and cfg.rebalance.name == "weights")
+    table = {task: tf.constant(values) for task, values in targets.items()}
+
+    def lookup(x, y, *weights):
+        rows = tf.cast(tf.round(y["age"][:, 0]), tf.int32)
+        return (x, {task: tf.gather(values, rows) for task, values in table.items()}, *weights)
+
+    return ds.map(lookup, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def check_student_family(cfg: DictConfig) -> None:
+    """Refuse a student family this module can't feed yet (before any data is touched): one
+    whose models take a frozen trunk's cached outputs instead of the face image."""
+    from faceattr.models.families import family, family_names
+
+    if family(str(cfg.model.name)).shares_trunk:
+        takes_images = [name for name in family_names() if not family(name).shares_trunk]
+        raise ConfigError(f"model={cfg.model.name}: distill trains students that take the face image "
+                          f"({', '.join(takes_images)}); a {cfg.model.name} student is not supported yet")
+
+
+def student_trainer(cfg: DictConfig, frame: pd.DataFrame):
+    """The trainer of ``model.name`` from the family registry (``train.init_from``: its weights,
+    checked against ``frame``'s split as ``train`` checks them)."""
+    from faceattr.models.families import family
+    from faceattr.models.io import ModelInfo
+
+    chosen = family(str(cfg.model.name))
+    if not cfg.train.init_from:
+        return chosen.trainer(cfg)
+    init_dir = Path(str(cfg.train.init_from))
+    info = ModelInfo.read(init_dir)
+    if info.model_type != chosen.name or info.input_size != int(cfg.model.input_size):
+        raise ConfigError(f"train.init_from: {init_dir} holds a {info.model_type} model at {info.input_size}px, "
+                          f"this run trains {chosen.name} at {cfg.model.input_size}px")
+    chosen.check_init_from(cfg, init_dir, info)
+    split_csv = init_dir / "split.csv"
+    if not split_csv.is_file():
+        raise ConfigError(f"train.init_from: {split_csv} missing; without the starting model's split "
+                          "its training images can't be kept out of the teacher's val/test split")
+    seen = set(pd.read_csv(split_csv).query("split == 'train'")["image"])
+    leaked = frame[frame["split"].isin(["val", "test"]) & frame["image"].isin(seen)]
+    if len(leaked):
+        raise ConfigError(f"train.init_from: {init_dir} was trained on {len(leaked)} image(s) of the teacher's "
+                          f"val/test split (e.g. {leaked['image'].iloc[0]})")
+    return chosen.trainer_from(cfg, init_dir, info)
+
+
+def fit_student(trainer, frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg: DictConfig,
+                run_dir: Path) -> pd.DataFrame:
+    """Fit ``trainer.model`` (a toolkit trainer for ``model.name``) on the training rows of
+    ``frame``, validating on its val rows; returns the epoch history (``history.csv``)."""
+    from faceattr.training.loop import fit_model
+
+    train_rows = (frame["split"] == "train").to_numpy()
+    val_rows = (frame["split"] == "val").to_numpy()
+    train_ds = student_dataset(frame[train_rows], {k: v[train_rows] for k, v in targets.items()}, cfg, True)
+    val_ds = student_dataset(frame[val_rows], {k: v[val_rows] for k, v in targets.items()}, cfg, False)
+    return fit_model(trainer.model, train_ds, val_ds, cfg, run_dir, int(frame.loc[train_rows, "copies"].sum()),
+                     float(cfg.train.learning_rate), losses=soft_compile_args(cfg.model.heads))

@@ -1,0 +1,359 @@
+"""``run --video``: label the faces in a camera's frames or a video file.
+
+A capture loop reads, draws and writes every frame and never waits for the model; a worker
+thread (``InferenceWorker``) runs detection, the model and the tracker (``TrackingProcess``)
+on the newest frame it is handed (a one-slot queue: older frames are dropped from inference,
+not from the output), and the loop draws the latest tracked labels. So ``--output out.mp4``
+has exactly the input's frames. A video file is read at its own frame rate, as a camera would
+deliver it. ``run.sync=true`` instead puts every frame of a file through the model before it
+is written (offline analysis: exact boxes on every frame, as fast as the model allows).
+
+Timing: ``run_video(..., on_frame=hook)`` calls ``hook(FrameStats)`` once per frame read, after
+the frame is written, with the loop's counters and the model side's cumulative stage times
+(``StageTotals``: detection, cropping, prediction). ``benchmarks/`` measures ``run --video``
+through this hook, so the figures are those of the very loop ``run`` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from faceattr.errors import ConfigError, InputError
+from faceattr.inference.annotate import BOX_COLOUR, MISSED_COLOUR, draw_face, draw_fps, format_label
+from faceattr.inference.display import QUIT_KEYS, close_windows, show, want_display
+from faceattr.inference.outputs import output_path
+from faceattr.inference.pipeline import FacePipeline
+from faceattr.inference.predictor import FacePrediction
+from faceattr.inference.tracking import IoUTracker
+
+log = logging.getLogger(__name__)
+
+#: Video container -> FourCC. mp4v ships with every OpenCV wheel (H.264 often doesn't).
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+
+
+@dataclass(frozen=True)
+class TrackView:
+    """What the drawing loop needs of one track (an immutable snapshot). ``box``: (x, y, w, h)
+    pixels; ``missed``: model updates since the face was last detected (0: detected now)."""
+
+    track_id: int
+    box: tuple[int, int, int, int]
+    prediction: FacePrediction | None
+    missed: int
+
+
+@dataclass(frozen=True)
+class StageTotals:
+    """The model side's work so far, summed over the frames it processed.
+
+    ``frames``: frames processed; ``detect_s`` / ``crop_s`` / ``predict_s``: seconds in the
+    detector, in cropping/aligning, and in ``FacePipeline.predict`` (the model with its
+    preprocessing and flip TTA); ``faces``: faces detected; ``predicted``: faces that went
+    through the model (new tracks and those due a refresh, ``run.tracker.refresh_every``).
+    """
+
+    frames: int = 0
+    detect_s: float = 0.0
+    crop_s: float = 0.0
+    predict_s: float = 0.0
+    faces: int = 0
+    predicted: int = 0
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """What the ``on_frame`` hook of ``run_video`` gets, once per frame read.
+
+    ``frame``: this frame's number (1-based); ``written``: frames written so far;
+    ``elapsed_s``: seconds since the loop started; ``loop_fps``: the smoothed frame rate
+    drawn on the frame; ``model_frames`` / ``model_fps``: frames the model processed so far
+    and its rate over its own working time; ``stages``: the model side's cumulative stage
+    times (with ``run.sync=true``, up to and including this frame); ``tracks``: the tracks
+    drawn on this frame.
+    """
+
+    frame: int
+    written: int
+    elapsed_s: float
+    loop_fps: float
+    model_frames: int
+    model_fps: float
+    stages: StageTotals
+    tracks: tuple[TrackView, ...]
+
+
+FrameHook = Callable[[FrameStats], None]
+
+
+class TrackingProcess:
+    """One frame through the face pipeline and the tracker: ``process(frame) -> [TrackView]``.
+
+    ``frame``: (H, W, 3) BGR. Only new faces and tracks due a refresh go through the model
+    (``run.tracker.refresh_every``). ``totals`` (``StageTotals``) is replaced after each frame,
+    so a reader on another thread always sees a consistent snapshot.
+    """
+
+    def __init__(self, pipeline: FacePipeline, tracker: IoUTracker) -> None:
+        self.pipeline = pipeline
+        self.tracker = tracker
+        self.totals = StageTotals()
+
+    def __call__(self, frame: np.ndarray) -> list[TrackView]:
+        t0 = time.perf_counter()
+        detections = self.pipeline.detector.detect(frame)
+        t1 = time.perf_counter()
+        need = self.tracker.needs_prediction(detections)
+        due = [d for d, n in zip(detections, need, strict=True) if n]
+        crops = self.pipeline.crop(frame, due)
+        t2 = time.perf_counter()
+        fresh = iter(self.pipeline.predict(crops))
+        t3 = time.perf_counter()
+        tracks = self.tracker.update(detections, [next(fresh) if n else None for n in need])
+        s = self.totals
+        self.totals = StageTotals(s.frames + 1, s.detect_s + (t1 - t0), s.crop_s + (t2 - t1),
+                                  s.predict_s + (t3 - t2), s.faces + len(detections), s.predicted + len(due))
+        return [TrackView(t.track_id, t.box, t.prediction, t.missed) for t in tracks]
+
+
+def tracking_process(pipeline: FacePipeline, tracker: IoUTracker) -> TrackingProcess:
+    """The per-frame work of ``run --video``'s worker (see ``TrackingProcess``)."""
+    return TrackingProcess(pipeline, tracker)
+
+
+class InferenceWorker:
+    """Runs ``process(frame) -> [TrackView]`` on the newest submitted frame.
+
+    Threaded (default): ``submit`` never blocks; the one-slot queue keeps only the newest
+    frame, so the model always works on what is current and the capture loop never waits for
+    it. ``latest`` is the snapshot of the last processed frame, replaced atomically and read
+    without a lock. ``threaded=False``: ``submit`` processes the frame before returning
+    (offline analysis of a file, every frame through the model).
+    """
+
+    def __init__(self, process: Callable[[np.ndarray], list[TrackView]], threaded: bool = True) -> None:
+        self._process = process
+        self._queue: queue.Queue[np.ndarray] = queue.Queue(maxsize=1)
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="faceattr-inference", daemon=True) if threaded else None
+        self.latest: list[TrackView] = []
+        self.processed = 0
+        self.busy_s = 0.0
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the thread (nothing to do when not threaded)."""
+        if self._thread is not None:
+            self._thread.start()
+
+    def submit(self, frame: np.ndarray) -> None:
+        """Hand over an (H, W, 3) BGR frame the worker may keep (pass a copy)."""
+        if self._thread is None:
+            self._step(frame)
+            return
+        try:
+            self._queue.put_nowait(frame)
+        except queue.Full:
+            with contextlib.suppress(queue.Empty):
+                self._queue.get_nowait()  # drop the stale frame: inference should see the newest
+            with contextlib.suppress(queue.Full):  # the worker can't refill it, but be safe
+                self._queue.put_nowait(frame)
+
+    def _step(self, frame: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.latest = self._process(frame)
+        except BaseException as exc:  # handed to the capture loop, which stops and re-raises
+            self.error = exc
+            self._halt.set()
+            return
+        self.busy_s += time.perf_counter() - t0
+        self.processed += 1
+
+    def _loop(self) -> None:
+        while not self._halt.is_set():
+            try:
+                frame = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            self._step(frame)
+
+    def stop(self) -> None:
+        """Finish the frame in hand, then end the thread and wait for it."""
+        self._halt.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join()
+
+    @property
+    def fps(self) -> float:
+        """Frames the model processed per second of its own working time."""
+        return self.processed / self.busy_s if self.busy_s > 0 else 0.0
+
+
+def draw_tracks(frame: np.ndarray, tracks: Sequence[TrackView]) -> np.ndarray:
+    """A copy of the frame with each track's box and smoothed label (amber while missed)."""
+    out = frame.copy()
+    for t in tracks:
+        draw_face(out, t.box, f"#{t.track_id} {format_label(t.prediction)}", MISSED_COLOUR if t.missed else BOX_COLOUR)
+    return out
+
+
+def open_source(source: str) -> tuple[cv2.VideoCapture, str, bool]:
+    """Open a camera index (digits), a stream URL or a file; one-line InputError otherwise.
+
+    Returns (capture, name for messages, is_camera)."""
+    is_camera = source.isdigit()
+    name = f"camera {source}" if is_camera else source
+    if not is_camera and "://" not in source:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise InputError(f"{source}: no such video file")
+        if path.is_dir():
+            raise InputError(f"{source}: is a folder, not a video")
+        source = str(path)
+    # OpenCV logs each back end's failure over many stderr lines; the InputError below says it once.
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        cap = cv2.VideoCapture(int(source) if is_camera else source)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if not cap.isOpened():
+        cap.release()
+        raise InputError(f"{name}: cannot be opened" + ("" if is_camera else " as a video"))
+    return cap, name, is_camera
+
+
+def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
+              on_frame: FrameHook | None = None) -> dict:
+    """Video mode of ``run``; see the module docstring.
+
+    ``cfg``: the composed config (``run.*``, ``detector``, the model); ``pipeline``: use this
+    one instead of building it from ``cfg`` (with the detector's video settings); ``on_frame``:
+    called with a ``FrameStats`` once per frame read (an exception from it stops the loop and
+    propagates). Returns a summary dict (frames read, written, processed; rates in frames/s).
+    """
+    source = str(cfg.run.video).strip()
+    overwrite = bool(cfg.run.overwrite)
+    out_path = None
+    if cfg.run.output:
+        out_path = output_path(cfg.run.output, run_dir / "annotated.mp4", tuple(VIDEO_CODECS), overwrite, "video")
+        if not source.isdigit() and Path(source).exists() and out_path.resolve() == Path(source).resolve():
+            raise InputError(f"{out_path}: the output would overwrite the input video")
+    max_frames = int(cfg.run.max_frames) if cfg.run.max_frames else None
+    try:
+        tracker = IoUTracker(**cfg.run.tracker)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"run.tracker: {exc}") from None
+    cap, name, is_camera = open_source(source)  # fail fast on a bad source, before loading the model
+    display = want_display(bool(cfg.run.display))
+    if out_path is None and not display:
+        log.warning("Neither a screen nor run.output: the video is processed but nothing is shown or written")
+    ok, frame = cap.read()
+    if not ok or frame is None:
+        cap.release()
+        raise InputError(f"{name}: cannot be opened" + (" (no frames)" if is_camera else " as a video (no frames)"))
+    try:
+        pipeline = pipeline or FacePipeline.from_config(cfg, video=True)
+        pipeline.predictor.warmup()  # trace the model now, not on the first frame
+    except BaseException:
+        cap.release()
+        raise
+    fps_in = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    if not 0.5 <= fps_in <= 1000.0:  # cameras often report 0
+        log.info("%s reports %.3g fps; using 30", name, fps_in)
+        fps_in = 30.0
+    height, width = frame.shape[:2]
+    writer = None
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*VIDEO_CODECS[out_path.suffix.lower()]),
+                                 fps_in, (width, height))
+        if not writer.isOpened():
+            cap.release()
+            raise InputError(f"{out_path}: cannot be written as a video "
+                             f"(codec {VIDEO_CODECS[out_path.suffix.lower()]} unavailable)")
+
+    live = is_camera or "://" in source
+    sync = bool(cfg.run.sync) and not live
+    process = tracking_process(pipeline, tracker)
+    worker = InferenceWorker(process, threaded=not sync)
+    worker.start()
+    read = written = 0
+    interrupted = False
+    loop_fps = 0.0
+    t_start = t_prev = time.perf_counter()
+    log.info("Video %s: %dx%d at %.1f fps%s%s", name, width, height, fps_in,
+             f", writing {out_path}" if out_path else "", ", every frame through the model (run.sync)" if sync else "")
+    try:
+        while frame is not None:
+            read += 1
+            worker.submit(frame.copy())  # the worker's own copy: capture may reuse its buffer
+            tracks = worker.latest
+            drawn = draw_tracks(frame, tracks)
+            now = time.perf_counter()
+            dt, t_prev = now - t_prev, now
+            if dt > 0:  # smoothed, so the number is readable
+                loop_fps = 1.0 / dt if loop_fps == 0.0 else 0.9 * loop_fps + 0.1 / dt
+            draw_fps(drawn, f"{loop_fps:.1f} fps | model {worker.fps:.1f} fps")
+            if writer is not None:
+                if drawn.shape[:2] != (height, width):
+                    drawn = cv2.resize(drawn, (width, height), interpolation=cv2.INTER_AREA)
+                writer.write(drawn)
+                written += 1
+            if on_frame is not None:
+                on_frame(FrameStats(read, written, time.perf_counter() - t_start, loop_fps, worker.processed,
+                                    worker.fps, process.totals, tuple(tracks)))
+            if not live and (display or not sync):
+                # Play a file at its own frame rate, like a camera: decoding runs far ahead of
+                # any model, and unpaced, the model would see a handful of frames of the file.
+                delay = t_start + read / fps_in - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            if display:
+                key = show(drawn, 1)
+                if key is None:
+                    display = False
+                elif key in QUIT_KEYS:
+                    log.info("Stopped by the user after %d frames", read)
+                    break
+            if worker.error is not None or (max_frames is not None and read >= max_frames):
+                break
+            ok, frame = cap.read()
+            if not ok:
+                frame = None
+    except KeyboardInterrupt:
+        interrupted = True
+        log.info("Interrupted after %d frames", read)
+    finally:
+        worker.stop()
+        cap.release()
+        if writer is not None:
+            writer.release()
+        if display:
+            close_windows()
+    if worker.error is not None:
+        raise worker.error
+    elapsed = time.perf_counter() - t_start
+    summary = (f"Video {name}: {read} frame(s) read, {written} written"
+               f"{f' to {out_path}' if out_path else ''}; model ran on {worker.processed} frame(s) "
+               f"at {worker.fps:.1f} fps; {read / elapsed if elapsed > 0 else 0.0:.1f} frames/s overall"
+               f"{' (interrupted)' if interrupted else ''}")
+    log.info("summary: source=%s read=%d written=%d processed=%d model_fps=%.2f output=%s", name, read, written,
+             worker.processed, worker.fps, out_path)
+    print(summary)
+    return {"mode": "video", "source": name, "frames_read": read, "frames_written": written,
+            "frames_processed": worker.processed, "model_fps": worker.fps,
+            "fps": read / elapsed if elapsed > 0 else 0.0, "output": str(out_path) if out_path else None}
+

@@ -1,0 +1,7 @@
+"""The local web app (``python src/main.py serve``): upload a photo, see and correct every
+face, retrain on the corrections; browse runs and their plots.
+
+Modules: ``app`` (routes, ``serve_command``), ``store`` (SQLite and files by random id),
+``photos`` (an upload through the face pipeline), ``jobs`` (the retrain queue), ``runs``
+(the read-only runs browser); ``templates/`` (Jinja2) and ``static/`` (plain JS and CSS).
+"""

@@ -1,0 +1,392 @@
+"""``python src/main.py serve``: the local web app (FastAPI + uvicorn, Jinja2 pages, plain JS).
+
+Pages: ``/`` (upload a photo, see and correct every face, retrain), ``/runs`` (runs and
+sweeps with their key figures), ``/runs/view/<name>`` (one run's plots and reports) and
+``/runs/compare?run=A&run=B`` (the ``compare`` table and plot). The JSON API under ``/api/``
+is what the page uses; its routes and errors are listed in README.md.
+
+Sessions: a random HttpOnly, SameSite=Lax cookie; each has a CSRF token (``GET
+/api/session``) that every POST/PUT must send as ``X-CSRF-Token`` (else 403). An upload, its
+files and jobs are visible to their session only (others get 404). Errors are JSON
+``{"error": "<one line>"}``; nothing a request does can stop the server. The model is loaded
+once, at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import re
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from omegaconf import DictConfig
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from faceattr.errors import FaceAttrError, InputError
+from faceattr.inference.pipeline import FacePipeline
+from faceattr.labels import AGE_RANGE, GENDERS, RACES
+from faceattr.serve.jobs import JobRunner, write_corrections
+from faceattr.serve.photos import TooLarge, check_upload, process_upload, redraw
+from faceattr.serve.runs import RunsBrowser, compare
+from faceattr.serve.store import UPLOAD_ID, Store, new_id
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "faceattr_session"
+CSRF_HEADER = "X-CSRF-Token"
+#: Raw request paths that smuggle a separator or a parent step past the router.
+PATH_TRICK = re.compile(rb"%2f|%5c|%2e%2e|(^|/)\.\.?(/|$)|\\", re.IGNORECASE)
+MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing allowed above serve.max_upload_mb
+PURGE_EVERY_S = 3600.0
+
+
+class ApiError(Exception):
+    """An HTTP error with a one-line message, answered as ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def validate_label(body: Any) -> dict[str, Any]:
+    """A correction ``{"age": int, "gender": ..., "race": ...}`` (any non-empty subset), checked;
+    raises ``ApiError(422)`` naming the field at fault."""
+    if not isinstance(body, dict) or not body:
+        raise ApiError(422, "body: expected a JSON object with one or more of age, gender, race")
+    unknown = sorted(set(body) - {"age", "gender", "race"})
+    if unknown:
+        raise ApiError(422, f"{unknown[0]}: unknown field (expected age, gender or race)")
+    out: dict[str, Any] = {}
+    if "age" in body:
+        age = body["age"]
+        if isinstance(age, bool) or not isinstance(age, int) or not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+            raise ApiError(422, f"age: {age!r} is not allowed: expected a whole number of years from "
+                                f"{AGE_RANGE[0]:g} to {AGE_RANGE[1]:g}")
+        out["age"] = int(age)
+    for key, names in (("gender", GENDERS), ("race", RACES)):
+        if key in body:
+            if body[key] not in names:
+                raise ApiError(422, f"{key}: {body[key]!r} is not allowed: expected one of {', '.join(names)}")
+            out[key] = body[key]
+    return out
+
+
+def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = None) -> FastAPI:
+    """The web app over ``pipeline`` (the loaded model and detector) and ``cfg.serve``.
+
+    ``served``: the served model's folder (what retrain jobs start from; default: the
+    pipeline's model). Purges old uploads now and every hour.
+    """
+    serve = cfg.serve
+    store = Store(str(serve.data_dir))
+    served = Path(served or pipeline.predictor.path or ".").resolve()
+    jobs = JobRunner(store, cfg, served)
+    browser = RunsBrowser([str(r) for r in serve.runs_roots], exclude=[str(serve.data_dir)])
+    max_bytes = int(float(serve.max_upload_mb) * 2**20)
+    max_pixels = int(serve.max_pixels)
+    retention_s = float(serve.retention_hours) * 3600.0
+    model_name = f"{pipeline.predictor.info.model_type if pipeline.predictor.info else 'model'} ({served})"
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    stop = threading.Event()
+
+    def purge_loop() -> None:
+        while True:
+            try:
+                removed = store.purge(retention_s)
+                if removed:
+                    log.info("deleted %d uploads older than %g h", removed, float(serve.retention_hours))
+            except Exception as exc:  # a purge that fails is tried again in an hour
+                log.warning("purging old uploads failed: %s", exc)
+            if stop.wait(PURGE_EVERY_S):
+                return
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        stop.set()  # the server stops: the purge thread ends, a running retrain subprocess too
+        jobs.stop()
+
+    app = FastAPI(title="faceattr", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.store, app.state.jobs, app.state.browser, app.state.stop = store, jobs, browser, stop
+    threading.Thread(target=purge_loop, name="faceattr-purge", daemon=True).start()
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    # -- plumbing ------------------------------------------------------------------------
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        raw = request.scope.get("raw_path") or request.url.path.encode()
+        if PATH_TRICK.search(raw.split(b"?", 1)[0]):
+            return _error(404, "not found")
+        if request.method == "POST" and request.url.path == "/api/uploads":
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
+                return _error(413, f"upload: {int(length) / 2**20:.1f} MB is over the limit of "
+                                   f"{float(serve.max_upload_mb):g} MB")
+        try:
+            return await call_next(request)
+        except Exception as exc:  # never a crash, never a traceback to the client
+            log.exception("request %s %s failed", request.method, request.url.path)
+            return _error(500, f"internal error: {type(exc).__name__}")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "not found" if exc.status_code == 404 else str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
+        return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+    def session_of(request: Request) -> str | None:
+        sid = request.cookies.get(COOKIE)
+        return sid if sid and store.csrf_of(sid) else None
+
+    def need_session(request: Request) -> str:
+        sid = session_of(request)
+        if sid is None:
+            raise ApiError(404, "not found")
+        return sid
+
+    def need_csrf(request: Request) -> str:
+        sid = session_of(request)
+        token = request.headers.get(CSRF_HEADER, "")
+        csrf = store.csrf_of(sid) if sid else None
+        if sid is None or csrf is None or not hmac.compare_digest(token.encode(), csrf.encode()):
+            raise ApiError(403, f"missing or wrong {CSRF_HEADER} header (GET /api/session gives it)")
+        return sid
+
+    def set_cookie(response: Response, sid: str) -> None:
+        response.set_cookie(COOKIE, sid, httponly=True, samesite="lax", path="/")
+
+    def upload_json(up: dict[str, Any], with_corrections: bool) -> dict[str, Any]:
+        out = {"id": up["id"], "image_url": f"/files/{up['annotated']}", "width": up["width"],
+               "height": up["height"],
+               "faces": [{"index": f.index, "box": list(f.box), "age": f.age, "gender": f.gender, "race": f.race,
+                          "gender_confidence": f.gender_confidence, "race_confidence": f.race_confidence,
+                          "aligned": f.aligned, "crop_url": f"/files/{f.crop}"} for f in up["faces"]]}
+        if with_corrections:
+            out["corrections"] = {str(k): v for k, v in up["corrections"].items()}
+        return out
+
+    def own_upload(request: Request, upload_id: str) -> tuple[str, dict[str, Any]]:
+        sid = need_session(request)
+        up = store.upload(sid, upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
+        if up is None:
+            raise ApiError(404, f"upload {upload_id}: not found")
+        return sid, up
+
+    # -- the JSON API --------------------------------------------------------------------
+    @app.get("/api/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/api/session")
+    def session(request: Request) -> JSONResponse:
+        sid = session_of(request)
+        if sid is None:
+            sid, csrf = store.new_session()
+            response = JSONResponse({"csrf": csrf})
+            set_cookie(response, sid)
+            return response
+        return JSONResponse({"csrf": store.csrf_of(sid)})
+
+    @app.post("/api/uploads", status_code=201)
+    def upload(request: Request, image: UploadFile = File(...)) -> JSONResponse:
+        sid = need_csrf(request)
+        name = Path(image.filename or "upload").name or "upload"
+        data = image.file.read(max_bytes + 1)
+        try:
+            check_upload(data, name, max_bytes, max_pixels)
+        except TooLarge as exc:
+            raise ApiError(413, str(exc)) from None
+        except InputError as exc:
+            raise ApiError(422, str(exc)) from None
+        upload_id = new_id()
+        try:
+            process_upload(store, pipeline, sid, upload_id, data, name)
+        except FaceAttrError as exc:
+            raise ApiError(422, str(exc)) from None
+        up = store.upload(sid, upload_id)
+        assert up is not None
+        return JSONResponse(upload_json(up, False), status_code=201)
+
+    @app.get("/api/uploads")
+    def uploads(request: Request) -> dict[str, Any]:
+        sid = session_of(request)
+        return {"uploads": store.uploads(sid) if sid else []}
+
+    @app.get("/api/uploads/{upload_id}")
+    def get_upload(request: Request, upload_id: str) -> dict[str, Any]:
+        _, up = own_upload(request, upload_id)
+        return upload_json(up, True)
+
+    @app.put("/api/uploads/{upload_id}/faces/{index}/label")
+    async def label(request: Request, upload_id: str, index: str) -> dict[str, Any]:
+        sid = need_csrf(request)
+        _, up = own_upload(request, upload_id)
+        if not index.isdigit() or int(index) >= len(up["faces"]):
+            raise ApiError(404, f"upload {upload_id}: no face {index}")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(422, "body: not JSON") from None
+        values = validate_label(body)
+        fix = store.correct(upload_id, int(index), values)
+        up = store.upload(sid, upload_id)
+        assert up is not None
+        redraw(store, sid, up)
+        up = store.upload(sid, upload_id)
+        assert up is not None
+        return {"index": int(index), "correction": fix, **upload_json(up, True)}
+
+    @app.get("/api/corrections.csv")
+    def corrections_csv(request: Request) -> Response:
+        import tempfile
+
+        sid = session_of(request)
+        if sid is None:
+            text = "file,age,gender,race\n"
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                write_corrections(store, sid, Path(tmp))
+                text = (Path(tmp) / "labels.csv").read_text()
+        return PlainTextResponse(text, media_type="text/csv",
+                                 headers={"Content-Disposition": 'attachment; filename="labels.csv"'})
+
+    @app.post("/api/retrain", status_code=202)
+    def retrain(request: Request) -> JSONResponse:
+        sid = need_csrf(request)
+        try:
+            job = jobs.submit(sid)
+        except InputError as exc:
+            raise ApiError(422, str(exc)) from None
+        return JSONResponse({"job": job}, status_code=202)
+
+    @app.get("/api/jobs/{job}")
+    def job_state(request: Request, job: str) -> dict[str, Any]:
+        sid = need_session(request)
+        row = store.job(sid, job) if UPLOAD_ID.fullmatch(job) else None
+        if row is None:
+            raise ApiError(404, f"job {job}: not found")
+        return {"job": row["id"], "state": row["state"], "progress": row["progress"], "run_dir": row["run_dir"],
+                "metrics": row["metrics"], "error": row["error"]}
+
+    @app.get("/api/runs")
+    def runs() -> dict[str, Any]:
+        return {"runs": [r.as_dict() for r in browser.runs()]}
+
+    # -- files ---------------------------------------------------------------------------
+    @app.get("/files/{name}")
+    def files(request: Request, name: str) -> FileResponse:
+        sid = need_session(request)
+        path = store.file_path(name)
+        if path is None or not path.is_file() or not store.owns_file(sid, name):
+            raise ApiError(404, "not found")
+        return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/runs/file/{name:path}")
+    def run_file(name: str) -> FileResponse:
+        path = browser.file(name)
+        if path is None:
+            raise ApiError(404, "not found")
+        media = "text/plain; charset=utf-8" if path.suffix.lower() in (".log", ".yaml", ".md", ".txt") else None
+        return FileResponse(path, media_type=media)
+
+    @app.get("/runs/compare/plot/{key}.png")
+    def compare_plot(key: str) -> FileResponse:
+        path = Path(str(serve.data_dir)) / "compare" / key / "comparison.png"
+        if not re.fullmatch(r"[0-9a-f]{40}", key) or not path.is_file():
+            raise ApiError(404, "not found")
+        return FileResponse(path)
+
+    # -- pages ---------------------------------------------------------------------------
+    def page(request: Request, template: str, **context: Any) -> HTMLResponse:
+        response = templates.TemplateResponse(request, template, {"model": model_name, **context})
+        if session_of(request) is None:
+            sid, _ = store.new_session()
+            set_cookie(response, sid)
+        return response
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        return page(request, "index.html", genders=GENDERS, races=RACES, max_upload_mb=float(serve.max_upload_mb))
+
+    @app.get("/runs", response_class=HTMLResponse)
+    def runs_page(request: Request) -> HTMLResponse:
+        items = [r.as_dict() for r in browser.runs()]
+        keys = ["age_mae", "gender_accuracy", "race_accuracy", "race_macro_f1"]
+        return page(request, "runs.html", runs=items, keys=keys)
+
+    @app.get("/runs/view/{name:path}", response_class=HTMLResponse)
+    def run_page(request: Request, name: str) -> HTMLResponse:
+        run = browser.run(name)
+        if run is None:
+            raise ApiError(404, "not found")
+        return page(request, "run.html", run=run.as_dict(), files=run.files())
+
+    @app.get("/runs/compare", response_class=HTMLResponse)
+    def compare_page(request: Request) -> HTMLResponse:
+        names = request.query_params.getlist("run")
+        chosen = [r for r in (browser.run(n) for n in names) if r is not None]
+        if len(chosen) < 2:
+            raise ApiError(404, "compare: choose two or more runs that exist")
+        key = hashlib.sha1("\n".join(sorted(r.name for r in chosen)).encode()).hexdigest()
+        result = compare(chosen, Path(str(serve.data_dir)) / "compare" / key)
+        plot = f"/runs/compare/plot/{key}.png" if result["plot"] else None
+        return page(request, "compare.html", table=result, plot=plot, names=[r.name for r in chosen])
+
+    return app
+
+
+def serve_command(cfg: DictConfig, run_dir: Path) -> dict:
+    """``python src/main.py serve``: load the model once, then serve until Ctrl-C."""
+    import uvicorn
+
+    serve = cfg.serve
+    host, port = str(serve.host), int(serve.port)
+    try:  # bound before the model loads: a busy port is one line, not a minute's wait
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until the server accepts them
+    except OSError as exc:
+        raise InputError(f"serve.host={host} serve.port={port}: cannot listen there ({exc.strerror or exc})") from None
+    print(f"Loading the model (model_path={cfg.model_path or 'the shipped ' + str(cfg.model.name)}) ...", flush=True)
+    pipeline = FacePipeline.from_config(cfg)
+    pipeline.predictor.warmup()
+    app = create_app(cfg, pipeline)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Serving on http://{shown}:{bound}/ (data in {serve.data_dir}; Ctrl-C to stop)", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serve.host={host} is reachable from other machines; the app has no accounts",
+              file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                            timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    return {"url": f"http://{shown}:{bound}/", "data_dir": str(serve.data_dir)}

@@ -1,0 +1,251 @@
+"""Retrain jobs: the served model fine-tuned on a session's corrections, one job at a time.
+
+A job runs the toolkit's own commands as subprocesses (``python src/main.py train`` and
+``evaluate``), so it trains exactly as ``train`` does and a crash there can't take the server
+down. Steps, in a new run folder under ``serve.retrain_dir`` (``outputs/retrain/...``):
+
+1. the session's corrected crops and a ``labels.csv`` (``corrections/``), every face with all
+   three labels (the corrected values, the model's own prediction for the rest);
+2. ``train`` with ``train.init_from=<served model>`` on the served model's own data and split
+   (its ``trained_with`` data settings), the corrections appended to the training split only
+   (``data.extra_labels``, each seen ``serve.retrain_copies`` times an epoch), and
+   ``train.eval=true``: the new model's figures on that test split (``metrics.json``);
+3. ``evaluate`` of the served model on the same test split (``served/metrics.json``).
+
+The job's ``metrics`` hold both side by side. The served model never changes here: a new
+model becomes the served one only through ``promote``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from faceattr.config import PROJECT_ROOT
+from faceattr.errors import FaceAttrError, InputError
+from faceattr.models.info import ModelInfo
+from faceattr.serve.store import Store
+
+log = logging.getLogger(__name__)
+
+#: The figures shown side by side (a model's ``metrics.json`` keys), with lower-is-better.
+KEY_METRICS: tuple[tuple[str, bool], ...] = (
+    ("age_mae", True), ("gender_accuracy", False), ("race_accuracy", False), ("race_macro_f1", False),
+    ("race_balanced_accuracy", False),
+)
+#: Model settings a retrain sets afresh: its heads were trained already, so no heads-only phase.
+FRESH_MODEL_SETTINGS: dict[str, Any] = {"heads_epochs": 0}
+EPOCH_LINE = re.compile(r"Epoch (\d+)/(\d+)")
+CORRECTIONS_DIR = "corrections"
+SERVED_DIR = "served"
+
+
+def write_corrections(store: Store, session: str, folder: Path) -> int:
+    """Copy the session's corrected crops into ``folder`` with a ``labels.csv`` (``file, age,
+    gender, race``: what ``evaluate --labels`` and ``data.extra_labels`` read). Returns the count."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for face, fix in store.corrected_faces(session):
+        src = store.file_path(face.crop)
+        if src is None or not src.is_file():
+            continue
+        shutil.copyfile(src, folder / face.crop)
+        rows.append({"file": face.crop, "age": fix.get("age", round(face.age)),
+                     "gender": fix.get("gender", face.gender), "race": fix.get("race", face.race)})
+    with (folder / "labels.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["file", "age", "gender", "race"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+def _quote(value: Any) -> str:
+    """A value in Hydra's override grammar (strings quoted)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def model_overrides(family: str, stored: dict[str, Any]) -> list[str]:
+    """``model.<key>=<value>`` for every setting of a model's stored config that its family's
+    schema still has (nested ones as dotted keys), so the retrained model is built as it was."""
+    from omegaconf import OmegaConf
+
+    from faceattr.config import MODEL_SCHEMAS
+
+    schema = OmegaConf.structured(MODEL_SCHEMAS[family])
+    out: list[str] = []
+
+    def walk(prefix: str, node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if dotted == "name" or OmegaConf.select(schema, dotted, default="<absent>") == "<absent>":
+                continue
+            if isinstance(value, dict):
+                walk(dotted + ".", value)
+            elif isinstance(value, list):
+                if all(isinstance(v, int | float | str | bool) for v in value):
+                    out.append(f"model.{dotted}=[{','.join(_quote(v) for v in value)}]")
+            elif dotted in FRESH_MODEL_SETTINGS:
+                out.append(f"model.{dotted}={_quote(FRESH_MODEL_SETTINGS[dotted])}")
+            else:
+                out.append(f"model.{dotted}={_quote(value)}")
+
+    walk("", stored)
+    return out
+
+
+def train_overrides(served: Path, run_dir: Path, labels_csv: Path, cfg: DictConfig) -> list[str]:
+    """The ``train`` overrides of a retrain job: the served model's family, data and split, its
+    weights as the start, the corrections on the training split; then ``serve.retrain_overrides``."""
+    info = ModelInfo.read(served)
+    trained = info.trained_with or {}
+    data, model = trained.get("data") or {}, trained.get("model") or {}
+    out = [f"model={info.model_type}", f"train.epochs={int(cfg.serve.retrain_epochs)}",
+           f"train.learning_rate={float(cfg.serve.retrain_learning_rate)}",
+           f"paths.cache={_quote(str(cfg.paths.cache))}"]
+    if data.get("path"):
+        out.append(f"data.path={_quote(data['path'])}")
+    if "limit" in data:
+        out.append(f"data.limit={_quote(data['limit'])}")
+    for key in ("train", "val", "test", "seed"):
+        if key in (data.get("split") or {}):
+            out.append(f"data.split.{key}={_quote(data['split'][key])}")
+    out += model_overrides(info.model_type, model)
+    out += [str(o) for o in cfg.serve.retrain_overrides]
+    # Last, so no extra override can change what the job is.
+    return out + [f"train.init_from={_quote(str(served))}", f"data.extra_labels={_quote(str(labels_csv))}",
+                  f"data.extra_copies={int(cfg.serve.retrain_copies)}", "train.eval=true",
+                  f"hydra.run.dir={_quote(str(run_dir))}"]
+
+
+def served_overrides(served: Path, run_dir: Path, cfg: DictConfig) -> list[str]:
+    """The ``evaluate`` overrides scoring the served model on the same data and test split."""
+    info = ModelInfo.read(served)
+    data = (info.trained_with or {}).get("data") or {}
+    out = [f"model={info.model_type}", f"model_path={_quote(str(served))}", f"hydra.run.dir={_quote(str(run_dir))}",
+           f"paths.cache={_quote(str(cfg.paths.cache))}"]
+    if data.get("path"):
+        out.append(f"data.path={_quote(data['path'])}")
+    if "limit" in data:
+        out.append(f"data.limit={_quote(data['limit'])}")
+    for key in ("train", "val", "test", "seed"):
+        if key in (data.get("split") or {}):
+            out.append(f"data.split.{key}={_quote(data['split'][key])}")
+    return out
+
+
+def side_by_side(new: dict, served: dict) -> dict[str, Any]:
+    """``{"split", "n", "figures": [{"metric", "served", "new", "lower_is_better"}], "new", "served"}``."""
+    figures = [{"metric": k, "served": served.get(k), "new": new.get(k), "lower_is_better": lower}
+               for k, lower in KEY_METRICS if k in new or k in served]
+    return {"split": new.get("split", "test"), "n": new.get("n_test", new.get("n")), "figures": figures,
+            "new": {k: new.get(k) for k, _ in KEY_METRICS}, "served": {k: served.get(k) for k, _ in KEY_METRICS}}
+
+
+class JobRunner:
+    """A queue of retrain jobs worked by one thread, so one job runs at a time."""
+
+    def __init__(self, store: Store, cfg: DictConfig, served: Path) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.served = Path(served).resolve()
+        self.retrain_dir = Path(str(cfg.serve.retrain_dir))
+        self._queue: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="faceattr-retrain", daemon=True)
+        self._proc: subprocess.Popen | None = None
+        self._stopping = False
+        self.store.fail_unfinished_jobs()
+        self._thread.start()
+
+    def submit(self, session: str) -> str:
+        """Queue a retrain on the session's corrections; raises ``InputError`` when there are none."""
+        if not self.store.corrected_faces(session):
+            raise InputError("retrain: no corrections yet; correct a face's age, gender or race first")
+        job = self.store.add_job(session)
+        self._queue.put((job, session))
+        return job
+
+    def stop(self) -> None:
+        """End a running subprocess (the server is stopping); queued jobs stay failed in the database."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+
+    def _loop(self) -> None:
+        while True:
+            job, session = self._queue.get()
+            try:
+                self._run(job, session)
+            except Exception as exc:  # a job's failure is the job's state, never the server's
+                log.warning("retrain job %s failed: %s", job, exc)
+                self.store.update_job(job, state="failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+
+    def _command(self, job: str, overrides: list[str], log_path: Path, span: tuple[float, float],
+                 command: str) -> None:
+        """Run ``python src/main.py <command> <overrides>``; progress from its epoch lines into ``span``."""
+        argv = [sys.executable, str(PROJECT_ROOT / "src" / "main.py"), command, *overrides]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        lo, hi = span
+        last_error = ""
+        with log_path.open("a") as logf:
+            logf.write("$ " + " ".join(argv) + "\n")
+            self._proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                                          errors="replace")
+            assert self._proc.stdout is not None
+            for line in self._proc.stdout:
+                logf.write(line)
+                if line.startswith("error:"):
+                    last_error = line.strip()
+                m = EPOCH_LINE.search(line)
+                if m:
+                    done, total = int(m[1]) - 1, max(1, int(m[2]))
+                    self.store.update_job(job, progress=round(lo + (hi - lo) * done / total, 3))
+            code = self._proc.wait()
+            self._proc = None
+        if self._stopping:
+            raise FaceAttrError(f"{command}: stopped with the server")
+        if code != 0:
+            raise FaceAttrError(f"{command} failed ({last_error or f'exit code {code}'}); see {log_path}")
+        self.store.update_job(job, progress=hi)
+
+    def _run(self, job: str, session: str) -> None:
+        stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
+        run_dir = (self.retrain_dir / f"{stamp}-{job[:8]}").resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.store.update_job(job, state="running", progress=0.02, run_dir=str(run_dir))
+        labels_dir = run_dir / CORRECTIONS_DIR
+        count = write_corrections(self.store, session, labels_dir)
+        if count == 0:
+            raise InputError("retrain: the corrected faces' crops are gone (deleted after serve.retention_hours)")
+        log_path = run_dir / "retrain.log"
+        self._command(job, train_overrides(self.served, run_dir, labels_dir / "labels.csv", self.cfg), log_path,
+                      (0.05, 0.8), "train")
+        self._command(job, served_overrides(self.served, run_dir / SERVED_DIR, self.cfg), log_path, (0.8, 0.98),
+                      "evaluate")
+        new = json.loads((run_dir / "metrics.json").read_text())
+        served = json.loads((run_dir / SERVED_DIR / "metrics.json").read_text())
+        metrics = side_by_side(new, served) | {"corrections": count, "served_model": str(self.served),
+                                               "new_model": str(run_dir / "model")}
+        (run_dir / "retrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        self.store.update_job(job, state="done", progress=1.0, metrics=metrics)
+        log.info("retrain job %s done: %s", job, run_dir)

@@ -1,0 +1,131 @@
+"""An uploaded photo through the toolkit's face pipeline, as ``run --img`` does it.
+
+The checks come first and cost nothing: the byte count (``serve.max_upload_mb``), then the
+width x height read from the file's header alone (``serve.max_pixels``), so a decompression
+bomb is refused before a pixel is decoded. Then ``inference.images.read_image`` (truncated
+files, EXIF orientation, alpha, 16 bits), ``FacePipeline`` (detect, align onto the model's
+chip template, predict) and ``inference.annotate`` (the boxes and labels of ``run``'s
+annotated images, each face numbered).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from faceattr.errors import InputError
+from faceattr.inference.annotate import draw_face, format_label
+from faceattr.inference.images import read_image
+from faceattr.inference.pipeline import FacePipeline
+from faceattr.inference.predictor import FacePrediction
+from faceattr.serve.store import Face, Store
+
+
+class TooLarge(InputError):
+    """The upload has more bytes than ``serve.max_upload_mb`` allows (HTTP 413)."""
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) in pixels from an image file's header, without decoding its pixels;
+    None when no known format's header is found."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns of large images; the caller decides
+        try:
+            with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
+                return int(img.size[0]), int(img.size[1])
+        except Image.DecompressionBombError:
+            # Pillow refuses to even open very large images; its message holds the count.
+            return (2**31 - 1, 1)
+        except Exception:
+            return None
+
+
+def check_upload(data: bytes, name: str, max_bytes: int, max_pixels: int) -> None:
+    """Raise ``TooLarge`` or ``InputError`` ("<name>: <problem>") before anything is decoded."""
+    if len(data) > max_bytes:
+        raise TooLarge(f"{name}: {len(data) / 2**20:.1f} MB is over the limit of {max_bytes / 2**20:g} MB")
+    if not data:
+        raise InputError(f"{name}: empty file")
+    size = header_size(data)
+    if size is None:
+        raise InputError(f"{name}: not an image (no known image header)")
+    w, h = size
+    if w * h > max_pixels:
+        shown = f"{w}x{h}" if h > 1 else "over 178 megapixels"
+        raise InputError(f"{name}: {shown} is over the limit of {max_pixels / 1e6:g} megapixels")
+
+
+def _write_jpeg(path: Path, image_bgr: np.ndarray, quality: int = 92) -> None:
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise InputError(f"{path.name}: cannot encode the image")
+    path.write_bytes(buf.tobytes())
+
+
+def face_label(face: Face, fix: dict | None = None) -> str:
+    """``"1: 34y female 97% | white 88%"``, as ``run`` labels a face, numbered from 1; corrected
+    values are shown with a ``*`` and without a confidence."""
+    fix = fix or {}
+    if not fix:
+        pred = FacePrediction(face.age, face.gender, face.gender_confidence, face.race, face.race_confidence,
+                              np.zeros(2), np.zeros(5))
+        return f"{face.index + 1}: {format_label(pred)}"
+    age = f"{fix['age']}y*" if "age" in fix else f"{face.age:.0f}y"
+    gender = f"{fix['gender']}*" if "gender" in fix else f"{face.gender} {100 * face.gender_confidence:.0f}%"
+    race = f"{fix['race']}*" if "race" in fix else f"{face.race} {100 * face.race_confidence:.0f}%"
+    return f"{face.index + 1}: {age} {gender} | {race}"
+
+
+def draw(image_bgr: np.ndarray, faces: list[Face], corrections: dict[int, dict]) -> np.ndarray:
+    """A copy of the photo with every face boxed, numbered and labelled (corrections applied)."""
+    out = image_bgr.copy()
+    for face in faces:
+        draw_face(out, face.box, face_label(face, corrections.get(face.index)))
+    return out
+
+
+def process_upload(store: Store, pipeline: FacePipeline, session: str, upload_id: str, data: bytes,
+                   name: str) -> None:
+    """Decode (checked already), detect, align, predict and store one photo with its faces."""
+    raw_name, raw_path = store.new_file(".jpg")  # the bytes as sent, named by a random id, read once
+    raw_path.write_bytes(data)
+    try:
+        image = read_image(raw_path)
+    except InputError as exc:
+        raise InputError(str(exc).replace(str(raw_path), name)) from None
+    finally:
+        raw_path.unlink(missing_ok=True)
+    crops = pipeline.crops(image)
+    preds = pipeline.predict(crops) if crops else []
+    faces: list[Face] = []
+    for i, (crop, pred) in enumerate(zip(crops, preds, strict=True)):
+        crop_name, crop_path = store.new_file(".jpg")
+        _write_jpeg(crop_path, cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR), 95)
+        d = crop.detection
+        faces.append(Face(i, (int(d.x), int(d.y), int(d.w), int(d.h)), round(float(pred.age), 1), pred.gender,
+                          pred.race, round(float(pred.gender_confidence), 4), round(float(pred.race_confidence), 4),
+                          bool(crop.aligned), crop_name))
+    original, original_path = store.new_file(".jpg")
+    _write_jpeg(original_path, image)
+    annotated, annotated_path = store.new_file(".jpg")
+    _write_jpeg(annotated_path, draw(image, faces, {}))
+    h, w = image.shape[:2]
+    store.add_upload(session, upload_id, (w, h), original, annotated, faces)
+
+
+def redraw(store: Store, session: str, upload: dict) -> str:
+    """Draw the upload's photo again with its corrections; returns the new annotated file name."""
+    path = store.file_path(upload["original"])
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path is not None else None
+    if image is None:
+        raise InputError(f"upload {upload['id']}: its photo is gone")
+    name, out = store.new_file(".jpg")
+    _write_jpeg(out, draw(image, upload["faces"], upload["corrections"]))
+    store.set_annotated(session, upload["id"], name)
+    return name

@@ -1,0 +1,265 @@
+"""The toolkit's structure: no import cycle in ``src/faceattr``, no code outside the model-family
+registry that branches on a family's name, and a new family that trains through the registry
+without any other code knowing it."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import textwrap
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from faceattr.models import families
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PACKAGE = SRC / "faceattr"
+FAMILIES_DIR = PACKAGE / "models" / "families"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:``: imports for annotations only, never executed."""
+    return isinstance(node, ast.If) and (getattr(node.test, "id", None) == "TYPE_CHECKING"
+                                         or getattr(node.test, "attr", None) == "TYPE_CHECKING")
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The ``faceattr`` modules ``path`` imports, at module level and inside functions alike
+    (imports under ``if TYPE_CHECKING:`` are left out: they never run)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if _type_checking_only(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, up level - 1
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            for alias in node.names:  # `from faceattr.models import io` imports the module faceattr.models.io
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return {m for m in found if m in modules and m != name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(p) for p in paths}
+    return {module_name(p): imports_of(p, modules) for p in paths}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := walk(nxt)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := walk(start)) is not None:
+            return cycle
+    return None
+
+
+def test_the_import_graph_of_src_has_no_cycle():
+    graph = import_graph()
+    assert "faceattr.models.info" in graph["faceattr.models.families.facenet"]  # the graph sees real imports
+    assert "faceattr.evaluation.model_dir" in graph["faceattr.training.command"]  # ...function-level ones too
+    assert "faceattr.models.io" in graph["faceattr.evaluation.model_dir"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+    # Evaluation never reaches back into training; low-level model files never into the registry.
+    assert not any(m.startswith("faceattr.training") for m in _reachable(graph, "faceattr.evaluation.model_dir"))
+    # The registry sits above the model-folder primitives, and io (which dispatches to it) above both.
+    assert "faceattr.models.io" not in graph["faceattr.models.facenet"]
+    assert not {"faceattr.models.io", "faceattr.models.families"} & _reachable(graph, "faceattr.models.info")
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_find_cycle_reports_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def family_name_branches(path: Path) -> list[str]:
+    """Comparisons against a family's name (``x == "facenet"``, ``t in ("normal", ...)``) and
+    choices between names (``"facenet" if ... else "normal"``) in one file."""
+    names = set(families.FAMILIES)
+
+    def is_name(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(is_name(e) for e in node.elts)
+        return False
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        compares = isinstance(node, ast.Compare) and any(map(is_name, [node.left, *node.comparators]))
+        chooses = isinstance(node, ast.IfExp) and is_name(node.body) and is_name(node.orelse)
+        if compares or chooses:
+            found.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_only_the_family_modules_branch_on_a_family_name():
+    outside = [p for p in sorted(PACKAGE.rglob("*.py")) if FAMILIES_DIR not in p.parents]
+    found = [hit for p in outside for hit in family_name_branches(p)]
+    assert not found, "branch on a model family's name outside models/families/:\n" + "\n".join(found)
+
+
+def test_the_branch_check_catches_the_forms_it_looks_for(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(textwrap.dedent('''
+        def f(info, kind):
+            a = info.model_type == "facenet"
+            b = kind in ("normal", "other")
+            c = "top.keras" if a else "model.keras"
+            d = "facenet" if b else "normal"
+            e = "bold" if a else "normal"
+            return a, b, c, d, e
+    '''))
+    hits = family_name_branches(probe)
+    assert [h.split(": ", 1)[1] for h in hits] == [
+        "info.model_type == 'facenet'", "kind in ('normal', 'other')", "'facenet' if b else 'normal'"]
+
+
+def test_registry_names_match_the_config_schemas_groups_and_cli():
+    from faceattr import config
+    from faceattr.cli import flags_to_overrides
+    from faceattr.models import io
+
+    assert set(config.MODEL_SCHEMAS) == set(families.FAMILIES) == set(config.FAMILIES) == set(io.MODEL_TYPES)
+    assert {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")} == set(families.FAMILIES)
+    for name in families.FAMILIES:
+        found = families.family(name)
+        assert found.name == name and found.trainable_file.endswith(".keras")
+        assert found.input_spec(64).size == 64
+        assert flags_to_overrides("train", ["--model_type", name]) == [f"model={name}"]
+    assert families.family("facenet").shares_trunk and not families.family("normal").shares_trunk
+
+
+def test_an_unknown_family_is_one_line():
+    from faceattr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model.name: unknown model 'resnet' \(facenet\|normal\)$"):
+        families.family("resnet")
+
+
+def test_finding_a_family_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys; from faceattr.models import io; io.trainable_file('facenet'); io.trainable_file('normal'); "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(SRC), "PATH": ""}, check=True).stdout
+    assert out.strip() == "[]"
+
+
+TINY_FAMILY = '''
+"""A third model family for the test: one strided conv layer into the standard heads."""
+
+from faceattr.models.families import InputSpec, ModelFamily
+from faceattr.models.families.cnn import ImageTrainer
+
+
+class TinyFamily(ModelFamily):
+    name = "tiny"
+    trainable_file = "tiny.keras"
+
+    def build(self, model_cfg):
+        import keras
+        from keras import layers
+
+        from faceattr.models.heads import build_heads
+
+        size = int(model_cfg.input_size)
+        inputs = keras.Input((size, size, 3), name="image")
+        x = layers.Rescaling(1 / 255.0, name="rescale")(inputs)
+        x = layers.Conv2D(4, 3, strides=2, activation="relu", name="conv")(x)
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
+        return keras.Model(inputs, build_heads(x, model_cfg.heads), name="tiny")
+
+    def trainer(self, cfg, trained=None):
+        return ImageTrainer(cfg, self, trained)
+
+    def input_spec(self, input_size):
+        return InputSpec(input_size, "divide by 255 (its first layer)")
+
+
+FAMILY = TinyFamily()
+'''
+
+
+def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
+    """A family module written here, registered at run time, trains (one epoch, smoke data),
+    saves, evaluates and loads end to end with no change to any other code."""
+    from conftest import make_fake_utkface
+    from faceattr.app import HANDLERS
+    from faceattr.cli import flags_to_overrides
+    from faceattr.config import HeadsConfig, compose_config, settings
+    from faceattr.models import io
+
+    (tmp_path / "tiny_family.py").write_text(TINY_FAMILY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    table = dict(families.FAMILY_MODULES)  # the registry's table and cache, restored after the test
+    monkeypatch.setattr(families, "FAMILY_MODULES", table)
+    monkeypatch.setattr(families.names, "FAMILY_MODULES", table)
+    monkeypatch.setattr(families, "_loaded", dict(families._loaded))
+    families.register_family("tiny", "tiny_family")
+    assert families.family_names()[-1] == "tiny" and families.family("tiny").trainable_file == "tiny.keras"
+    assert flags_to_overrides("train", ["--model_type", "tiny"]) == ["model=tiny"]  # the CLI accepts it
+
+    make_fake_utkface(tmp_path / "UTKFace", 40)
+    cfg = compose_config(["command=train", "debug=smoke", f"data.path={tmp_path / 'UTKFace'}",
+                          f"paths.cache={tmp_path / 'cache'}", "train.epochs=1", "train.batch_size=16",
+                          "train.eval=true", "evaluation.grid_faces=4", "evaluation.dpi=40"])
+    with open_dict(cfg):  # the model node conf/model/tiny.yaml would give
+        cfg.model = OmegaConf.create({"name": "tiny", "input_size": 16,
+                                      "heads": settings(HeadsConfig, {"hidden_units": [8]})})
+    module, function = HANDLERS["train"].split(":")
+    summary = getattr(importlib.import_module(module), function)(cfg, tmp_path / "run")
+
+    model_dir = tmp_path / "run" / "model"
+    assert summary["epochs_run"] == 1 and summary["test"]["n"] > 0
+    assert (model_dir / "tiny.keras").is_file() and not (model_dir / "model.keras").exists()
+    info = io.ModelInfo.read(model_dir)
+    assert (info.model_type, info.input_size) == ("tiny", 16)
+    loaded = io.load_model(model_dir)
+    assert loaded.model.name == "tiny" and tuple(loaded.model.inputs[0].shape[1:]) == (16, 16, 3)

@@ -1,0 +1,458 @@
+"""The web app's JSON API, pages and file routes (``faceattr.serve``), with the shipped CNN.
+
+Every route and error of the API: sessions and CSRF, uploads (faces, no face, non-images,
+truncated files, too many bytes, too many pixels from the header alone), corrections (one
+field at a time, out-of-range values), isolation between sessions, the corrections export,
+the runs browser (list, run page, compare) and path tricks, through FastAPI's TestClient and
+once through real HTTP against uvicorn.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import sqlite3
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
+MODEL = ROOT / "saved_model" / "normal"
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    """The shipped CNN (its TensorFlow Lite file) behind MTCNN, loaded once for the module."""
+    from faceattr.config import compose_config
+    from faceattr.inference.pipeline import FacePipeline
+
+    cfg = compose_config(["command=serve", "model=normal"])
+    return FacePipeline.from_config(cfg)
+
+
+def make_app(tmp: Path, pipeline, *overrides: str):
+    from faceattr.config import compose_config
+    from faceattr.serve.app import create_app
+
+    runs = tmp / "runs"
+    (runs / "outputs").mkdir(parents=True, exist_ok=True)
+    cfg = compose_config(["command=serve", "model=normal", f"serve.data_dir={tmp / 'runs' / 'outputs' / 'serve'}",
+                          f"serve.runs_roots=[{runs / 'outputs'},{ROOT / 'statistics'}]",
+                          f"serve.retrain_dir={tmp / 'retrain'}", f"paths.cache={tmp / 'cache'}", *overrides])
+    return create_app(cfg, pipeline, served=MODEL), cfg
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, pipeline):
+    tmp = tmp_path_factory.mktemp("serve")
+    app, cfg = make_app(tmp, pipeline)
+    return app, cfg, tmp
+
+
+def client_of(app) -> tuple[TestClient, str]:
+    client = TestClient(app)
+    token = client.get("/api/session").json()["csrf"]
+    return client, token
+
+
+@pytest.fixture(scope="module")
+def uploaded(served):
+    """A client (session A) with the astronaut uploaded."""
+    app, _, _ = served
+    client, token = client_of(app)
+    with ASTRONAUT.open("rb") as fh:
+        res = client.post("/api/uploads", files={"image": ("my photo.jpg", fh, "image/jpeg")},
+                          headers={"X-CSRF-Token": token})
+    assert res.status_code == 201, res.text
+    return client, token, res.json()
+
+
+def post_image(client: TestClient, token: str | None, data: bytes, name: str = "x.jpg"):
+    headers = {"X-CSRF-Token": token} if token is not None else {}
+    return client.post("/api/uploads", files={"image": (name, data, "application/octet-stream")}, headers=headers)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return buf.tobytes()
+
+
+def png_header_bomb(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels, with one small compressed chunk."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 65536, 9)  # a few bytes that would inflate into a huge image
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+# ------------------------------------------------------------------------------- health, session
+
+def test_health_names_the_model(served):
+    res = TestClient(served[0]).get("/api/health")
+    assert res.status_code == 200
+    body = res.json()
+    assert body["status"] == "ok" and "normal" in body["model"]
+
+
+def test_session_sets_an_httponly_lax_cookie_once(served):
+    client = TestClient(served[0])
+    res = client.get("/api/session")
+    assert res.status_code == 200 and res.json()["csrf"]
+    cookie = res.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    again = client.get("/api/session")
+    assert "set-cookie" not in again.headers
+    assert again.json()["csrf"] == res.json()["csrf"]
+
+
+# ------------------------------------------------------------------------------------- uploads
+
+def test_upload_finds_the_face_with_labels_and_files(uploaded):
+    client, _, body = uploaded
+    assert len(body["id"]) == 32 and body["image_url"].startswith("/files/")
+    assert len(body["faces"]) == 1
+    face = body["faces"][0]
+    assert face["index"] == 0 and len(face["box"]) == 4 and face["box"][2] > 40
+    assert 1 <= face["age"] <= 116 and face["gender"] in ("male", "female") and face["race"] in (
+        "white", "black", "asian", "indian", "others")
+    assert 0.5 <= face["gender_confidence"] <= 1 and 0.2 <= face["race_confidence"] <= 1
+    for url in (body["image_url"], face["crop_url"]):
+        res = client.get(url)
+        assert res.status_code == 200 and res.content[:3] == b"\xff\xd8\xff"
+    crop = cv2.imdecode(np.frombuffer(client.get(face["crop_url"]).content, np.uint8), cv2.IMREAD_COLOR)
+    assert crop.shape[:2] == (64, 64)  # the model's input size: the face as the model saw it
+    drawn = cv2.imdecode(np.frombuffer(client.get(body["image_url"]).content, np.uint8), cv2.IMREAD_COLOR)
+    original = cv2.imread(str(ASTRONAUT))
+    x, y, w, h = face["box"]
+    assert drawn.shape == original.shape
+    # The box is drawn in run's green on the annotated copy: its left edge turned greener.
+    edge, before = drawn[y + 5:y + h - 5, x].astype(int), original[y + 5:y + h - 5, x].astype(int)
+    greenness = (edge[:, 1] - edge[:, [0, 2]].mean(axis=1)).mean()
+    assert greenness > (before[:, 1] - before[:, [0, 2]].mean(axis=1)).mean() + 30
+
+
+def test_files_are_named_by_random_ids_never_the_client_name(served, uploaded):
+    _, _, tmp = served
+    names = [p.name for p in (tmp / "runs" / "outputs" / "serve" / "files").iterdir()]
+    assert names and not any("photo" in n for n in names)
+    assert (tmp / "runs" / "outputs" / "serve" / "serve.sqlite3").is_file()
+
+
+def test_a_photo_without_a_face_gives_no_faces(served):
+    client, token = client_of(served[0])
+    res = post_image(client, token, png_bytes(np.full((240, 320, 3), 127, np.uint8)), "wall.png")
+    assert res.status_code == 201, res.text
+    assert res.json()["faces"] == []
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"this is not an image at all", "not an image"),
+    (b"", "empty"),
+])
+def test_non_images_are_422_with_one_line(served, data, words):
+    client, token = client_of(served[0])
+    res = post_image(client, token, data, "notes.txt")
+    assert res.status_code == 422
+    error = res.json()["error"]
+    assert words in error and "notes.txt" in error and "\n" not in error
+
+
+def test_a_truncated_jpeg_is_422_naming_the_file(served):
+    client, token = client_of(served[0])
+    data = ASTRONAUT.read_bytes()
+    res = post_image(client, token, data[: len(data) // 2], "cut.jpg")
+    assert res.status_code == 422
+    assert res.json()["error"].startswith("cut.jpg: truncated JPEG")
+    assert str(served[2]) not in res.json()["error"]  # the server's own paths stay private
+
+
+def test_too_many_bytes_is_413(served, pipeline, tmp_path):
+    app, _ = make_app(tmp_path, pipeline, "serve.max_upload_mb=0.01")
+    client, token = client_of(app)
+    res = post_image(client, token, ASTRONAUT.read_bytes() + b"\0" * 200_000, "big.jpg")  # refused by its length
+    assert res.status_code == 413 and "MB" in res.json()["error"]
+    res = post_image(client, token, ASTRONAUT.read_bytes()[:12_000], "big.jpg")  # framing allowance: by its bytes
+    assert res.status_code == 413 and "big.jpg" in res.json()["error"]
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(served):
+    client, token = client_of(served[0])
+    bomb = png_header_bomb(50_000, 50_000)  # 2.5 gigapixels, 100 bytes
+    start = time.perf_counter()
+    res = post_image(client, token, bomb, "bomb.png")
+    assert time.perf_counter() - start < 2.0
+    assert res.status_code == 422
+    assert "bomb.png" in res.json()["error"] and "megapixels" in res.json()["error"]
+    res = post_image(client, token, png_header_bomb(8000, 6000), "48mp.png")  # over the 40 MP default
+    assert res.status_code == 422 and "8000x6000" in res.json()["error"]
+
+
+def test_max_pixels_is_a_setting(served, pipeline, tmp_path):
+    app, _ = make_app(tmp_path, pipeline, "serve.max_pixels=100000")
+    client, token = client_of(app)
+    res = post_image(client, token, ASTRONAUT.read_bytes(), "a.jpg")  # 512 x 512
+    assert res.status_code == 422 and "512x512" in res.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------- CSRF
+
+def test_posts_and_puts_need_the_sessions_csrf_token(served, uploaded):
+    app = served[0]
+    client, token, body = uploaded
+    data = ASTRONAUT.read_bytes()
+    assert post_image(client, None, data).status_code == 403
+    assert post_image(client, "wrong", data).status_code == 403
+    _, other_token = client_of(app)
+    assert post_image(client, other_token, data).status_code == 403  # another session's token
+    url = f"/api/uploads/{body['id']}/faces/0/label"
+    assert client.put(url, json={"age": 30}).status_code == 403
+    assert client.post("/api/retrain").status_code == 403
+    fresh = TestClient(app)  # no session at all
+    res = fresh.post("/api/uploads", files={"image": ("a.jpg", data, "image/jpeg")}, headers={"X-CSRF-Token": token})
+    assert res.status_code == 403 and "X-CSRF-Token" in res.json()["error"]
+
+
+# --------------------------------------------------------------------------------- corrections
+
+def test_corrections_are_stored_merged_and_shown(served, uploaded):
+    client, token, body = uploaded
+    url = f"/api/uploads/{body['id']}/faces/0/label"
+    first = client.put(url, json={"gender": "male" if body["faces"][0]["gender"] == "female" else "female"},
+                       headers={"X-CSRF-Token": token})
+    assert first.status_code == 200, first.text
+    res = client.put(url, json={"age": 41}, headers={"X-CSRF-Token": token})
+    assert res.status_code == 200
+    fix = res.json()["correction"]
+    assert fix["age"] == 41 and fix["gender"] != body["faces"][0]["gender"]
+    assert res.json()["image_url"] != body["image_url"]  # redrawn with the correction
+    again = client.get(f"/api/uploads/{body['id']}")
+    assert again.status_code == 200
+    assert again.json()["corrections"] == {"0": fix}
+    assert again.json()["faces"][0]["gender"] == body["faces"][0]["gender"]  # the prediction stays
+    assert client.get(body["image_url"]).status_code == 404  # the old annotated copy is gone
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"age": 300}, "age"), ({"age": -1}, "age"), ({"age": "thirty"}, "age"), ({"age": 3.5}, "age"),
+    ({"gender": "other"}, "gender"), ({"race": "martian"}, "race"), ({"height": 180}, "height"),
+    ({}, "body"), ([1, 2], "body"),
+])
+def test_out_of_range_labels_are_422_naming_the_field(uploaded, payload, field):
+    client, token, body = uploaded
+    res = client.put(f"/api/uploads/{body['id']}/faces/0/label", json=payload, headers={"X-CSRF-Token": token})
+    assert res.status_code == 422
+    assert res.json()["error"].startswith(field)
+
+
+def test_unknown_ids_and_faces_are_404(uploaded):
+    client, token, body = uploaded
+    for url in ("/api/uploads/" + "0" * 32, "/api/uploads/not-an-id", "/api/jobs/" + "0" * 32, "/api/jobs/x",
+                "/files/" + "0" * 32 + ".jpg", "/files/serve.sqlite3", "/runs/view/statistics/nothing",
+                "/runs/view/elsewhere/x", "/nowhere"):
+        res = client.get(url)
+        assert res.status_code == 404, url
+        assert res.json() == {"error": "not found"} or "not found" in res.json()["error"]
+    for index in ("1", "9", "-1", "x"):
+        res = client.put(f"/api/uploads/{body['id']}/faces/{index}/label", json={"age": 3},
+                         headers={"X-CSRF-Token": token})
+        assert res.status_code == 404, index
+
+
+# ---------------------------------------------------------------------------- session isolation
+
+def test_another_session_can_neither_see_nor_correct_an_upload(served, uploaded):
+    client, _, body = uploaded
+    other, other_token = client_of(served[0])
+    assert other.get(f"/api/uploads/{body['id']}").status_code == 404
+    res = other.put(f"/api/uploads/{body['id']}/faces/0/label", json={"age": 5},
+                    headers={"X-CSRF-Token": other_token})
+    assert res.status_code == 404
+    assert other.get(body["faces"][0]["crop_url"]).status_code == 404
+    assert other.get("/api/uploads").json()["uploads"] == []
+    assert other.get("/api/corrections.csv").text.strip() == "file,age,gender,race"
+    assert client.get(f"/api/uploads/{body['id']}").json()["corrections"]["0"]["age"] != 5
+
+
+def test_corrections_csv_is_a_labels_file_training_can_read(served, uploaded, tmp_path):
+    from faceattr.data.extra_labels import extra_training_rows
+    from faceattr.data.labels_csv import read_labels
+
+    client, token, body = uploaded
+    client.put(f"/api/uploads/{body['id']}/faces/0/label", json={"race": "asian"}, headers={"X-CSRF-Token": token})
+    res = client.get("/api/corrections.csv")
+    assert res.status_code == 200 and res.headers["content-type"].startswith("text/csv")
+    (tmp_path / "labels.csv").write_text(res.text)
+    crop = client.get(body["faces"][0]["crop_url"]).content
+    name = read_labels(tmp_path / "labels.csv")["file"].iloc[0]
+    (tmp_path / name).write_bytes(crop)
+    labels = read_labels(tmp_path / "labels.csv")
+    assert len(labels) == 1 and labels["race"].iloc[0] == 2  # asian
+    rows = extra_training_rows(tmp_path / "labels.csv", [0, 10, 20, 30, 40, 60, 80, float("inf")], copies=3)
+    assert rows["split"].tolist() == ["train"] and rows["copies"].tolist() == [3]
+
+
+def test_retrain_without_corrections_is_422(served):
+    client, token = client_of(served[0])
+    res = client.post("/api/retrain", headers={"X-CSRF-Token": token})
+    assert res.status_code == 422 and "no corrections" in res.json()["error"]
+
+
+# ------------------------------------------------------------------------------------ retention
+
+def test_old_uploads_are_purged_with_their_files(served, pipeline, tmp_path):
+    app, cfg = make_app(tmp_path, pipeline)
+    client, token = client_of(app)
+    body = post_image(client, token, ASTRONAUT.read_bytes(), "a.jpg").json()
+    client.put(f"/api/uploads/{body['id']}/faces/0/label", json={"age": 9}, headers={"X-CSRF-Token": token})
+    files = tmp_path / "runs" / "outputs" / "serve" / "files"
+    assert len(list(files.iterdir())) == 3  # photo, annotated copy, crop
+    store = app.state.store
+    assert store.purge(3600.0) == 0  # not old yet
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE uploads SET created = created - 25 * 3600")
+    assert store.purge(24 * 3600.0) == 1
+    assert list(files.iterdir()) == []
+    assert client.get(f"/api/uploads/{body['id']}").status_code == 404
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM corrections").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------------------------ runs browser
+
+def test_runs_lists_runs_with_their_figures(served):
+    res = TestClient(served[0]).get("/api/runs")
+    assert res.status_code == 200
+    runs = {r["name"]: r for r in res.json()["runs"]}
+    stats = runs["statistics/normal"]
+    assert stats["kind"] == "run" and stats["path"].endswith("statistics/normal")
+    assert 0 < stats["metrics"]["age_mae"] < 20 and stats["metrics"]["split"] == "test"
+    assert runs["statistics"]["kind"] == "sweep"  # statistics/ holds a sweep summary
+    assert not any(name.startswith("outputs/serve") for name in runs)  # the visitors' data is never listed
+
+
+def test_run_page_shows_every_plot_and_report(served):
+    client = TestClient(served[0])
+    res = client.get("/runs/view/statistics/normal")
+    assert res.status_code == 200
+    plots = sorted(p.name for p in (ROOT / "statistics" / "normal").glob("*.png"))
+    for name in plots:
+        assert f"/runs/file/statistics/normal/{name}" in res.text
+        img = client.get(f"/runs/file/statistics/normal/{name}")
+        assert img.status_code == 200 and img.content[:4] == b"\x89PNG"
+    assert "/runs/file/statistics/normal/metrics.json" in res.text
+    assert client.get("/runs").status_code == 200 and "statistics/facenet" in client.get("/runs").text
+
+
+def test_compare_shows_the_table_and_plot(served):
+    client = TestClient(served[0])
+    res = client.get("/runs/compare?run=statistics/normal&run=statistics/facenet")
+    assert res.status_code == 200
+    assert "age_mae" in res.text and "statistics/facenet" in res.text
+    plot = res.text.split('src="/runs/compare/plot/')[1].split('"')[0]
+    img = client.get("/runs/compare/plot/" + plot)
+    assert img.status_code == 200 and img.content[:4] == b"\x89PNG"
+    assert client.get("/runs/compare?run=statistics/normal").status_code == 404
+
+
+def test_path_tricks_are_404(served, tmp_path):
+    app, _, tmp = served
+    client = TestClient(app)
+    outside = tmp / "runs" / "outputs" / "escape"
+    if not outside.exists():
+        outside.symlink_to(ROOT / "src")
+    for url in ("/runs/file/statistics/normal/%2e%2e/%2e%2e/src/main.py", "/runs/file/statistics%2F..%2Fsrc%2Fmain.py",
+                "/runs/file/statistics/..%2f..%2fsrc/main.py", "/files/..%2Fserve.sqlite3", "/static/..%2F..%2Fapp.py",
+                "/runs/file/outputs/escape/main.py", "/runs/file/outputs/serve/serve.sqlite3",
+                "/runs/file/statistics/normal/app.log/..", "/runs/file/statistics/normal%5c..%5cmetrics.json",
+                "/runs/view/statistics/%2e%2e", "/runs/file//etc/passwd", "/runs/file/statistics/../src/main.py"):
+        res = client.get(url)
+        assert res.status_code == 404, url
+    assert client.get("/runs/file/statistics/normal/metrics.json").status_code == 200
+
+
+def test_real_http_path_tricks_and_upload_against_uvicorn(served):
+    """Raw request lines (no client-side normalisation) against uvicorn on a free loopback port."""
+    import socket
+
+    import uvicorn
+
+    app = served[0]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        for path in ("/runs/file/statistics/../src/main.py", "/runs/file/statistics/normal/../../src/main.py",
+                     "/files/../serve.sqlite3", "/runs/file/statistics/normal/..%2F..%2Fsrc/main.py",
+                     "/static/../app.py"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.putrequest("GET", path, skip_accept_encoding=True)
+            conn.endheaders()
+            res = conn.getresponse()
+            assert res.status == 404, path
+            res.read()
+            conn.close()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/health")
+        assert conn.getresponse().status == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_page_has_the_upload_controls_and_sets_a_session(served):
+    client = TestClient(served[0])
+    res = client.get("/")
+    assert res.status_code == 200
+    assert 'type="file"' in res.text and 'id="drop"' in res.text and "/static/app.js" in res.text
+    assert "httponly" in res.headers["set-cookie"].lower()
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_serve_refuses_a_bad_port_in_one_line():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "serve", "serve.port=70000"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: configuration: serve.port=70000 is not allowed: expected a whole number >= 0 and <= 65535"]
+
+
+def test_serve_refuses_a_busy_port_in_one_line_before_loading_the_model(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        res = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "serve", f"serve.port={port}",
+                              f"serve.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: serve.host=127.0.0.1 serve.port={port}: cannot listen there (Address already in use)"]
+    assert "Loading the model" not in res.stdout

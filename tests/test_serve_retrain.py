@@ -1,0 +1,128 @@
+"""A retrain job from the web app, for real: a smoke-size CNN trained on a tiny synthetic
+UTKFace folder (conftest's ``cnn_run``) is served, a face is corrected, and ``POST /api/retrain`` fine-tunes it on the
+correction replayed with its own training split; the job finishes with the new and the served
+model's figures on the served model's test split, side by side. Also ``data.extra_labels``
+itself: extra chips join the training split only.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
+AGES = (1, 5, 14, 23, 27, 35, 45, 58, 66, 85)
+
+
+def tiny_archive(folder: Path, n: int = 80) -> Path:
+    """``UTKFace.tar.gz`` of ``n`` 32x32 noise JPEGs named like UTKFace (every class and age bin)."""
+    images = folder / "UTKFace"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        name = f"{AGES[i % len(AGES)]}_{i % 2}_{i % 5}_20170101{i:09d}.jpg.chip.jpg"
+        assert cv2.imwrite(str(images / name), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    archive = folder / "UTKFace.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(images, arcname="UTKFace")
+    return archive
+
+
+@pytest.mark.slow
+def test_a_retrain_job_finishes_with_both_models_figures(cnn_run, shared_cache, tmp_path):
+    """``cnn_run`` (conftest): the tiny CNN at smoke size on a synthetic UTKFace folder, evaluated."""
+    from faceattr.config import compose_config
+    from faceattr.inference.pipeline import FacePipeline
+    from faceattr.serve.app import create_app
+
+    model_dir, cache = cnn_run / "model", shared_cache
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
+    cfg = compose_config(["command=serve", "model=normal", f"model_path={model_dir}", f"paths.cache={cache}",
+                          f"serve.data_dir={tmp_path / 'serve'}", f"serve.retrain_dir={tmp_path / 'retrain'}",
+                          "serve.retrain_epochs=1", "serve.retrain_overrides=['debug=smoke']"])
+    app = create_app(cfg, FacePipeline.from_config(cfg))
+    client = TestClient(app)
+    token = client.get("/api/session").json()["csrf"]
+    headers = {"X-CSRF-Token": token}
+    with ASTRONAUT.open("rb") as fh:
+        up = client.post("/api/uploads", files={"image": ("a.jpg", fh, "image/jpeg")}, headers=headers).json()
+    assert len(up["faces"]) == 1
+    wrong = "male" if up["faces"][0]["gender"] == "female" else "female"
+    assert client.put(f"/api/uploads/{up['id']}/faces/0/label", json={"gender": wrong, "age": 40},
+                      headers=headers).status_code == 200
+
+    res = client.post("/api/retrain", headers=headers)
+    assert res.status_code == 202
+    job = res.json()["job"]
+    other = TestClient(app)
+    other.get("/api/session")
+    assert other.get(f"/api/jobs/{job}").status_code == 404  # another session's job
+    seen = []
+    deadline = time.time() + 480
+    while time.time() < deadline:
+        state = client.get(f"/api/jobs/{job}").json()
+        seen.append((state["state"], state["progress"]))
+        assert 0.0 <= state["progress"] <= 1.0
+        if state["state"] in ("done", "failed"):
+            break
+        time.sleep(1.0)
+    assert state["state"] == "done", state
+    assert [p for _, p in seen] == sorted(p for _, p in seen)  # progress only grows
+    run_dir = Path(state["run_dir"])
+    assert run_dir.is_relative_to(tmp_path / "retrain") and (run_dir / "model" / "model_info.json").is_file()
+    figures = {f["metric"]: f for f in state["metrics"]["figures"]}
+    for metric in ("age_mae", "gender_accuracy", "race_accuracy"):
+        assert isinstance(figures[metric]["served"], float) and isinstance(figures[metric]["new"], float)
+    assert figures["age_mae"]["lower_is_better"] and not figures["gender_accuracy"]["lower_is_better"]
+    assert state["metrics"]["corrections"] == 1 and state["metrics"]["split"] == "test"
+    # Both were scored on the served model's test split; the corrections trained only.
+    served_split = pd.read_csv(model_dir / "split.csv")
+    new_split = pd.read_csv(run_dir / "model" / "split.csv")
+    test_names = set(served_split.query("split == 'test'")["image"])
+    assert set(new_split.query("split == 'test'")["image"]) == test_names
+    extra = new_split[new_split["image"].str.startswith("extra/")]
+    assert len(extra) == 1 and extra["split"].tolist() == ["train"]
+    served_metrics = json.loads((run_dir / "served" / "metrics.json").read_text())
+    assert served_metrics.get("n", served_metrics.get("n_test")) == len(test_names)
+    labels = pd.read_csv(run_dir / "corrections" / "labels.csv")
+    assert labels["gender"].tolist() == [wrong] and labels["age"].tolist() == [40]
+    # The served model is untouched: only `promote` changes it.
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
+
+
+def test_extra_labels_join_the_training_split_only(tmp_path):
+    from faceattr.data.utkface import prepare_dataset
+    from faceattr.errors import DataError
+
+    archive = tiny_archive(tmp_path / "data", 40)
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    for i in range(3):
+        assert cv2.imwrite(str(chips / f"c{i}.jpg"), np.full((32, 32, 3), 40 * i, np.uint8))
+    (chips / "labels.csv").write_text("file,age,gender,race\nc0.jpg,30,male,white\nc1.jpg,61,female,asian\n"
+                                      "c2.jpg,5,1,4\n")
+    data = {"path": str(archive), "extract_dir": str(tmp_path / "x"), "split": {"seed": 1},
+            "extra_labels": str(chips / "labels.csv"), "extra_copies": 4}
+    prepared = prepare_dataset(data, {"name": "none"}, tmp_path / "run")
+    frame = prepared.frame
+    extra = frame[frame["image"].str.startswith("extra/")]
+    assert len(extra) == 3 and set(extra["split"]) == {"train"} and set(extra["copies"]) == {4}
+    assert extra["gender"].tolist() == [0, 1, 1] and extra["race"].tolist() == [0, 2, 4]
+    assert extra["age_bin"].tolist() == [3, 5, 0]
+    plain = prepare_dataset({**data, "extra_labels": None}, {"name": "none"}, tmp_path / "run2").frame
+    pd.testing.assert_frame_equal(frame[~frame["image"].str.startswith("extra/")].reset_index(drop=True),
+                                  plain.reset_index(drop=True))  # val and test exactly as without them
+    (chips / "labels.csv").write_text("file,age,gender,race\nc0.jpg,,male,white\n")
+    with pytest.raises(DataError, match=r"labels.csv: row 2: c0.jpg needs an exact age"):
+        prepare_dataset(data, {"name": "none"}, tmp_path / "run3")
