@@ -59,7 +59,7 @@ class Settings:
     run_img_repeats: int = 3     # cold `run --img` subprocesses per model; the median is reported
     video_frames: int = 90       # 640x480 at 30 fps, two faces
     train_images: int = 256      # random images for the CNN's training steps
-    train_batch: int = 64        # as experiment=normal_full
+    train_batch: int = 64        # train.batch_size, as the shipped CNNs were trained
     feature_images: int = 64     # images through FeatureCache's trunk
     feature_batch: int = 32
     serve_uploads: int = 200     # uploads to the local web app (section serve)
