@@ -30,21 +30,11 @@ LATENCY_CALLS, THROUGHPUT_CALLS, WARMUP = 30, 5, 3
 PHOTOS, VIDEO_FRAMES, VIDEO_STRIDE = 12, 60, 3
 
 
-def _timed(fn, calls: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def measure_model(name: str, model_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
     """Batch-1 latency, batch-32 throughput and size of one model folder."""
     import numpy as np
 
+    from benchmarks.common import time_calls
     from faceattr.distill.report import size_mb
     from faceattr.inference.predictor import Predictor
 
@@ -53,8 +43,8 @@ def measure_model(name: str, model_dir: Path, cache_dir: Path) -> list[dict[str,
     size = predictor.input_size
     one = rng.integers(0, 256, (1, size, size, 3)).astype(np.float32)
     many = rng.integers(0, 256, (32, size, size, 3)).astype(np.float32)
-    lat = _timed(lambda: predictor.predict_arrays(one), LATENCY_CALLS, WARMUP)
-    b32 = _timed(lambda: predictor.predict_arrays(many), THROUGHPUT_CALLS, 1)
+    lat = time_calls(lambda: predictor.predict_arrays(one), LATENCY_CALLS, WARMUP)
+    b32 = time_calls(lambda: predictor.predict_arrays(many), THROUGHPUT_CALLS, 1)
     sizes = size_mb(model_dir)
     details = {"model_dir": str(model_dir), "backend": predictor.backend, "input_size": size, **sizes}
     return [

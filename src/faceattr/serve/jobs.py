@@ -112,6 +112,19 @@ def model_overrides(family: str, stored: dict[str, Any]) -> list[str]:
     return out
 
 
+def _data_overrides(data: dict) -> list[str]:
+    """Overrides that select the data and split a model was trained on (its ``trained_with.data``)."""
+    out = []
+    if data.get("path"):
+        out.append(f"data.path={_quote(data['path'])}")
+    if "limit" in data:
+        out.append(f"data.limit={_quote(data['limit'])}")
+    for key in ("train", "val", "test", "seed"):
+        if key in (data.get("split") or {}):
+            out.append(f"data.split.{key}={_quote(data['split'][key])}")
+    return out
+
+
 def train_overrides(served: Path, run_dir: Path, labels_csv: Path, cfg: DictConfig) -> list[str]:
     """The ``train`` overrides of a retrain job: the served model's family, data and split, its
     weights as the start, the corrections on the training split; then ``serve.retrain_overrides``."""
@@ -121,13 +134,7 @@ def train_overrides(served: Path, run_dir: Path, labels_csv: Path, cfg: DictConf
     out = [f"model={info.model_type}", f"train.epochs={int(cfg.serve.retrain_epochs)}",
            f"train.learning_rate={float(cfg.serve.retrain_learning_rate)}",
            f"paths.cache={_quote(str(cfg.paths.cache))}"]
-    if data.get("path"):
-        out.append(f"data.path={_quote(data['path'])}")
-    if "limit" in data:
-        out.append(f"data.limit={_quote(data['limit'])}")
-    for key in ("train", "val", "test", "seed"):
-        if key in (data.get("split") or {}):
-            out.append(f"data.split.{key}={_quote(data['split'][key])}")
+    out += _data_overrides(data)
     out += model_overrides(info.model_type, model)
     out += [str(o) for o in cfg.serve.retrain_overrides]
     # Last, so no extra override can change what the job is.
@@ -142,13 +149,7 @@ def served_overrides(served: Path, run_dir: Path, cfg: DictConfig) -> list[str]:
     data = (info.trained_with or {}).get("data") or {}
     out = [f"model={info.model_type}", f"model_path={_quote(str(served))}", f"hydra.run.dir={_quote(str(run_dir))}",
            f"paths.cache={_quote(str(cfg.paths.cache))}"]
-    if data.get("path"):
-        out.append(f"data.path={_quote(data['path'])}")
-    if "limit" in data:
-        out.append(f"data.limit={_quote(data['limit'])}")
-    for key in ("train", "val", "test", "seed"):
-        if key in (data.get("split") or {}):
-            out.append(f"data.split.{key}={_quote(data['split'][key])}")
+    out += _data_overrides(data)
     return out
 
 
