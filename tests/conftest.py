@@ -7,6 +7,8 @@
   :func:`main_py` runs the real command line in a subprocess, for the tests of the CLI itself;
 - trained models shared by the whole test session (``cnn_run``, ``facenet_run``): one smoke-size
   training each, reused by the evaluate, export, ensemble, promote and run tests;
+- under pytest-xdist (``-n 2`` in ``pyproject.toml``) the session's folders and models, and the
+  costly module-scoped ones, are built once for all workers (:func:`built_once`);
 - ``utkface_subset``: a fixed subset of the real archive (``../shared/data/UTKFace.tar.gz``), real
   members repacked as a small ``.tar.gz`` once and kept in pytest's cache folder, with a feature
   cache of its own, so real-data tests are cheap on a fresh clone; skipped without the archive.
@@ -15,16 +17,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import io
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -72,12 +76,39 @@ def fake_utkface(tmp_path: Path) -> Path:
     return folder
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder ``name`` that ``build(folder)`` fills once per test session, for every worker.
+
+    The folder is ``<basetemp>/<name>``, or under pytest-xdist ``<basetemp>/../<name>``, shared by
+    the session's workers: the first caller builds it under a file lock while the others wait,
+    later calls (another worker, a module fixture set up again) find it built. A build that
+    failed is tried again by the next caller.
+    """
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # above each worker's own folder
+    folder, done = root / name, root / name / ".built"
+    with (root / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder ``UTKFace/`` of 80 fake UTKFace images shared by the session (never modify it)."""
-    folder = tmp_path_factory.mktemp("fake") / "UTKFace"
-    make_fake_utkface(folder, 80)
-    return folder
+    return built_once(tmp_path_factory, "fake", lambda folder: make_fake_utkface(folder / "UTKFace", 80)) / "UTKFace"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first, then the rest, each part in collection order: under
+    pytest-xdist the workers start on the long work, so no long test is left running alone at
+    the end while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -236,10 +267,9 @@ def private_cache(tmp_path: Path, facenet_weights: Path) -> Path:
 def cnn_run(tmp_path_factory: pytest.TempPathFactory, fake_data: Path, shared_cache: Path) -> Path:
     """A training run folder: the tiny CNN, smoke size (2 epochs) on ``fake_data``, evaluated on its
     test split, exported to TensorFlow Lite (float32). Read it, never write into it."""
-    run = tmp_path_factory.mktemp("cnn_run")
-    run_command("train", *TINY_CNN, *smoke(fake_data, shared_cache), "train.eval=true", "export.tflite=true",
-                "export.quantization=float32", run_dir=run)
-    return run
+    return built_once(tmp_path_factory, "cnn_run", lambda run: run_command(
+        "train", *TINY_CNN, *smoke(fake_data, shared_cache), "train.eval=true", "export.tflite=true",
+        "export.quantization=float32", run_dir=run))
 
 
 @pytest.fixture(scope="session")
@@ -247,10 +277,11 @@ def facenet_run(tmp_path_factory: pytest.TempPathFactory, fake_data: Path, facen
     """A training run folder: FaceNet heads (frozen backbone, pooled features, the default
     framing), smoke size on ``fake_data``. Its ``paths.cache`` is ``<run>/../cache``, fresh
     before this training: it holds the features of ``fake_data`` for later runs."""
-    base = tmp_path_factory.mktemp("facenet_run")
-    cache = new_cache(base / "cache", facenet_weights)
-    run_command("train", "model=facenet", *smoke(fake_data, cache), run_dir=base / "run")
-    return base / "run"
+    def train(base: Path) -> None:
+        run_command("train", "model=facenet", *smoke(fake_data, new_cache(base / "cache", facenet_weights)),
+                    run_dir=base / "run")
+
+    return built_once(tmp_path_factory, "facenet_run", train) / "run"
 
 
 @pytest.fixture(scope="session")

@@ -227,6 +227,7 @@ FAMILY = TinyFamily()
 '''
 
 
+@pytest.mark.slow
 def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     """A family module written here, registered at run time, trains (one epoch, smoke data),
     saves, evaluates and loads end to end with no change to any other code."""

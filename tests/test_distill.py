@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import make_fake_utkface
+from conftest import built_once, make_fake_utkface
 from faceattr.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,27 +52,36 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
-    """Fake data, a private cache and a one-epoch teacher with its split.csv."""
-    root = tmp_path_factory.mktemp("distill")
-    data, cache, teacher_run = root / "UTKFace", root / "cache", root / "teacher"
-    make_fake_utkface(data, 80)
-    from faceattr.data.utkface import prepare_dataset
-    from faceattr.models.families import family
+    """Fake data, a private cache and a one-epoch teacher with its split.csv (built once)."""
+    def build(root: Path) -> None:
+        from faceattr.data.utkface import prepare_dataset
+        from faceattr.models.families import family
 
-    cfg = compose_config(["model=normal", *common(data, cache)])
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, teacher_run)
-    trainer = family("normal").trainer(cfg)
-    trainer.fit(prepared.frame, teacher_run)
-    trainer.save(teacher_run / "model", trained_with=OmegaConf.to_container(cfg, resolve=True))
-    shutil.copy(teacher_run / "split.csv", teacher_run / "model" / "split.csv")
-    return {"root": root, "data": data, "cache": cache, "teacher": teacher_run / "model",
-            "split": pd.read_csv(teacher_run / "split.csv")}
+        data, cache, teacher_run = root / "UTKFace", root / "cache", root / "teacher"
+        make_fake_utkface(data, 80)
+        cfg = compose_config(["model=normal", *common(data, cache)])
+        prepared = prepare_dataset(cfg.data, cfg.rebalance, teacher_run)
+        trainer = family("normal").trainer(cfg)
+        trainer.fit(prepared.frame, teacher_run)
+        trainer.save(teacher_run / "model", trained_with=OmegaConf.to_container(cfg, resolve=True))
+        shutil.copy(teacher_run / "split.csv", teacher_run / "model" / "split.csv")
+
+    root = built_once(tmp_path_factory, "distill", build)
+    return {"root": root, "data": root / "UTKFace", "cache": root / "cache", "teacher": root / "teacher" / "model",
+            "split": pd.read_csv(root / "teacher" / "split.csv")}
 
 
 @pytest.fixture(scope="module")
-def distilled(setup) -> dict:
-    """One ``distill`` run over an unlabelled folder of good and bad files, and an empty folder."""
-    root, split = setup["root"], setup["split"]
+def distilled(setup, tmp_path_factory) -> dict:
+    """One ``distill`` run over an unlabelled folder of good and bad files, and an empty folder (built once)."""
+    root = built_once(tmp_path_factory, "distilled", lambda root: distill_once(setup, root))
+    manifest = pd.read_csv(root / "run" / "manifest.csv", dtype={"reason": str})
+    return {"run": root / "run", "stdout": (root / "output.txt").read_text(), "manifest": manifest,
+            "unlabeled": root / "unlabeled"}
+
+
+def distill_once(setup: dict, root: Path) -> None:
+    split = setup["split"]
     unlabeled, empty = root / "unlabeled", root / "empty"
     unlabeled.mkdir()
     empty.mkdir()
@@ -88,14 +97,14 @@ def distilled(setup) -> dict:
     res = main_py("distill", "--teacher", setup["teacher"], *common(setup["data"], setup["cache"]), "detector=none",
                   "distill.min_confidence=0", "distill.video_stride=2", "distill.latency_faces=2",
                   f"distill.unlabeled=[{unlabeled},{empty}]", f"hydra.run.dir={run}")
-    manifest = pd.read_csv(run / "manifest.csv", dtype={"reason": str})
-    return {"run": run, "stdout": res.stdout + res.stderr, "manifest": manifest, "unlabeled": unlabeled}
+    (root / "output.txt").write_text(res.stdout + res.stderr)
 
 
 def rows_of(manifest: pd.DataFrame, name: str) -> pd.DataFrame:
     return manifest[manifest.source.str.endswith(name)]
 
 
+@pytest.mark.slow
 def test_student_trains_and_loads_in_run(setup, distilled, tmp_path):
     run, model = distilled["run"], distilled["run"] / "model"
     for name in ("model.keras", "model_info.json", "split.csv", "history.csv", "train_summary.json"):

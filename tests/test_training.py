@@ -119,6 +119,7 @@ def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_spl
     assert not (tmp_path / "fourth" / "split.csv").exists()
 
 
+@pytest.mark.slow
 def test_facenet_second_run_reuses_cached_features(facenet_run, facenet_cache, fake_data, tmp_path):
     import keras
     import numpy as np
@@ -157,6 +158,7 @@ def test_facenet_second_run_reuses_cached_features(facenet_run, facenet_cache, f
                     run_dir=tmp_path / "bad2")
 
 
+@pytest.mark.slow
 def test_sweep_writes_a_two_row_summary(fake_data, shared_cache, tmp_path):
     """``train -m`` through the CLI's own entry point: Hydra's sweep, and its summary callback."""
     sweep = tmp_path / "sweep"
@@ -181,6 +183,7 @@ def test_promote_moves_the_previous_model_aside(cnn_run, tmp_path):
     assert len(kept) == 1 and kept[0].read_text() == "a user's file"
 
 
+@pytest.mark.slow
 def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fake_data, shared_cache, tmp_path):
     import keras
     import numpy as np
@@ -220,6 +223,7 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fak
     assert not (tmp_path / "bad" / "model").exists()
 
 
+@pytest.mark.slow
 def test_ensemble_of_facenet_and_cnn_feeds_the_cnn_the_shrunk_face(cnn_run, facenet_run, facenet_cache, fake_data,
                                                                   tmp_path):
     import cv2
@@ -279,6 +283,7 @@ def test_facenet_on_real_faces(utkface_subset, subset_cache, tmp_path):
     assert metrics["n"] >= 80 and summary["epochs_run"] >= 5
 
 
+@pytest.mark.slow
 def test_facenet_augmented_copies_are_cached_once_per_setting(private_cache, tmp_path):
     import numpy as np
     from omegaconf import OmegaConf
@@ -321,11 +326,12 @@ def test_facenet_augmented_copies_are_cached_once_per_setting(private_cache, tmp
     assert not np.allclose(copy1, copy2, atol=1e-2) and not np.allclose(copy1, plain, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_facenet_finetuning_last_block_on_embeddings(facenet_run, facenet_cache, fake_data, tmp_path):
     from faceattr.models.facenet_graph import STAGES
 
     run = tmp_path / "run"
-    run_command("train", "model=facenet", "train.eval=true", *smoke(fake_data, facenet_cache), "train.epochs=2",
+    run_command("train", "model=facenet", *smoke(fake_data, facenet_cache), "train.epochs=2",
                 "model.heads_epochs=1", "model.finetune_blocks=1", "model.features=embedding", "model.zoom_out=1.2",
                 "export.tflite=true", run_dir=run)
     info = json.loads((run / "model" / "model_info.json").read_text())

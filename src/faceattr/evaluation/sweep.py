@@ -137,11 +137,13 @@ def read_results(run: Path) -> dict[str, Any]:
     summary_path = run / "train_summary.json"
     if summary_path.is_file():
         try:
-            seconds = json.loads(summary_path.read_text()).get("train_seconds")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            seconds = None
-        if isinstance(seconds, int | float):
-            out["train_seconds"] = seconds
+            summary = json.loads(summary_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            summary = None
+        for key in ("train_seconds", "objective"):  # objective: what a sweeper minimised
+            value = summary.get(key) if isinstance(summary, dict) else None
+            if isinstance(value, int | float):
+                out[key] = value
     return out
 
 
@@ -175,7 +177,7 @@ def summarize_runs(dirs: Iterable[Path]) -> pd.DataFrame:
         rows.append({"run": str(run), **overrides, **results})
     # Results after the overrides, main metrics first; a result never shadows an override.
     main = [m for base, _, _ in MAIN_METRICS for m in (base, f"val_{base}")]
-    ordered_results = [k for k in (*main, "val_loss") if k in result_keys]
+    ordered_results = [k for k in (*main, "val_loss", "objective") if k in result_keys]
     ordered_results += [k for k in result_keys if k not in ordered_results]
     columns = ["run", *override_keys, *(k for k in ordered_results if k not in override_keys)]
     df = pd.DataFrame(rows, columns=columns)

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -263,9 +264,11 @@ class FeatureCache:
                 for sha1, feat in zip(chunk_sha1s, np.asarray(out), strict=True):
                     target = self._path(sha1, view)
                     target.parent.mkdir(exist_ok=True)
-                    tmp = target.with_suffix(".tmp.npy")
+                    # atomic, and private to this process: an interrupted run never leaves half a
+                    # file, and two runs filling one cache at once never write into each other's
+                    tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")
                     np.save(tmp, feat.astype(FEATURE_DTYPE))
-                    tmp.replace(target)  # atomic: an interrupted run never leaves half a file
+                    tmp.replace(target)
                 bar.update(len(chunk))
         took = time.perf_counter() - start
         self.seconds_extracting += took

@@ -30,7 +30,7 @@ from faceattr.evaluation.model_dir import evaluate_split
 from faceattr.models.families import Trainer, family
 from faceattr.models.io import ModelInfo, promote
 from faceattr.training.backup import check_resumable
-from faceattr.training.loop import backup_fingerprint, join_histories
+from faceattr.training.loop import backup_fingerprint, join_histories, search_objective
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
         "train_seconds": round(train_seconds, 1),
         "epochs_run": int(len(history)),
         "best_val_loss": float(history["val_loss"].min()),
-        "objective": float(history["val_loss"].min()),
+        "objective": search_objective(history),  # fixed loss weights: comparable across trials
     }
     if init_from:
         summary["init_from"] = str(init_from)  # train_seconds and epochs_run count this run only

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from faceattr.config import LossWeights
 from faceattr.models.heads import compile_args
 from faceattr.training.backup import AtomicBackup, SafeInterrupt, fingerprint
 
@@ -57,6 +59,22 @@ def label_arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
         "gender": frame["gender"].to_numpy(np.int32),
         "race": frame["race"].to_numpy(np.int32),
     }
+
+
+def search_objective(history: pd.DataFrame) -> float:
+    """What ``train`` returns to a sweeper (Optuna, ``hparams_search``): the lowest validation loss
+    over the epochs, with the heads' losses weighted by the schema's default loss weights
+    (``faceattr.config.LossWeights``: age 0.1, gender 1, race 1) whatever this run's own.
+
+    The run's ``val_loss`` carries its own ``model.heads.loss_weights``, so a search over those
+    would rank a trial higher just for weighing a head less; on one fixed scale it cannot.
+    Falls back to ``val_loss`` when the history has no per-head validation losses.
+    """
+    weights = {name: float(value) for name, value in asdict(LossWeights()).items()}
+    columns = {name: f"val_{name}_loss" for name in weights}
+    if not all(column in history for column in columns.values()):
+        return float(history["val_loss"].min())
+    return float(sum(weight * history[columns[name]] for name, weight in weights.items()).min())
 
 
 def backup_fingerprint(cfg: DictConfig, run_dir: Path) -> dict:
