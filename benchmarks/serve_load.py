@@ -1,6 +1,7 @@
 """Load on the web app: ``python src/main.py serve`` on loopback under a bounded load.
 
     python benchmarks/serve_load.py [--model_type facenet] [--uploads 200] [--clients 8] [--out FILE]
+                                    [OVERRIDE ...]   (e.g. run.tta_flip=true: the server's settings)
     python benchmarks/run.py --only serve
 
 The server starts as a subprocess (exactly as a user starts it) on a free 127.0.0.1 port with
@@ -114,12 +115,13 @@ class Client:
         self.conn.close()
 
 
-def start_server(model_type: str, port: int, scratch: Path) -> tuple[subprocess.Popen, Path]:
+def start_server(model_type: str, port: int, scratch: Path,
+                 overrides: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
     log = scratch / "serve.log"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "src" / "main.py"), "serve", "--model_type", model_type, f"serve.port={port}",
          f"serve.data_dir={scratch / 'data'}", f"serve.retrain_dir={scratch / 'retrain'}",
-         f"hydra.run.dir={scratch / 'run'}"],
+         f"hydra.run.dir={scratch / 'run'}", *overrides],
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     deadline = time.time() + START_TIMEOUT_S
@@ -133,15 +135,17 @@ def start_server(model_type: str, port: int, scratch: Path) -> tuple[subprocess.
     raise RuntimeError(f"serve did not start within {START_TIMEOUT_S:g} s")
 
 
-def run_serve_benchmark(model_type: str = "facenet", uploads: int = 200, clients: int = 8) -> dict:
-    """Start ``serve`` with ``model_type`` and send ``uploads`` uploads from ``clients`` sessions
-    at once; returns the figures (see the module docstring) and ``rows`` for benchmarks/run.py."""
+def run_serve_benchmark(model_type: str = "facenet", uploads: int = 200, clients: int = 8,
+                        overrides: tuple[str, ...] = ()) -> dict:
+    """Start ``serve`` with ``model_type`` (and config ``overrides``) and send ``uploads`` uploads
+    from ``clients`` sessions at once; returns the figures (see the module docstring) and
+    ``rows`` for benchmarks/run.py."""
     photo = two_face_photo()
     with tempfile.TemporaryDirectory(prefix="faceattr-serve-bench-") as tmp:
         scratch = Path(tmp)
         port = free_port()
         started = time.perf_counter()
-        proc, _ = start_server(model_type, port, scratch)
+        proc, _ = start_server(model_type, port, scratch, tuple(overrides))
         start_s = time.perf_counter() - started
         try:
             sessions = [Client(port) for _ in range(clients)]
@@ -191,7 +195,8 @@ def run_serve_benchmark(model_type: str = "facenet", uploads: int = 200, clients
     ms = np.asarray(latencies) * 1000.0
     growth = (100.0 * (rss_end - rss_warm) / rss_warm) if rss_warm and rss_end else None
     out: dict[str, Any] = {
-        "model_type": model_type, "uploads": uploads, "clients": clients, "photo": "640x480, two faces",
+        "model_type": model_type, "overrides": list(overrides), "uploads": uploads, "clients": clients,
+        "photo": "640x480, two faces",
         "errors": len(errors), "error_examples": sorted(set(errors))[:5],
         "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
         "uploads_per_s": round(uploads / wall, 2), "wall_s": round(wall, 2), "server_start_s": round(start_s, 1),
@@ -213,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uploads", type=int, default=200)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--out", help="also write the figures to this JSON file")
+    p.add_argument("overrides", nargs="*", help="the server's config overrides (KEY=VALUE)")
     args = p.parse_args(argv)
-    result = run_serve_benchmark(args.model_type, args.uploads, args.clients)
+    result = run_serve_benchmark(args.model_type, args.uploads, args.clients, tuple(args.overrides))
     text = json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2)
     print(text)
     if args.out:

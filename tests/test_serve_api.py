@@ -32,12 +32,30 @@ MODEL = ROOT / "saved_model" / "normal"
 
 @pytest.fixture(scope="module")
 def pipeline():
-    """The shipped CNN (its TensorFlow Lite file) behind MTCNN, loaded once for the module."""
+    """The shipped CNN (its TensorFlow Lite file) behind MTCNN, as ``serve`` loads it, once for the module."""
+    from faceattr.config import compose_config
+    from faceattr.serve.app import serving_pipeline
+
+    return serving_pipeline(compose_config(["command=serve", "model=normal"]))
+
+
+def test_serve_answers_without_mirror_averaging_unless_asked(pipeline):
+    """``serve.tta_flip`` (default false): the page's predictions are ``run``'s with ``run.tta_flip=false``."""
+    import cv2
+
     from faceattr.config import compose_config
     from faceattr.inference.pipeline import FacePipeline
+    from faceattr.serve.app import serving_pipeline
 
-    cfg = compose_config(["command=serve", "model=normal"])
-    return FacePipeline.from_config(cfg)
+    photo = cv2.imread(str(ASTRONAUT))
+    crops = pipeline.crops(photo)
+    assert len(crops) == 1 and pipeline.predictor.tta_flip is False
+    served = pipeline.predict(crops)[0]
+    run_like = FacePipeline.from_config(compose_config(["command=run", "model=normal", "run.tta_flip=false"]))
+    assert abs(run_like.predict(crops)[0].age - served.age) < 1e-4
+    mirrored = serving_pipeline(compose_config(["command=serve", "model=normal", "serve.tta_flip=true"]))
+    assert mirrored.predictor.tta_flip is True
+    assert abs(mirrored.predict(crops)[0].age - served.age) > 1e-4  # the mirror image's answer is averaged in
 
 
 def make_app(tmp: Path, pipeline, *overrides: str):

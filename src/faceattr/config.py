@@ -259,6 +259,7 @@ class ServeConfig:
     retention_hours: float = rule(24.0, gt=0.0)  # uploads older than this are deleted (at start, hourly)
     max_upload_mb: float = rule(10.0, gt=0.0, le=1024.0)  # larger uploads: 413
     max_pixels: int = rule(40_000_000, ge=1)  # width x height read from the header, before decoding: 422
+    tta_flip: bool = False  # also average each face with its mirror image, as `run` does: twice the work per face
     runs_roots: list[str] = field(default_factory=lambda: ["${paths.root}/outputs", "${paths.root}/multirun",
                                                            "${paths.root}/statistics"])  # the read-only runs browser
     retrain_dir: str = "${paths.root}/outputs/retrain"  # one run folder per retrain job

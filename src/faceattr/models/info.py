@@ -197,7 +197,11 @@ def save_keras(model_dir: Path, info: ModelInfo, keras_model: keras.Model, file_
 def load_keras_file(path: Path) -> keras.Model:
     import keras
 
-    import faceattr.models.layers  # noqa: F401  (registers the custom layers safe mode may meet)
+    # Register every custom layer safe mode may meet (a file names them, but loads no module):
+    # the heads' AgeExpectation, FaceNet's prewhitening and scaling, the ensemble's AreaResize.
+    import faceattr.models.facenet_graph
+    import faceattr.models.heads
+    import faceattr.models.layers  # noqa: F401
 
     if not path.is_file():
         raise ModelError(f"{path}: model weights missing")

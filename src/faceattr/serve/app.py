@@ -361,6 +361,16 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     return app
 
 
+def serving_pipeline(cfg: DictConfig) -> FacePipeline:
+    """The pipeline ``serve`` answers with: ``run``'s detector and model, warmed up, mirror
+    averaging as ``serve.tta_flip`` says. An interactive page goes without it by default: half
+    the model's work per face (docs/serve.md has the load figures both ways and the accuracy)."""
+    pipeline = FacePipeline.from_config(cfg)
+    pipeline.predictor.tta_flip = bool(cfg.serve.tta_flip)
+    pipeline.predictor.warmup()
+    return pipeline
+
+
 def serve_command(cfg: DictConfig, run_dir: Path) -> dict:
     """``python src/main.py serve``: load the model once, then serve until Ctrl-C."""
     import uvicorn
@@ -376,8 +386,7 @@ def serve_command(cfg: DictConfig, run_dir: Path) -> dict:
     except OSError as exc:
         raise InputError(f"serve.host={host} serve.port={port}: cannot listen there ({exc.strerror or exc})") from None
     print(f"Loading the model (model_path={cfg.model_path or 'the shipped ' + str(cfg.model.name)}) ...", flush=True)
-    pipeline = FacePipeline.from_config(cfg)
-    pipeline.predictor.warmup()
+    pipeline = serving_pipeline(cfg)
     app = create_app(cfg, pipeline)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
