@@ -76,6 +76,15 @@ def fake_utkface(tmp_path: Path) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold ``folder/.lock`` (an ``fcntl`` lock): one worker, or one test session, builds at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
     """A folder ``name`` that ``build(folder)`` fills once per test session, for every worker.
 
@@ -228,7 +237,8 @@ def facenet_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     from faceattr.models import facenet_graph as fg
 
     folder = kept_folder(request, tmp_path_factory, "facenet_weights")
-    fg.load_facenet_weights(folder)
+    with locked(folder):  # the first worker converts; the other then finds the file
+        fg.load_facenet_weights(folder)
     return folder
 
 
@@ -363,8 +373,9 @@ def utkface_subset(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     key = f"v{SUBSET_VERSION}-{stat.st_size}-{stat.st_mtime_ns}"
     folder = kept_folder(request, tmp_path_factory, "utkface_subset") / key
     target = folder / "UTKFace-subset.tar.gz"
-    if not target.is_file():
-        build_subset(SHARED_TARBALL, target)
+    with locked(folder):  # the first worker repacks it; the other then finds it
+        if not target.is_file():
+            build_subset(SHARED_TARBALL, target)
     return target
 
 
