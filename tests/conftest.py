@@ -77,10 +77,11 @@ def fake_utkface(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """Hold ``folder/.lock`` (an ``fcntl`` lock): one worker, or one test session, builds at a time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / ".lock").open("w") as lock:
+def locked(lock_file: Path) -> Iterator[None]:
+    """Hold an ``fcntl`` lock on ``lock_file`` (made with its folder if missing): one worker, or
+    one test session, builds at a time."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -96,8 +97,7 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     base = tmp_path_factory.getbasetemp()
     root = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # above each worker's own folder
     folder, done = root / name, root / name / ".built"
-    with (root / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(root / f"{name}.lock"):  # beside the folder, which a failed build leaves to be redone
         if not done.is_file():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
@@ -237,7 +237,7 @@ def facenet_weights(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
     from faceattr.models import facenet_graph as fg
 
     folder = kept_folder(request, tmp_path_factory, "facenet_weights")
-    with locked(folder):  # the first worker converts; the other then finds the file
+    with locked(folder / ".lock"):  # the first worker converts; the other then finds the file
         fg.load_facenet_weights(folder)
     return folder
 
@@ -373,7 +373,7 @@ def utkface_subset(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     key = f"v{SUBSET_VERSION}-{stat.st_size}-{stat.st_mtime_ns}"
     folder = kept_folder(request, tmp_path_factory, "utkface_subset") / key
     target = folder / "UTKFace-subset.tar.gz"
-    with locked(folder):  # the first worker repacks it; the other then finds it
+    with locked(folder / ".lock"):  # the first worker repacks it; the other then finds it
         if not target.is_file():
             build_subset(SHARED_TARBALL, target)
     return target
