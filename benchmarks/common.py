@@ -86,6 +86,7 @@ class Row:
     note: str = ""                # why skipped/failed, or what the number is
     details: dict[str, Any] = field(default_factory=dict)
     given_target: tuple[str, float] | None = None  # a section's own target; else TARGETS'
+    section: str = ""             # the benchmark section that measured it (run.py sets it)
 
     @property
     def target(self) -> tuple[str, float] | None:
@@ -102,7 +103,7 @@ class Row:
         target = self.target
         return {"metric": self.metric, "model": self.model, "value": self.value, "unit": self.unit,
                 "target": f"{target[0]} {target[1]:g}" if target else None, "pass": self.passed,
-                "status": self.status, "note": self.note, "details": self.details}
+                "status": self.status, "note": self.note, "details": self.details, "section": self.section}
 
 
 _T0 = time.perf_counter()

@@ -64,7 +64,7 @@ from benchmarks.models import (  # noqa: E402
     model_entries,
     unusable,
 )
-from benchmarks.report import format_table, sort_rows, write_results  # noqa: E402
+from benchmarks.report import format_table, merge_sections, read_previous, sort_rows, write_results  # noqa: E402
 
 SECTIONS = ("latency", "baseline", "video", "run_img", "train", "shipped", "head_only", "serve", "distill")
 
@@ -199,7 +199,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-dir", action="append", default=[], metavar="NAME=DIR",
                    help="use DIR instead of saved_model/NAME (repeatable)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test, not for reporting)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: benchmarks/results.json)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help="JSON results (default: benchmarks/results.json); with --only, the sections not run "
+                        "keep their rows from the file's earlier runs")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION",
                    help=f"run only these sections: {', '.join(SECTIONS)}")
     p.add_argument("--no-baseline", action="store_true", help="leave out the frozen-graph rows")
@@ -251,7 +253,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for entry in entries.values():  # free the models before the subprocesses and training
                     entry.loaded = entry.served = None
             if name in sections:
-                rows += runner(context)
+                measured = runner(context)
+                for row in measured:
+                    row.section = name
+                rows += measured
 
     sort_rows(rows)
     latency.compare_with_baseline(rows)
@@ -274,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     args.command_line = " ".join(["python benchmarks/run.py", *argv])
-    result = run(args)
     out = Path(args.out)
+    # Some sections only: the file keeps the other sections' rows from its last run.
+    previous = read_previous(out) if set(args.only) < set(SECTIONS) else None
+    result = merge_sections(run(args), previous)
     write_results(result, out)
     print(format_table(result))
     print(f"\nResults written to {out}")

@@ -266,3 +266,30 @@ def test_external_rows_keep_their_targets(parts):
     assert got["serve_errors"]["model"] == "normal" and got["serve_errors"]["pass"] is None
     flat = parts.external.rows_from("distill", "student", {"student_latency_ms": 1.5})
     assert len(flat) == 1 and flat[0].details == {"student_latency_ms": 1.5} and flat[0].metric == "distill"
+
+
+def test_a_run_of_some_sections_keeps_the_other_sections_rows(tmp_path):
+    from benchmarks.report import merge_sections, read_previous
+
+    earlier = {"command": "python benchmarks/run.py", "settings": {"sections": ["latency", "serve", "distill"]},
+               "machine": {"date": "day 1", "git_commit": "aaa"}, "serve": {"p95_ms": 1100}, "distill": {"n": 1},
+               "rows": [{"metric": "latency_b1", "model": "normal", "value": 3.0},  # rows of a file older than sections
+                        {"metric": "serve_p95_ms", "model": "facenet", "value": 1100.0},
+                        {"metric": "latency_b1", "model": "student", "value": 9.0}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(earlier))
+    now = {"command": "python benchmarks/run.py --only serve", "settings": {"sections": ["serve"]},
+           "machine": {"date": "day 2", "git_commit": "bbb"}, "serve": {"p95_ms": 950},
+           "rows": [{"metric": "serve_p95_ms", "model": "facenet", "value": 950.0, "section": "serve"}]}
+    merged = merge_sections(now, read_previous(path))
+    assert {(r["metric"], r["model"]): (r["value"], r["section"]) for r in merged["rows"]} == {
+        ("latency_b1", "normal"): (3.0, "latency"), ("serve_p95_ms", "facenet"): (950.0, "serve"),
+        ("latency_b1", "student"): (9.0, "distill")}
+    assert merged["serve"] == {"p95_ms": 950} and merged["distill"] == {"n": 1}
+    runs = merged["section_runs"]
+    assert (runs["serve"]["date"], runs["latency"]["date"], runs["distill"]["git_commit"]) == ("day 2", "day 1", "aaa")
+    # Nothing to keep from: a missing file, or one that isn't results.
+    assert read_previous(tmp_path / "missing.json") is None
+    (tmp_path / "broken.json").write_text("{")
+    assert read_previous(tmp_path / "broken.json") is None
+    assert merge_sections(now, None)["rows"] == now["rows"]

@@ -112,6 +112,7 @@ def test_ctrl_c_prints_the_command_that_resumes_and_a_finished_run_is_left_alone
     resumed = [line.split("resuming ")[1] for line in res.stdout.splitlines() if "resuming after epoch" in line]
     assert resumed == [f"after epoch {backed_up}"]
     assert_trained(run)
+    assert json.loads((run / "train_summary.json").read_text())["resumed"] is True  # its seconds: this command's
 
     # The same command once more: it says the run has finished, how to train on, and touches nothing.
     before = snapshot(run)
@@ -262,6 +263,23 @@ def test_a_half_written_keras_backup_is_reported_not_fatal(tmp_path, caplog):
     assert len(warnings) == 1 and "latest.weights.h5" in warnings[0] and "starting from scratch" in warnings[0]
     assert list(pd.read_csv(folder / "history.csv")["epoch"]) == [0, 1, 2]
     assert not weights.exists()
+
+
+def test_a_later_phase_backup_of_either_kind_is_found(tmp_path):
+    """FaceNet's trainer skips its heads phase when the fine-tuning phase has a backup, of this
+    callback's kind or of Keras' older one (which deleted the heads' backup when that phase ended)."""
+    import keras
+
+    from faceattr.training.backup import has_backup
+
+    assert not has_backup(tmp_path / "missing") and not has_backup(tmp_path)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    legacy = keras.callbacks.BackupAndRestore(tmp_path / "legacy", delete_checkpoint=False)
+    model.fit(np.zeros((8, 4)), np.zeros((8, 1)), epochs=1, callbacks=[legacy], verbose=0)
+    assert has_backup(tmp_path / "legacy")
+    assert fit_tiny(tmp_path / "run", crash_at=0) is None  # stopped after its first epoch's backup
+    assert has_backup(tmp_path / "run" / "backup")
 
 
 def test_a_backup_made_with_other_settings_is_refused_in_one_line(tmp_path):

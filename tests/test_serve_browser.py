@@ -146,6 +146,29 @@ def test_upload_correct_reload_and_browse_runs(server, browser):
         wait_for(browser, lambda d, img=img: loaded(d, img))
 
 
+def test_a_photo_dropped_on_the_page_is_uploaded(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    # WebDriver can't drag a file in from the desktop. A file input made for the test holds the
+    # real file, and the drag events the browser would send carry it onto the drop zone; only the
+    # page's drop handler can upload it (the page's own picker stays empty).
+    source = browser.execute_script(
+        "const input = document.createElement('input'); input.type = 'file'; input.id = 'test-source';"
+        "document.body.appendChild(input); return input;")
+    source.send_keys(str(ASTRONAUT))
+    drag = ("const data = new DataTransfer(); data.items.add(document.getElementById('test-source').files[0]);"
+            "for (const type of arguments[0]) document.getElementById('drop').dispatchEvent("
+            "new DragEvent(type, {bubbles: true, cancelable: true, dataTransfer: data}));")
+    browser.execute_script(drag, ["dragenter", "dragover"])
+    assert "over" in browser.find_element(By.ID, "drop").get_attribute("class").split()
+    browser.execute_script(drag, ["drop"])
+    card = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#faces .face"))[0]
+    assert card.find_element(By.CSS_SELECTOR, ".pred").text.startswith("model: ")
+    assert "over" not in browser.find_element(By.ID, "drop").get_attribute("class").split()
+    assert browser.find_element(By.ID, "file").get_attribute("value") == ""
+
+
 def test_an_error_shows_in_one_line(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 

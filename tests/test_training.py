@@ -53,6 +53,7 @@ def test_normal_trains_saves_and_evaluates(cnn_run, fake_data, shared_cache, tmp
     split = pd.read_csv(run / "split.csv")
     assert metrics["n"] == (split.split == "test").sum()
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1]
+    assert "resumed" not in json.loads((run / "train_summary.json").read_text())  # one command trained it all
     assert any((run / "tensorboard").rglob("events.out.tfevents*"))
     # The saved model loads in safe mode and evaluates to the same numbers on the same split.
     again = tmp_path / "eval"

@@ -4,7 +4,7 @@ The ``mtcnn`` package (MIT licence; its weights ship inside its wheel) runs its 
 networks in TensorFlow, and importing TensorFlow alone takes seconds, more than ``run --img``
 on one photo may take from a cold start. The networks are tiny (PNet 7k, RNet 100k, ONet
 390k weights), so this module runs the same layers in NumPy (convolutions as one matrix
-product over sliding windows) and reproduces the package's detection cascade
+product over the sliding windows) and reproduces the package's detection cascade
 (``mtcnn/stages``): an image pyramid through PNet, then RNet and ONet on the surviving
 candidates, each with box regression and non-maximum suppression, ONet adding five landmarks.
 
@@ -73,17 +73,29 @@ def load_weights(cache_dir: Path | None = None) -> dict[str, list[np.ndarray]]:
 # Layers (NHWC float32, as Keras)
 # ----------------------------------------------------------------------------------------
 def conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """'valid' stride-1 convolution: (N, H, W, C) with kernel (kh, kw, C, F) -> (N, H', W', F)."""
+    """'valid' stride-1 convolution: (N, H, W, C) with kernel (kh, kw, C, F) -> (N, H', W', F).
+
+    One matrix product over the windows, laid out (N, H', W', kh, kw, C) so that each copied
+    run is a pixel's C channels and the kernel keeps its own order."""
     kh, kw, c, f = kernel.shape
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, H', W', C, kh, kw)
-    n, h, w = windows.shape[:3]
-    cols = windows.reshape(n * h * w, c * kh * kw)
-    out = cols @ kernel.transpose(2, 0, 1, 3).reshape(c * kh * kw, f)
-    return (out + bias).reshape(n, h, w, f)
+    n, height, width = x.shape[:3]
+    h, w = height - kh + 1, width - kw + 1
+    cols = np.empty((n, h, w, kh, kw, c), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = x[:, i:i + h, j:j + w, :]
+    out = cols.reshape(n * h * w, kh * kw * c) @ kernel.reshape(kh * kw * c, f)
+    out += bias
+    return out.reshape(n, h, w, f)
 
 
 def prelu(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    return np.where(x > 0, x, x * alpha.reshape(-1))
+    """PReLU, in place: ``x`` is a layer's fresh output, never needed again."""
+    negative = np.minimum(x, 0)
+    negative *= alpha.reshape(-1)
+    np.maximum(x, 0, out=x)
+    x += negative
+    return x
 
 
 def max_pool(x: np.ndarray, size: int, stride: int, same: bool) -> np.ndarray:
@@ -95,8 +107,15 @@ def max_pool(x: np.ndarray, size: int, stride: int, same: bool) -> np.ndarray:
             total = max((out - 1) * stride + size - dim, 0)
             pads.append((total // 2, total - total // 2))
         x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-np.inf)
-    windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(1, 2))[:, ::stride, ::stride]
-    return windows.max(axis=(-2, -1))
+    h = (x.shape[1] - size) // stride + 1
+    w = (x.shape[2] - size) // stride + 1
+    # The maximum over the window's size x size offsets, each a strided view of the input.
+    views = [x[:, i:i + (h - 1) * stride + 1:stride, j:j + (w - 1) * stride + 1:stride]
+             for i in range(size) for j in range(size)]
+    pooled = np.maximum(views[0], views[1])
+    for view in views[2:]:
+        np.maximum(pooled, view, out=pooled)
+    return pooled
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

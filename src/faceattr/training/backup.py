@@ -352,6 +352,11 @@ def _slots(folder: Path, damaged: list[str] | None = None) -> list[dict]:
     return sorted(found, key=lambda m: (bool(m.get("complete")), m["epoch"]), reverse=True)
 
 
+def has_backup(folder: Path) -> bool:
+    """Whether ``folder`` holds a backup to resume from (this callback's or Keras' older one)."""
+    return bool(_slots(folder)) or (Path(folder) / LEGACY[0]).is_file()
+
+
 def _files(meta: dict) -> dict[str, str]:
     return {kind: str(entry["name"]) for kind, entry in meta["files"].items()}
 

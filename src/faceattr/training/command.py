@@ -29,7 +29,7 @@ from faceattr.errors import ConfigError
 from faceattr.evaluation.model_dir import evaluate_split
 from faceattr.models.families import Trainer, family
 from faceattr.models.io import ModelInfo, promote
-from faceattr.training.backup import check_resumable
+from faceattr.training.backup import check_resumable, has_backup
 from faceattr.training.loop import backup_fingerprint, join_histories, search_objective
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
 
@@ -96,6 +96,8 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
                      dpi=int(cfg.evaluation.dpi))
     frame = prepared.frame
     trainer = make_trainer(cfg, frame)
+    backup_root = run_dir / "backup"
+    resumed = backup_root.is_dir() and any(has_backup(folder) for folder in backup_root.iterdir())
     start = time.perf_counter()
     history = trainer.fit(frame, run_dir)
     train_seconds = time.perf_counter() - start
@@ -117,6 +119,8 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     }
     if init_from:
         summary["init_from"] = str(init_from)  # train_seconds and epochs_run count this run only
+    if resumed:
+        summary["resumed"] = True  # train_seconds counts the last command only; app.log has them all
     if cfg.export.tflite:  # what `run` serves by default (models.export)
         from faceattr.models.export import export_tflite
 

@@ -125,6 +125,7 @@ class FaceNetTrainer:
         return tf.data.Dataset.from_tensor_slices((x, label_arrays(val))).batch(int(self.cfg.train.batch_size))
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+        from faceattr.training.backup import has_backup
         from faceattr.training.loop import fit_model, join_histories
 
         train, val = frame[frame.split == "train"], frame[frame.split == "val"]
@@ -136,7 +137,12 @@ class FaceNetTrainer:
         # random heads don't push large gradients into pretrained weights.
         backbone = self.top.get_layer("facenet_top")
         heads_epochs = self.cfg.model.heads_epochs  # null: train.epochs; 0: no heads-only phase
-        if heads_epochs is None or int(heads_epochs) > 0:
+        # A backup of the fine-tuning phase means the heads phase had finished: its own backup may
+        # be gone (Keras' older BackupAndRestore deleted it), and rerunning it would start the
+        # heads afresh over the fine-tuned stack.
+        if has_backup(run_dir / "backup" / "finetune"):
+            log.info("%s: the heads-only phase had finished; going on with fine-tuning", run_dir)
+        elif heads_epochs is None or int(heads_epochs) > 0:
             backbone.trainable = False
             fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n, float(self.cfg.train.learning_rate),
                       phase="heads", epochs=heads_epochs)
