@@ -109,3 +109,20 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     info = io.ModelInfo.read(tmp_path / "ens" / "model")
     assert info.model_type == "normal" and info.ensemble["member_types"] == ["normal", "normal"]
 
+
+
+def test_every_facenet_stack_of_an_ensemble_is_found():
+    """FaceNet's trainer freezes and unfreezes the fine-tuned stages of each FaceNet member."""
+    import keras
+
+    from faceattr.models.families.facenet import nested_layers
+
+    def member(i: int) -> keras.Model:
+        x = keras.Input((4,))
+        return keras.Model(x, keras.layers.Dense(2, name="facenet_top")(x), name=f"member_{i}")
+
+    x = keras.Input((4,))
+    pair = keras.Model(x, keras.layers.Average()([member(0)(x), member(1)(x)]))
+    found = nested_layers(pair, "facenet_top")
+    assert len(found) == 2 and found[0] is not found[1]
+    assert nested_layers(pair, "block8_1") == []

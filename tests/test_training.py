@@ -54,6 +54,7 @@ def test_normal_trains_saves_and_evaluates(cnn_run, fake_data, shared_cache, tmp
     assert metrics["n"] == (split.split == "test").sum()
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [0, 1]
     assert "resumed" not in json.loads((run / "train_summary.json").read_text())  # one command trained it all
+    assert not list((run / "statistics").glob("*.png"))  # debug=smoke: train.data_plots=false
     assert any((run / "tensorboard").rglob("events.out.tfevents*"))
     # The saved model loads in safe mode and evaluates to the same numbers on the same split.
     again = tmp_path / "eval"
@@ -259,6 +260,15 @@ def test_ensemble_of_facenet_and_cnn_feeds_the_cnn_the_shrunk_face(cnn_run, face
     assert metrics["keras"]["n"] == metrics["tflite"]["n"] > 0
     assert abs(metrics["keras"]["age_mae"] - metrics["tflite"]["age_mae"]) < 1.0
     assert (tmp_path / "keras" / "training_curves_member0.png").stat().st_size > 0
+    # The pair trains on as one model (what serve's retrain does with the shipped FaceNet model):
+    # the FaceNet member from its cached features, the CNN from the faces.
+    again = tmp_path / "again"
+    run_command("train", "model=facenet", *smoke(fake_data, facenet_cache), "train.epochs=1",
+                f"train.init_from={ens / 'model'}", run_dir=again)
+    assert list(pd.read_csv(again / "history.csv")["epoch"]) == [0]
+    continued = load_model(again / "model", facenet_cache).model.predict_on_batch(faces)
+    assert np.isfinite(continued["age"]).all() and not np.allclose(continued["age"], got["age"])
+    keras.backend.clear_session()
     # A CNN that needs a larger face than FaceNet's 160 px would get an enlarged one: refused.
     big = tmp_path / "big"
     shutil.copytree(cnn / "model", big)
@@ -367,7 +377,8 @@ def test_facenet_finetuning_last_block_on_embeddings(facenet_run, facenet_cache,
 
     frozen = facenet_run
     assert json.loads((frozen / "model" / "model_info.json").read_text())["facenet"]["zoom_out"] == 1.2
-    run_command("ensemble", members(run, frozen), f"paths.cache={facenet_cache}", run_dir=tmp_path / "ens")
+    run_command("ensemble", members(run, frozen), f"paths.cache={facenet_cache}", "export.tflite=false",
+                run_dir=tmp_path / "ens")
     ens_info = json.loads((tmp_path / "ens" / "model" / "model_info.json").read_text())
     assert ens_info["facenet"]["cut_stage"] == len(STAGES) - 1
     faces = np.random.default_rng(1).uniform(0, 255, (3, 160, 160, 3)).astype(np.float32)

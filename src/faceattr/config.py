@@ -219,6 +219,7 @@ class TrainConfig:
     init_from: str | None = None               # a model folder whose weights start this run; refused if it saw val/test
     eval: bool = False                            # evaluate on the test split after training (--eval)
     tta_flip: bool = True                         # average over the image and its mirror at test time
+    data_plots: bool = True  # the data set's plots in <run>/statistics before training (data_summary.json always)
 
 
 @dataclass

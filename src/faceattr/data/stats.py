@@ -113,8 +113,9 @@ def _age_bin_counts(frame: pd.DataFrame, values: pd.Series, names: list[str]) ->
 
 
 def write_statistics(prepared: PreparedData, out_dir: Path, formats: Sequence[str] = ("png",),
-                     dpi: int = 120) -> dict[str, Any]:
-    """Write the plots (:data:`PLOTS`, one file per format) and ``data_summary.json``.
+                     dpi: int = 120, plots: bool = True) -> dict[str, Any]:
+    """Write the plots (:data:`PLOTS`, one file per format; none with ``plots=False``) and
+    ``data_summary.json``.
 
     Returns the summary as written, with ``"plots"`` listing the files.
     """
@@ -129,8 +130,10 @@ def write_statistics(prepared: PreparedData, out_dir: Path, formats: Sequence[st
                                  for s in SPLITS}
     train = frame[frame.split == "train"]
     summary["train_age_bins_after_rebalancing"] = _age_bin_counts(train, train["copies"] * train["weight"], bin_names)
-    with plt.rc_context(_STYLE):
-        summary["plots"] = _plot_all(prepared, out_dir, tuple(formats), int(dpi))
+    summary["plots"] = []
+    if plots:
+        with plt.rc_context(_STYLE):
+            summary["plots"] = _plot_all(prepared, out_dir, tuple(formats), int(dpi))
     (out_dir / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     log.info("dataset statistics written to %s", out_dir)
     return summary

@@ -93,7 +93,7 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
     check_resumable(run_dir / "backup", backup_fingerprint(cfg, run_dir))  # before features and training
     write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
-                     dpi=int(cfg.evaluation.dpi))
+                     dpi=int(cfg.evaluation.dpi), plots=bool(cfg.train.data_plots))
     frame = prepared.frame
     trainer = make_trainer(cfg, frame)
     backup_root = run_dir / "backup"

@@ -18,14 +18,17 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr.errors import ConfigError
 from faceattr.models.families import InputSpec, ModelFamily, family
+from faceattr.models.preprocessing import load_face
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import keras
-    import numpy as np
     import pandas as pd
     import tensorflow as tf
 
@@ -36,6 +39,34 @@ log = logging.getLogger(__name__)
 
 #: What must agree between FaceNet members of an ensemble for one trunk to feed them all.
 SHARED_SPEC = ("zoom_out", "graph_sha256")
+
+
+def _top_takes_image(top: keras.Model) -> bool:
+    """``models.facenet.top_takes_image`` (imported on use: that module imports Keras)."""
+    from faceattr.models.facenet import top_takes_image as takes_image
+
+    return takes_image(top)
+
+
+def face_images(paths: Sequence[str], size: int, mirrored: np.ndarray | None = None,
+                dtype: type = np.float32) -> np.ndarray:
+    """The faces at ``paths`` as an ensemble top's image input: (N, size, size, 3) RGB in
+    [0, 255] (``models.preprocessing.load_face``), row ``i`` mirrored where ``mirrored[i]``."""
+    faces = np.stack([load_face(p, size) for p in paths]).astype(dtype)
+    if mirrored is not None and mirrored.any():
+        faces[mirrored] = faces[mirrored][:, :, ::-1]
+    return faces
+
+
+def nested_layers(model: keras.Model, name: str) -> list[keras.layers.Layer]:
+    """The layers called ``name`` in ``model`` and in the models nested in it (an ensemble's members)."""
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop(0)
+        if layer.name == name:
+            found.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+    return found
 
 
 class FaceNetTrainer:
@@ -65,7 +96,6 @@ class FaceNetTrainer:
         augmented copies (``data.augment``, see ``FeatureCache.get_augmented``). Caching freezes
         augmentation, so these copies are how a fine-tuned top still sees varied faces.
         """
-        import numpy as np
 
         augment_cfg = OmegaConf.to_container(self.cfg.data.augment, resolve=True)
         views = [lambda: self.features(train, flip=False)]
@@ -84,12 +114,13 @@ class FaceNetTrainer:
         return out
 
     def _train_dataset(self, train: pd.DataFrame) -> tf.data.Dataset:
-        import numpy as np
         import tensorflow as tf
 
         from faceattr.training.loop import label_arrays
 
         x = self.train_views(train)
+        with_faces = _top_takes_image(self.top)  # a FaceNet + CNN ensemble: the CNNs take the face itself
+        mirror_view = 1 if bool(self.cfg.data.augment.flip) else -1  # train_views' view 1 is the mirror
         rows = np.repeat(np.arange(len(train)), train["copies"].to_numpy())  # oversampled repeats
         y = label_arrays(train)
         w = train["weight"].to_numpy(np.float32)
@@ -104,11 +135,16 @@ class FaceNetTrainer:
             for lo in range(0, len(order), batch):
                 i, v = order[lo : lo + batch], chosen[lo : lo + batch]
                 features, labels = x[i, v].astype(np.float32), {k: val[i] for k, val in y.items()}
+                if with_faces:  # the face as predict gives it, mirrored with its mirrored features
+                    features = (features, face_images(train["path"].to_numpy()[i], self.size, v == mirror_view))
                 yield (features, labels, w[i]) if with_weights else (features, labels)
 
         label_spec = {"age": tf.TensorSpec((None, 1), tf.float32), "gender": tf.TensorSpec((None,), tf.int32),
                       "race": tf.TensorSpec((None,), tf.int32)}
-        spec = (tf.TensorSpec((None, *x.shape[2:]), tf.float32), label_spec)
+        inputs = tf.TensorSpec((None, *x.shape[2:]), tf.float32)
+        if with_faces:
+            inputs = (inputs, tf.TensorSpec((None, self.size, self.size, 3), tf.float32))
+        spec = (inputs, label_spec)
         if with_weights:
             spec = (*spec, tf.TensorSpec((None,), tf.float32))
         ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
@@ -116,13 +152,17 @@ class FaceNetTrainer:
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def _val_dataset(self, val: pd.DataFrame) -> tf.data.Dataset:
-        import numpy as np
         import tensorflow as tf
 
         from faceattr.training.loop import label_arrays
 
         x = self.features(val, flip=False).astype(np.float32)
-        return tf.data.Dataset.from_tensor_slices((x, label_arrays(val))).batch(int(self.cfg.train.batch_size))
+        batch = int(self.cfg.train.batch_size)
+        if not _top_takes_image(self.top):
+            return tf.data.Dataset.from_tensor_slices((x, label_arrays(val))).batch(batch)
+        faces = face_images(val["path"].to_numpy(), self.size, None, np.uint8)  # uint8: a quarter of the memory
+        ds = tf.data.Dataset.from_tensor_slices(((x, faces), label_arrays(val))).batch(batch)
+        return ds.map(lambda inputs, labels: ((inputs[0], tf.cast(inputs[1], tf.float32)), labels))
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
         from faceattr.training.backup import has_backup
@@ -135,7 +175,8 @@ class FaceNetTrainer:
             return fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n, float(self.cfg.train.learning_rate))
         # Fine-tuning: heads first on the frozen stages, then everything at a lower rate, so
         # random heads don't push large gradients into pretrained weights.
-        backbone = self.top.get_layer("facenet_top")
+        # The fine-tuned stages: in an ensemble, those of each FaceNet member.
+        stacks = nested_layers(self.top, "facenet_top")
         heads_epochs = self.cfg.model.heads_epochs  # null: train.epochs; 0: no heads-only phase
         # A backup of the fine-tuning phase means the heads phase had finished: its own backup may
         # be gone (Keras' older BackupAndRestore deleted it), and rerunning it would start the
@@ -143,23 +184,22 @@ class FaceNetTrainer:
         if has_backup(run_dir / "backup" / "finetune"):
             log.info("%s: the heads-only phase had finished; going on with fine-tuning", run_dir)
         elif heads_epochs is None or int(heads_epochs) > 0:
-            backbone.trainable = False
+            for stack in stacks:
+                stack.trainable = False
             fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n, float(self.cfg.train.learning_rate),
                       phase="heads", epochs=heads_epochs)
-        backbone.trainable = True
+        for stack in stacks:
+            stack.trainable = True
         fit_model(self.top, train_ds, val_ds, self.cfg, run_dir, n, float(self.cfg.model.finetune_learning_rate),
                   phase="finetune")
         # history.csv (and the model's training curves) shows both phases, heads first.
         return join_histories(run_dir / "history_heads.csv", run_dir / "history_finetune.csv", run_dir / "history.csv")
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
-        import numpy as np
 
         from faceattr.evaluation.served import to_predictions
-        from faceattr.models.facenet import top_takes_image
-        from faceattr.models.preprocessing import load_face
 
-        faces = np.stack([load_face(p, self.size) for p in frame["path"]]) if top_takes_image(self.top) else None
+        faces = face_images(frame["path"].to_numpy(), self.size, None, np.uint8) if _top_takes_image(self.top) else None
         outputs = []
         for flip in (False, True) if tta_flip else (False,):
             x = self.features(frame, flip=flip).astype(np.float32)
