@@ -126,3 +126,21 @@ def test_extra_labels_join_the_training_split_only(tmp_path):
     (chips / "labels.csv").write_text("file,age,gender,race\nc0.jpg,,male,white\n")
     with pytest.raises(DataError, match=r"labels.csv: row 2: c0.jpg needs an exact age"):
         prepare_dataset(data, {"name": "none"}, tmp_path / "run3")
+
+
+def test_a_retrain_trains_with_the_served_model_s_augmentation(tmp_path):
+    """The shipped FaceNet model was trained on faces degraded like real photos: its retrain job
+    trains with the same ``data.augment`` (and reuses the cached copies made with it)."""
+    import shutil
+
+    from faceattr.config import compose_config
+    from faceattr.serve.jobs import train_overrides
+
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(ROOT / "saved_model" / "facenet" / "model_info.json", served)
+    augment = json.loads((served / "model_info.json").read_text())["trained_with"]["data"]["augment"]
+    assert augment["jpeg"] > 0  # not the defaults: the test would prove nothing
+    overrides = train_overrides(served, tmp_path / "run", tmp_path / "labels.csv", compose_config(["command=serve"]))
+    cfg = compose_config(["command=train", *[o for o in overrides if not o.startswith("hydra.")]])
+    assert {key: cfg.data.augment[key] for key in augment} == augment

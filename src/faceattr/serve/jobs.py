@@ -135,6 +135,9 @@ def train_overrides(served: Path, run_dir: Path, labels_csv: Path, cfg: DictConf
            f"train.learning_rate={float(cfg.serve.retrain_learning_rate)}",
            f"paths.cache={_quote(str(cfg.paths.cache))}"]
     out += _data_overrides(data)
+    # The augmentation it was trained with: a FaceNet model's cached augmented copies are reused.
+    out += [f"data.augment.{key}={_quote(value)}" for key, value in (data.get("augment") or {}).items()
+            if key in cfg.data.augment and not isinstance(value, dict | list)]
     out += model_overrides(info.model_type, model)
     out += [str(o) for o in cfg.serve.retrain_overrides]
     # Last, so no extra override can change what the job is.
