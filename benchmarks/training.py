@@ -148,8 +148,10 @@ def shipped_rows(entry: ModelEntry, explicit: Path | None) -> list[Row]:
     epochs = summary.get("epochs_run")
     # An ensemble's summary (models.ensemble) adds up its members' training runs.
     members = f" (sum over its {len(summary['members'])} members)" if summary.get("members") else ""
-    rows = [Row("shipped_train_seconds", name, seconds, "s", note=f"train_seconds of the shipped run{members}",
-                details=d)]
+    note = f"train_seconds of the shipped run{members}"
+    if summary.get("resumed"):  # training.command: a resumed run's seconds are its last command's
+        note += "; a resumed training counts only its last command, so the whole took longer"
+    rows = [Row("shipped_train_seconds", name, seconds, "s", note=note, details=d)]
     if epochs is not None:
         rows.append(Row("shipped_epochs_run", name, int(epochs), "epochs", details=d))
     feat_s = float(summary.get("feature_seconds") or 0.0)

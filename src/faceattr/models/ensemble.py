@@ -161,6 +161,8 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
         "feature_images_extracted": sum(s.get("feature_images_extracted", 0) for s in summaries),
         "member_summaries": summaries,
     }
+    if any(s.get("resumed") for s in summaries):
+        summary["resumed"] = True  # a member's train_seconds count its last command only
     if cfg.export.tflite:
         from faceattr.models.export import export_tflite
 
