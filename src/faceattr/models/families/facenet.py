@@ -9,6 +9,8 @@ each face itself.
 A ``train.init_from`` top must take what this run's cache holds (same features and zoom, a
 cut no earlier than this run's); an earlier cut keeps the trained stages and starts the newly
 unfrozen ones from FaceNet's weights. Ensemble members share one trunk: see :meth:`FaceNetFamily.ensemble`.
+An ensemble's top trains on as one model (``train.init_from``, e.g. serve's retrain): its CNN
+members get the faces themselves (``face_images``), mirrored with the mirrored features.
 """
 
 from __future__ import annotations
