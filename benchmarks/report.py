@@ -89,14 +89,15 @@ def merge_sections(result: dict[str, Any], previous: dict[str, Any] | None) -> d
     runs = {name: this_run for name in sorted(ran)}
     if previous:
         earlier = previous.get("section_runs") or {}
+        machine = previous.get("machine") or {}
+        # A file from before section_runs: each kept section was measured by its one command.
+        whole_run = {"command": previous.get("command"), "date": machine.get("date"),
+                     "git_commit": machine.get("git_commit"), "quick": (previous.get("settings") or {}).get("quick")}
         kept = [row for row in previous["rows"] if section_of(row) not in ran | {None}]
         for row in kept:
             name = section_of(row)
             row["section"] = name
-            runs.setdefault(name, earlier.get(name) or {
-                "command": previous.get("command"), "date": (previous.get("machine") or {}).get("date"),
-                "git_commit": (previous.get("machine") or {}).get("git_commit"),
-                "quick": (previous.get("settings") or {}).get("quick")})
+            runs.setdefault(name, earlier.get(name) or whole_run)
         result = {**result, "rows": result["rows"] + kept}
         for name in ("serve", "distill"):
             if name not in ran and name in previous:

@@ -43,13 +43,6 @@ log = logging.getLogger(__name__)
 SHARED_SPEC = ("zoom_out", "graph_sha256")
 
 
-def _top_takes_image(top: keras.Model) -> bool:
-    """``models.facenet.top_takes_image`` (imported on use: that module imports Keras)."""
-    from faceattr.models.facenet import top_takes_image as takes_image
-
-    return takes_image(top)
-
-
 def face_images(paths: Sequence[str], size: int, mirrored: np.ndarray | None = None,
                 dtype: type = np.float32) -> np.ndarray:
     """The faces at ``paths`` as an ensemble top's image input: (N, size, size, 3) RGB in
@@ -86,6 +79,7 @@ class FaceNetTrainer:
             weights = facenet.fg.load_facenet_weights(weights_root / "facenet")
             top = facenet.build_top(weights, self.cut, cfg.model, self.size)
         self.top = top
+        self.takes_faces = facenet.top_takes_image(top)  # a FaceNet + CNN ensemble: the CNNs take the face
 
     def features(self, frame: pd.DataFrame, flip: bool) -> np.ndarray:
         return self.cache.get(frame["path"].tolist(), frame["sha1"].tolist(), flip=flip,
@@ -98,7 +92,6 @@ class FaceNetTrainer:
         augmented copies (``data.augment``, see ``FeatureCache.get_augmented``). Caching freezes
         augmentation, so these copies are how a fine-tuned top still sees varied faces.
         """
-
         augment_cfg = OmegaConf.to_container(self.cfg.data.augment, resolve=True)
         views = [lambda: self.features(train, flip=False)]
         if bool(self.cfg.data.augment.flip):
@@ -121,7 +114,6 @@ class FaceNetTrainer:
         from faceattr.training.loop import label_arrays
 
         x = self.train_views(train)
-        with_faces = _top_takes_image(self.top)  # a FaceNet + CNN ensemble: the CNNs take the face itself
         mirror_view = 1 if bool(self.cfg.data.augment.flip) else -1  # train_views' view 1 is the mirror
         rows = np.repeat(np.arange(len(train)), train["copies"].to_numpy())  # oversampled repeats
         y = label_arrays(train)
@@ -137,14 +129,14 @@ class FaceNetTrainer:
             for lo in range(0, len(order), batch):
                 i, v = order[lo : lo + batch], chosen[lo : lo + batch]
                 features, labels = x[i, v].astype(np.float32), {k: val[i] for k, val in y.items()}
-                if with_faces:  # the face as predict gives it, mirrored with its mirrored features
+                if self.takes_faces:  # the face as predict gives it, mirrored with its mirrored features
                     features = (features, face_images(train["path"].to_numpy()[i], self.size, v == mirror_view))
                 yield (features, labels, w[i]) if with_weights else (features, labels)
 
         label_spec = {"age": tf.TensorSpec((None, 1), tf.float32), "gender": tf.TensorSpec((None,), tf.int32),
                       "race": tf.TensorSpec((None,), tf.int32)}
         inputs = tf.TensorSpec((None, *x.shape[2:]), tf.float32)
-        if with_faces:
+        if self.takes_faces:
             inputs = (inputs, tf.TensorSpec((None, self.size, self.size, 3), tf.float32))
         spec = (inputs, label_spec)
         if with_weights:
@@ -160,7 +152,7 @@ class FaceNetTrainer:
 
         x = self.features(val, flip=False).astype(np.float32)
         batch = int(self.cfg.train.batch_size)
-        if not _top_takes_image(self.top):
+        if not self.takes_faces:
             return tf.data.Dataset.from_tensor_slices((x, label_arrays(val))).batch(batch)
         faces = face_images(val["path"].to_numpy(), self.size, None, np.uint8)  # uint8: a quarter of the memory
         ds = tf.data.Dataset.from_tensor_slices(((x, faces), label_arrays(val))).batch(batch)
@@ -198,10 +190,9 @@ class FaceNetTrainer:
         return join_histories(run_dir / "history_heads.csv", run_dir / "history_finetune.csv", run_dir / "history.csv")
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
-
         from faceattr.evaluation.served import to_predictions
 
-        faces = face_images(frame["path"].to_numpy(), self.size, None, np.uint8) if _top_takes_image(self.top) else None
+        faces = face_images(frame["path"].to_numpy(), self.size, None, np.uint8) if self.takes_faces else None
         outputs = []
         for flip in (False, True) if tta_flip else (False,):
             x = self.features(frame, flip=flip).astype(np.float32)
