@@ -28,6 +28,7 @@ from faceattr.data.utkface import (
     Labels,
     check_split_disjoint,
     index_images,
+    limit_training,
     parse_name,
     prepare_dataset,
     rebalance,
@@ -256,6 +257,20 @@ def test_split_disjoint_deterministic_and_proportional(tmp_path, n):
         assert abs(counts.get(name, 0) - ratio * n) <= max(2, 0.05 * n), counts.to_dict()
     if n >= 60:
         assert split_index(frame, RATIOS, seed=4)["split"].tolist() != split["split"].tolist()
+
+
+def test_train_limit_shrinks_the_training_split_only(tmp_path):
+    """A retrain job replays part of the training split: val and test must stay exactly as they were."""
+    make_fake_utkface(tmp_path / "faces", 300, size=8)
+    split = split_index(index_images(tmp_path / "faces", None, seed=0).frame, RATIOS, seed=3)
+    kept = limit_training(split, 40, seed=3)
+    train = kept[kept["split"] == "train"]
+    assert len(train) == 40 and set(train["image"]) < set(split.query("split == 'train'")["image"])
+    assert set(train["gender"]) == {0, 1} and set(train["race"]) == set(range(5))  # stratified
+    for name in ("val", "test"):
+        assert kept[kept["split"] == name]["image"].tolist() == split[split["split"] == name]["image"].tolist()
+    assert kept["image"].tolist() == limit_training(split, 40, seed=3)["image"].tolist()
+    assert limit_training(split, 10_000, seed=3) is split and limit_training(split, None, seed=3) is split
 
 
 def test_split_bad_ratios_and_leak_check(fake_utkface):

@@ -101,6 +101,17 @@ def test_a_retrain_job_finishes_with_both_models_figures(cnn_run, shared_cache, 
     assert {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()} == before
 
 
+def test_a_job_s_progress_moves_within_an_epoch():
+    """An epoch of the shipped FaceNet model takes minutes: the job's progress follows Keras' step counter."""
+    from faceattr.serve.jobs import TrainProgress
+
+    progress = TrainProgress()
+    bar = "\x1b[1m{}/46\x1b[0m \x1b[32m━━━━━━━━━━\x1b[0m\x1b[37m━━━━━━━━━━\x1b[0m 9s/step - age_loss: 8.06"
+    seen = [progress.feed(line) for line in ("Epoch 1/2", bar.format(23), bar.format(46), "Epoch 2/2",
+                                             bar.format(23), "[INFO] - saved 12/40 files", "1/Unknown 11s")]
+    assert seen == [0.0, 0.25, 0.5, 0.5, 0.75, None, None]
+
+
 def test_extra_labels_join_the_training_split_only(tmp_path):
     from faceattr.data.utkface import prepare_dataset
     from faceattr.errors import DataError
@@ -144,3 +155,4 @@ def test_a_retrain_trains_with_the_served_model_s_augmentation(tmp_path):
     overrides = train_overrides(served, tmp_path / "run", tmp_path / "labels.csv", compose_config(["command=serve"]))
     cfg = compose_config(["command=train", *[o for o in overrides if not o.startswith("hydra.")]])
     assert {key: cfg.data.augment[key] for key in augment} == augment
+    assert cfg.data.train_limit == cfg.serve.retrain_replay == 2000  # a sample of the split, replayed

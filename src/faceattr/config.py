@@ -90,6 +90,7 @@ class DataConfig:
 
     path: str = "${paths.root}/../shared/data/UTKFace.tar.gz"
     limit: int | None = rule(None, ge=1)  # use at most N images, chosen deterministically (null = all)
+    train_limit: int | None = rule(None, ge=1)  # after the split: at most N training images (val/test whole)
     extract_dir: str = "${paths.cache}/data"  # archives are extracted here once and reused
     split: SplitConfig = field(default_factory=SplitConfig)
     age_bin_edges: list[float] = field(default_factory=lambda: list(DEFAULT_AGE_BIN_EDGES))  # years
@@ -267,6 +268,8 @@ class ServeConfig:
     retrain_epochs: int = rule(3, ge=1)
     retrain_learning_rate: float = rule(1.0e-4, gt=0.0, le=1.0)
     retrain_copies: int = rule(20, ge=1, le=1000)  # each corrected face per epoch (data.extra_copies)
+    # Training-split faces replayed beside the corrections (data.train_limit); null: the whole split.
+    retrain_replay: int | None = rule(2000, ge=1)
     retrain_overrides: list[str] = field(default_factory=list)  # more `train` overrides, e.g. [debug=smoke]
 
 

@@ -63,6 +63,9 @@ def load_images(paths: Sequence[str | Path], image_size: int) -> np.ndarray:
     return np.stack(images).astype(np.float32)
 
 
+# Not converted by AutoGraph: its branches test the config's Python values, never a tensor, and
+# converting it (with the config checks it calls) took half a minute of every first training.
+@tf.autograph.experimental.do_not_convert
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, Any] | None) -> tf.Tensor:
     """Randomly augment a batch, float32 (N, H, W, 3) in [0, 255] -> same shape and range.
 

@@ -3,7 +3,7 @@
 The order matters and is the whole point of this module::
 
     resolve folder -> index (parse names, hash contents, drop duplicates) -> [limit]
-        -> split (stratified, before anything else touches the data)
+        -> split (stratified, before anything else touches the data) -> [train_limit]
         -> rebalance (training split only) -> split.csv
 
 * **Labels** come from file names ``age_gender_race_datetime.jpg.chip.jpg`` (age in years,
@@ -326,6 +326,25 @@ def split_index(frame: pd.DataFrame, ratios: Mapping[str, Any], seed: int) -> pd
     return out
 
 
+def limit_training(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """``frame`` with at most ``limit`` training rows; val and test rows are all kept.
+
+    The rows kept are chosen by ``seed`` in proportion to the (age bin, gender, race) strata,
+    as ``limit`` chooses images before the split. The split itself is made on every image
+    first, so a smaller training split never moves an image into val or test.
+    """
+    train = (frame["split"] == "train").to_numpy()
+    if limit is None or int(limit) >= int(train.sum()):
+        return frame
+    if int(limit) < 1:
+        raise ConfigError(f"data.train_limit: must be a positive number of images or null, got {limit}")
+    rows = np.flatnonzero(train)
+    u = _spread(_strata_keys(frame.iloc[rows], STRATA), np.random.default_rng([seed, 1]))
+    dropped = rows[np.argsort(u, kind="stable")[int(limit):]]
+    log.info("data.train_limit: %d of %d training images kept", int(limit), len(rows))
+    return frame.drop(index=frame.index[dropped]).reset_index(drop=True)
+
+
 def check_split_disjoint(frame: pd.DataFrame) -> None:
     """Raise :class:`DataError` if a file name or a content hash occurs in two splits."""
     for column in ("image", "sha1"):
@@ -426,7 +445,8 @@ def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any
     limit = data_cfg["limit"]
     index = index_images(folder, limit=None if limit is None else int(limit), seed=seed,
                          cache_dir=extract_dir, age_bin_edges=edges)
-    frame = rebalance(split_index(index.frame, split_cfg, seed), rebalance_cfg)
+    frame = limit_training(split_index(index.frame, split_cfg, seed), data_cfg["train_limit"], seed)
+    frame = rebalance(frame, rebalance_cfg)
     if data_cfg["extra_labels"]:  # extra chips join the training split only, after split and rebalance
         from faceattr.data.extra_labels import append_extra, extra_training_rows
 

@@ -113,6 +113,10 @@ def plot_fairness(df: pd.DataFrame, stem: Path, formats: Sequence[str] = ("png",
         n_g = df["gender"].nunique() + 1
         fig = new_figure((3 * (1.5 + 1.25 * n_g) + 1.0, 1.6 + 0.75 * (df["race"].nunique() + 1)))
         axes = fig.subplots(1, len(PANELS))
+        # seaborn draws the whole figure once per heatmap (to check its tick labels); without a
+        # layout engine until the end, those draws skip the constrained layout's solve.
+        engine = fig.get_layout_engine()
+        fig.set_layout_engine("none")
         for ax, (col, title, cmap, fmt, cbar_label) in zip(axes, PANELS, strict=True):
             vals, counts = _grid(df, col)
             overall = float(vals.iat[-1, -1])
@@ -136,6 +140,7 @@ def plot_fairness(df: pd.DataFrame, stem: Path, formats: Sequence[str] = ("png",
             ax.set_xlabel("gender")
             ax.set_ylabel("race")
             ax.tick_params(axis="y", rotation=0)
+        fig.set_layout_engine(engine)
         fig.suptitle(f"Who does the model fail? Metrics per race x gender (n={int(df['n'].sum())})\n"
                      f"red = worse than overall, blue = better; * = fewer than {MIN_GROUP_SIZE} faces")
         return save_figure(fig, stem, formats, dpi)

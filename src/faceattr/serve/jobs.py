@@ -49,6 +49,8 @@ KEY_METRICS: tuple[tuple[str, bool], ...] = (
 #: Model settings a retrain sets afresh: its heads were trained already, so no heads-only phase.
 FRESH_MODEL_SETTINGS: dict[str, Any] = {"heads_epochs": 0}
 EPOCH_LINE = re.compile(r"Epoch (\d+)/(\d+)")
+#: Keras' progress bar within an epoch: "23/46 ━━━━..." (bold escape codes around the count).
+STEP_LINE = re.compile(r"^\s*(?:\x1b\[[0-9;]*m)*(\d+)/(\d+)(?:\x1b\[[0-9;]*m)*\s")
 CORRECTIONS_DIR = "corrections"
 SERVED_DIR = "served"
 
@@ -139,6 +141,10 @@ def train_overrides(served: Path, run_dir: Path, labels_csv: Path, cfg: DictConf
     out += [f"data.augment.{key}={_quote(value)}" for key, value in (data.get("augment") or {}).items()
             if key in cfg.data.augment and not isinstance(value, dict | list)]
     out += model_overrides(info.model_type, model)
+    # A stratified sample of the training split is replayed, not all of it: enough to keep a few
+    # corrections from pulling the model away, small enough that a job ends in minutes.
+    replay = cfg.serve.get("retrain_replay")
+    out += [f"data.train_limit={'null' if replay is None else int(replay)}"]
     out += [str(o) for o in cfg.serve.retrain_overrides]
     # Last, so no extra override can change what the job is.
     return out + [f"train.init_from={_quote(str(served))}", f"data.extra_labels={_quote(str(labels_csv))}",
@@ -162,6 +168,25 @@ def side_by_side(new: dict, served: dict) -> dict[str, Any]:
                for k, lower in KEY_METRICS if k in new or k in served]
     return {"split": new.get("split", "test"), "n": new.get("n_test", new.get("n")), "figures": figures,
             "new": {k: new.get(k) for k, _ in KEY_METRICS}, "served": {k: served.get(k) for k, _ in KEY_METRICS}}
+
+
+class TrainProgress:
+    """How far a ``train`` command is, 0..1, from the lines it prints: its ``Epoch i/N`` lines and
+    Keras' step counter within each epoch (an epoch of a large model takes minutes)."""
+
+    def __init__(self) -> None:
+        self.epoch, self.epochs = 0, 1  # epochs finished before the current one; epochs in all
+
+    def feed(self, line: str) -> float | None:
+        """The fraction done after ``line``, or None when the line tells nothing new."""
+        m = EPOCH_LINE.search(line)
+        if m:
+            self.epoch, self.epochs = int(m[1]) - 1, max(1, int(m[2]))
+            return min(1.0, self.epoch / self.epochs)
+        m = STEP_LINE.match(line)
+        if m and int(m[2]) > 0:
+            return min(1.0, (self.epoch + min(1.0, int(m[1]) / int(m[2]))) / self.epochs)
+        return None
 
 
 class JobRunner:
@@ -205,11 +230,12 @@ class JobRunner:
 
     def _command(self, job: str, overrides: list[str], log_path: Path, span: tuple[float, float],
                  command: str) -> None:
-        """Run ``python src/main.py <command> <overrides>``; progress from its epoch lines into ``span``."""
+        """Run ``python src/main.py <command> <overrides>``; its progress (:class:`TrainProgress`) into ``span``."""
         argv = [sys.executable, str(PROJECT_ROOT / "src" / "main.py"), command, *overrides]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         lo, hi = span
         last_error = ""
+        progress, shown = TrainProgress(), 0.0
         with log_path.open("a") as logf:
             logf.write("$ " + " ".join(argv) + "\n")
             self._proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
@@ -220,10 +246,11 @@ class JobRunner:
                 logf.write(line)
                 if line.startswith("error:"):
                     last_error = line.strip()
-                m = EPOCH_LINE.search(line)
-                if m:
-                    done, total = int(m[1]) - 1, max(1, int(m[2]))
-                    self.store.update_job(job, progress=round(lo + (hi - lo) * done / total, 3))
+                done = progress.feed(line)
+                # Written when it has grown by a percent: a progress bar prints a line per step.
+                if done is not None and done - shown >= 0.01:
+                    shown = done
+                    self.store.update_job(job, progress=round(lo + (hi - lo) * done, 3))
             code = self._proc.wait()
             self._proc = None
         if self._stopping:
