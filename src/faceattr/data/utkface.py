@@ -194,6 +194,13 @@ def _spread(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return u
 
 
+def _stratified_sample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions (ascending) of ``n`` rows of ``frame`` chosen by ``rng`` in proportion to the
+    (age bin, gender, race) strata (:func:`_spread`)."""
+    u = _spread(_strata_keys(frame, STRATA), rng)
+    return np.sort(np.argsort(u, kind="stable")[:n])
+
+
 def index_images(
     folder: Path,
     limit: int | None = None,
@@ -264,8 +271,7 @@ def index_images(
     unique = unique.reset_index(drop=True)
 
     if limit is not None and int(limit) < len(unique):
-        u = _spread(_strata_keys(unique, STRATA), np.random.default_rng(seed))
-        unique = unique.iloc[np.sort(np.argsort(u, kind="stable")[: int(limit)])].reset_index(drop=True)
+        unique = unique.iloc[_stratified_sample(unique, int(limit), np.random.default_rng(seed))].reset_index(drop=True)
 
     log.info("indexed %s: %d files, %d skipped, %d duplicates removed, %d conflicting groups dropped "
              "(%d images), %d unique images, %d used", folder, len(entries), len(skipped), duplicates_removed,
@@ -333,16 +339,15 @@ def limit_training(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.Data
     as ``limit`` chooses images before the split. The split itself is made on every image
     first, so a smaller training split never moves an image into val or test.
     """
+    if limit is not None and int(limit) < 1:
+        raise ConfigError(f"data.train_limit: must be a positive number of images or null, got {limit}")
     train = (frame["split"] == "train").to_numpy()
     if limit is None or int(limit) >= int(train.sum()):
         return frame
-    if int(limit) < 1:
-        raise ConfigError(f"data.train_limit: must be a positive number of images or null, got {limit}")
     rows = np.flatnonzero(train)
-    u = _spread(_strata_keys(frame.iloc[rows], STRATA), np.random.default_rng([seed, 1]))
-    dropped = rows[np.argsort(u, kind="stable")[int(limit):]]
+    kept = rows[_stratified_sample(frame.iloc[rows], int(limit), np.random.default_rng([seed, 1]))]
     log.info("data.train_limit: %d of %d training images kept", int(limit), len(rows))
-    return frame.drop(index=frame.index[dropped]).reset_index(drop=True)
+    return frame.iloc[np.sort(np.concatenate([np.flatnonzero(~train), kept]))].reset_index(drop=True)
 
 
 def check_split_disjoint(frame: pd.DataFrame) -> None:

@@ -143,7 +143,7 @@ def train_overrides(served: Path, run_dir: Path, labels_csv: Path, cfg: DictConf
     out += model_overrides(info.model_type, model)
     # A stratified sample of the training split is replayed, not all of it: enough to keep a few
     # corrections from pulling the model away, small enough that a job ends in minutes.
-    replay = cfg.serve.get("retrain_replay")
+    replay = cfg.serve.retrain_replay
     out += [f"data.train_limit={'null' if replay is None else int(replay)}"]
     out += [str(o) for o in cfg.serve.retrain_overrides]
     # Last, so no extra override can change what the job is.
