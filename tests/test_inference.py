@@ -40,11 +40,16 @@ TINY_SIZE = 32
 # ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A real (untrained) CNN, saved and reloadable through models.io."""
+    """A real (untrained) CNN, saved and reloadable through models.io, with the TensorFlow Lite
+    export that training writes beside it (what `run` serves; its command-line runs then start
+    without importing TensorFlow, as a user's do)."""
+    from faceattr.models.export import export_tflite
+
     cfg = OmegaConf.merge(group_node("model", "normal"),
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("tiny_model")
     io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
+    export_tflite(model_dir)
     return model_dir
 
 

@@ -147,11 +147,12 @@ def plot_fairness(df: pd.DataFrame, stem: Path, formats: Sequence[str] = ("png",
 
 
 def write_fairness(out_dir: Path, y_true: Mapping[str, np.ndarray], y_pred: Mapping[str, np.ndarray],
-                   formats: Sequence[str] = ("png",), dpi: int = 120) -> pd.DataFrame:
-    """Write ``fairness.csv`` and ``fairness.png`` (+ other formats) into ``out_dir``."""
+                   formats: Sequence[str] = ("png",), dpi: int = 120, plot: bool = True) -> pd.DataFrame:
+    """Write ``fairness.csv`` and, if ``plot``, ``fairness.png`` (+ other formats) into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = fairness_frame(y_true, y_pred)
     df.to_csv(out_dir / "fairness.csv", index=False, float_format="%.6g")
-    plot_fairness(df, out_dir / "fairness", formats, dpi)
+    if plot:
+        plot_fairness(df, out_dir / "fairness", formats, dpi)
     return df

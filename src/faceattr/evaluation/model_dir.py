@@ -97,7 +97,7 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         scorer = ServedModel(predictor)
     history = history_of(model_dir)
     metrics = evaluate_split(scorer, scored, eval_cfg, run_dir, history, split, calibration)
-    if history is None:  # an ensemble: one set of curves per member (training_curves_member<i>)
+    if history is None and cfg.evaluation.plots:  # an ensemble: curves per member (training_curves_member<i>)
         from faceattr.evaluation.plots import plot_training_curves
         from faceattr.models.ensemble import MEMBER_HISTORY_PREFIX
 

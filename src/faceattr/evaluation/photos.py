@@ -179,20 +179,23 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
         p = np.array([names.index(v) for v in rows[f"{task}_pred"]], dtype=int)
         classification_report_frame(task, t, p).to_csv(out_dir / f"report_{task}.csv", index=False,
                                                         float_format="%.6g")
-        plots.plot_confusion(task, t, p, out_dir / f"confusion_{task}", formats, dpi, where="the labelled photos")
+        if eval_cfg.plots:
+            plots.plot_confusion(task, t, p, out_dir / f"confusion_{task}", formats, dpi, where="the labelled photos")
     exact = found[found["age"].notna()]
     if len(exact):
         age_by_bin_frame(exact["age"], exact["age_pred"], DEFAULT_AGE_BIN_EDGES).to_csv(
             out_dir / "age_by_bin.csv", index=False, float_format="%.6g")
-        plots.plot_age(exact["age"], exact["age_pred"], out_dir / "age_predictions", DEFAULT_AGE_BIN_EDGES, formats,
-                       dpi)
+        if eval_cfg.plots:
+            plots.plot_age(exact["age"], exact["age_pred"], out_dir / "age_predictions", DEFAULT_AGE_BIN_EDGES,
+                           formats, dpi)
     grouped = found[found["age_lo"].notna()]
     if len(grouped):
         by_group = age_by_group_frame(grouped["age_pred"].to_numpy(float), grouped["age_lo"].to_numpy(float),
                                       grouped["age_hi"].to_numpy(float))
         by_group.to_csv(out_dir / "age_by_group.csv", index=False, float_format="%.6g")
-        plots.plot_age_groups(grouped["age_pred"].to_numpy(float), grouped["age_lo"].to_numpy(float),
-                              grouped["age_hi"].to_numpy(float), out_dir / "age_groups", formats, dpi)
+        if eval_cfg.plots:
+            plots.plot_age_groups(grouped["age_pred"].to_numpy(float), grouped["age_lo"].to_numpy(float),
+                                  grouped["age_hi"].to_numpy(float), out_dir / "age_groups", formats, dpi)
     full = found[(found["gender"] >= 0) & (found["race"] >= 0) & found["age_lo"].notna()]
     if len(full):
         pred = full["age_pred"].to_numpy(float)
@@ -201,7 +204,7 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
                   "gender": full["gender"].to_numpy(int), "race": full["race"].to_numpy(int)}
         y_pred = {"age": pred, "gender": np.array([GENDERS.index(v) for v in full["gender_pred"]]),
                   "race": np.array([RACES.index(v) for v in full["race_pred"]])}
-        fairness.write_fairness(out_dir, y_true, y_pred, formats, dpi)
+        fairness.write_fairness(out_dir, y_true, y_pred, formats, dpi, plot=eval_cfg.plots)
         metrics["race_macro_f1"] = compute_metrics(y_true, y_pred)["race_macro_f1"]
     (out_dir / "metrics.json").write_text(json.dumps(
         {**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},

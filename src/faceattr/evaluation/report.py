@@ -80,7 +80,7 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     ``frame``: the rows scored, test or val (``image``, ``path``, ``age`` in years, ``gender``
     and ``race`` class indices, ...). ``predictions``: row-aligned with ``frame``: ``age`` (N,) years,
     ``gender`` (N, 2) and ``race`` (N, 5) probabilities. ``eval_cfg``: the ``evaluation``
-    config group (``formats``, ``dpi``, ``grid_faces``). ``age_bin_edges``: years.
+    config group (``plots``, ``formats``, ``dpi``, ``grid_faces``). ``age_bin_edges``: years.
     ``history_csv``: a Keras ``CSVLogger`` file for the training curves (skipped if None or
     missing). ``split``: the name of the split ``frame`` holds, recorded in ``metrics.json``
     beside ``n``, the number of faces scored.
@@ -88,7 +88,8 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     Writes ``metrics.json``, ``report_gender.csv``, ``report_race.csv``, ``report_age.csv``,
     ``age_by_bin.csv``, ``predictions.csv``, ``fairness.csv`` and the plots
     ``confusion_gender``, ``confusion_race``, ``age_predictions``, ``faces_grid``,
-    ``fairness`` and ``training_curves`` (if a history is given) as PNG (+ SVG if configured).
+    ``fairness`` and ``training_curves`` (if a history is given) as PNG (+ SVG if configured); with
+    ``evaluation.plots=false`` the files without the plots.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,20 +115,22 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     for task in ("gender", "race"):
         classification_report_frame(task, y_true[task], y_pred[task]).to_csv(
             out_dir / f"report_{task}.csv", index=False, float_format="%.6g")
-        plots.plot_confusion(task, y_true[task], y_pred[task], out_dir / f"confusion_{task}", formats, dpi,
-                             where=f"the {split} split")
+        if eval_cfg.plots:
+            plots.plot_confusion(task, y_true[task], y_pred[task], out_dir / f"confusion_{task}", formats, dpi,
+                                 where=f"the {split} split")
     age_report_frame(y_true["age"], y_pred["age"], edges).to_csv(out_dir / "report_age.csv", index=False,
                                                                  float_format="%.6g")
     age_by_bin_frame(y_true["age"], y_pred["age"], edges).to_csv(out_dir / "age_by_bin.csv", index=False,
                                                                  float_format="%.6g")
     predictions_frame(frame, y_pred).to_csv(out_dir / "predictions.csv", index=False, float_format="%.6g")
-    plots.plot_age(y_true["age"], y_pred["age"], out_dir / "age_predictions", edges, formats, dpi)
-    plots.plot_faces_grid(frame, y_pred, out_dir / "faces_grid", grid_faces, formats, dpi)
-    fairness.write_fairness(out_dir, y_true, y_pred, formats, dpi)
-    if history_csv is not None and Path(history_csv).is_file():
-        plots.plot_training_curves(Path(history_csv), out_dir / "training_curves", formats, dpi)
-    elif history_csv is not None:
-        log.warning("%s not found; no training curves", history_csv)
+    fairness.write_fairness(out_dir, y_true, y_pred, formats, dpi, plot=eval_cfg.plots)
+    if eval_cfg.plots:
+        plots.plot_age(y_true["age"], y_pred["age"], out_dir / "age_predictions", edges, formats, dpi)
+        plots.plot_faces_grid(frame, y_pred, out_dir / "faces_grid", grid_faces, formats, dpi)
+        if history_csv is not None and Path(history_csv).is_file():
+            plots.plot_training_curves(Path(history_csv), out_dir / "training_curves", formats, dpi)
+        elif history_csv is not None:
+            log.warning("%s not found; no training curves", history_csv)
 
     log.info("%s split (n=%d): age MAE %.2f y, gender accuracy %.1f%%, race accuracy %.1f%% (balanced %.1f%%, "
              "macro F1 %.3f; recall %s)", split, n, metrics["age_mae"], 100 * metrics["gender_accuracy"],

@@ -195,6 +195,12 @@ def save_keras(model_dir: Path, info: ModelInfo, keras_model: keras.Model, file_
 
 
 def load_keras_file(path: Path) -> keras.Model:
+    if not path.is_file():
+        raise ModelError(f"{path}: model weights missing")
+    # Refused from the file's config alone, before TensorFlow is imported (no toolkit model has one).
+    if lambdas := lambda_layers(path):
+        raise ModelError(f"{path}: the model file uses a Lambda layer ({', '.join(lambdas)}), "
+                         "which safe loading refuses (it would run Python code stored in the file)")
     import keras
 
     # Register every custom layer safe mode may meet (a file names them, but loads no module):
@@ -203,14 +209,9 @@ def load_keras_file(path: Path) -> keras.Model:
     import faceattr.models.heads
     import faceattr.models.layers  # noqa: F401
 
-    if not path.is_file():
-        raise ModelError(f"{path}: model weights missing")
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # corrupt zip, unknown layer, unsafe content
-        if lambda_layers(path):
-            raise ModelError(f"{path}: the model file uses a Lambda layer ({', '.join(lambda_layers(path))}), "
-                             "which safe loading refuses (it would run Python code stored in the file)") from None
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {first[:300]})") from None
 
