@@ -276,10 +276,11 @@ def private_cache(tmp_path: Path, facenet_weights: Path) -> Path:
 @pytest.fixture(scope="session")
 def cnn_run(tmp_path_factory: pytest.TempPathFactory, fake_data: Path, shared_cache: Path) -> Path:
     """A training run folder: the tiny CNN, smoke size (2 epochs) on ``fake_data``, evaluated on its
-    test split, exported to TensorFlow Lite (float32). Read it, never write into it."""
+    test split, exported to TensorFlow Lite (float32). Its steps are traced into a graph, as a real
+    training's are (``debug=smoke`` runs them eagerly). Read it, never write into it."""
     return built_once(tmp_path_factory, "cnn_run", lambda run: run_command(
         "train", *TINY_CNN, *smoke(fake_data, shared_cache), "train.eval=true", "export.tflite=true",
-        "export.quantization=float32", run_dir=run))
+        "export.quantization=float32", "train.run_eagerly=false", run_dir=run))
 
 
 @pytest.fixture(scope="session")

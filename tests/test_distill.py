@@ -123,9 +123,9 @@ def test_student_trains_and_loads_in_run(setup, distilled, tmp_path):
     assert summary["unlabelled_faces_used"] == int(distilled["manifest"].kept.sum()) > 0
     # An ordinary model folder: `run` serves it.
     out = tmp_path / "preds.csv"
-    main_py("run", "--img", distilled["unlabeled"] / "photo.jpg", "--model_path", model, "--output", out,
-            "--no-display", "--no-annotate", "detector=none", f"paths.cache={setup['cache']}",
-            f"hydra.run.dir={tmp_path / 'serve'}")
+    run_command("run", f"run.img=['{distilled['unlabeled'] / 'photo.jpg'}']", f"model_path={model}",
+                f"run.output={out}", "run.display=false", "run.annotate=false", "detector=none",
+                f"paths.cache={setup['cache']}", run_dir=tmp_path / "serve")
     preds = pd.read_csv(out)
     assert len(preds) == 1 and preds["gender"].iloc[0] in ("male", "female")
 

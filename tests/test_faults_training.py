@@ -346,7 +346,7 @@ def test_two_phase_training_resumes_in_the_phase_it_was_stopped_in(tmp_path, cap
         "model": OmegaConf.to_container(model_settings({"name": "normal", "input_size": 32, "filters": [4, 8],
                                                         "heads": {"hidden_units": [8]}})),
         "train": {"schedule": "plateau", "epochs": 3, "batch_size": 8, "weight_decay": 1e-4,
-                  "early_stopping_patience": 20, "lr_plateau_patience": 20}})
+                  "early_stopping_patience": 20, "lr_plateau_patience": 20, "run_eagerly": False}})
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (16, 32, 32, 3)).astype(np.float32)
     y = {"age": rng.uniform(1, 90, (16, 1)).astype(np.float32), "gender": rng.integers(0, 2, 16).astype(np.int32),

@@ -57,6 +57,7 @@ def test_normal_trains_saves_and_evaluates(cnn_run, fake_data, shared_cache, tmp
     assert not list((run / "statistics").glob("*.png"))  # debug=smoke: train.data_plots=false
     assert not list(run.glob("*.png")) and (run / "fairness.csv").is_file()  # and evaluation.plots=false
     assert any((run / "tensorboard").rglob("events.out.tfevents*"))
+    assert "train.run_eagerly" not in (run / "app.log").read_text()  # traced, as real trainings are
     # The saved model loads in safe mode and evaluates to the same numbers on the same split.
     again = tmp_path / "eval"
     run_command("evaluate", f"model_path={run / 'model'}", *smoke(fake_data, shared_cache), run_dir=again)
@@ -343,6 +344,8 @@ def test_facenet_augmented_copies_are_cached_once_per_setting(private_cache, tmp
     copy2 = features.get_augmented(paths, sha1s, 2, augment_cfg)
     plain = features.get(paths, sha1s)
     assert not np.allclose(copy1, copy2, atol=1e-2) and not np.allclose(copy1, plain, atol=1e-2)
+    # The process builds the trunk once per setting: another cache of this key extracts with the same one.
+    assert FeatureCache(tmp_path / "other", model_cfg, weights_cache=cache).trunk() is features.trunk()
 
 
 @pytest.mark.slow
@@ -352,7 +355,7 @@ def test_facenet_finetuning_last_block_on_embeddings(facenet_run, facenet_cache,
     run = tmp_path / "run"
     run_command("train", "model=facenet", *smoke(fake_data, facenet_cache), "train.epochs=2",
                 "model.heads_epochs=1", "model.finetune_blocks=1", "model.features=embedding", "model.zoom_out=1.2",
-                run_dir=run)
+                "train.run_eagerly=false", run_dir=run)  # the fine-tuning steps traced, as in a real run
     info = json.loads((run / "model" / "model_info.json").read_text())
     assert info["facenet"]["cut_stage"] == len(STAGES) - 1 and info["facenet"]["features"] == "embedding"
     assert info["facenet"]["zoom_out"] == 1.2  # the trunk that run assembles (and exports) zooms out too
@@ -408,3 +411,5 @@ def test_cosine_schedule_decays_the_learning_rate_every_epoch(fake_data, shared_
                 "train.schedule=cosine", "train.learning_rate=1e-3", "train.early_stopping_patience=5", run_dir=run)
     rates = pd.read_csv(run / "history.csv")["learning_rate"].tolist()
     assert len(rates) == 3 and rates[0] < 1e-3 and rates[0] > rates[1] > rates[2] >= 1e-5
+    # debug=smoke runs the few steps eagerly (no tracing), and the log says so.
+    assert "train.run_eagerly: training steps run as plain Python" in (run / "app.log").read_text()

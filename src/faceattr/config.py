@@ -221,6 +221,7 @@ class TrainConfig:
     eval: bool = False                            # evaluate on the test split after training (--eval)
     tta_flip: bool = True                         # average over the image and its mirror at test time
     data_plots: bool = True  # the data set's plots in <run>/statistics before training (data_summary.json always)
+    run_eagerly: bool = False  # Keras steps as plain Python: breakpoints work; nothing traced (tiny runs start faster)
 
 
 @dataclass

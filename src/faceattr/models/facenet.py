@@ -47,6 +47,12 @@ if TYPE_CHECKING:  # this module only reads a ModelInfo's fields
 log = logging.getLogger(__name__)
 
 FEATURE_DTYPE = np.float16  # halves the cache; features are post-ReLU/pooled values, well within range
+#: Trunks this process built for feature extraction, by what determines their outputs, newest
+#: last. The runs of a sweep, or of a test session, that extract new views reuse one instead of
+#: building it and tracing its forward pass again (seconds each). At most TRUNKS_KEPT are kept:
+#: each holds FaceNet's weights (about 90 MB).
+_TRUNKS: dict[tuple, keras.Model] = {}
+TRUNKS_KEPT = 2
 
 
 @functools.cache
@@ -210,10 +216,16 @@ class FeatureCache:
         return self.dir / sha1[:2] / f"{sha1}{view}.npy"
 
     def trunk(self) -> keras.Model:
+        """The frozen trunk whose outputs this cache holds: built once per process for its key."""
         if self._trunk is None:
-            weights = fg.load_facenet_weights(Path(self._weights_cache) / "facenet") if self._weights_cache \
-                else packaged_weights(None)
-            self._trunk = build_trunk(weights, self.cut, self.features, self.input_size, self.zoom_out)
+            self._trunk = _TRUNKS.pop(self.key, None)
+            if self._trunk is None:
+                weights = fg.load_facenet_weights(Path(self._weights_cache) / "facenet") if self._weights_cache \
+                    else packaged_weights(None)
+                self._trunk = build_trunk(weights, self.cut, self.features, self.input_size, self.zoom_out)
+            _TRUNKS[self.key] = self._trunk  # the newest last
+            while len(_TRUNKS) > TRUNKS_KEPT:
+                del _TRUNKS[next(iter(_TRUNKS))]
         return self._trunk
 
     def get(self, paths: list[str], sha1s: list[str], flip: bool = False, batch_size: int = 32) -> np.ndarray:

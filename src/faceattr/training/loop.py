@@ -101,7 +101,10 @@ def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Pa
     if schedule == "cosine":
         steps = math.ceil(images_per_epoch / int(cfg.train.batch_size)) * epochs
         lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.01)
+    if cfg.train.run_eagerly:
+        log.info("train.run_eagerly: training steps run as plain Python, not traced into a graph")
     model.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.train.weight_decay),
+                  run_eagerly=bool(cfg.train.run_eagerly),
                   **(compile_args(cfg.model.heads) if losses is None else losses))
     throughput = ThroughputLogger(images_per_epoch)
     suffix = f"_{phase}" if phase else ""
