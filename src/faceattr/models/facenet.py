@@ -47,11 +47,11 @@ if TYPE_CHECKING:  # this module only reads a ModelInfo's fields
 log = logging.getLogger(__name__)
 
 FEATURE_DTYPE = np.float16  # halves the cache; features are post-ReLU/pooled values, well within range
-#: Trunks this process built for feature extraction, by what determines their outputs, newest
+#: Trunks this process built for feature extraction, by cache key (what determines their outputs), newest
 #: last. The runs of a sweep, or of a test session, that extract new views reuse one instead of
 #: building it and tracing its forward pass again (seconds each). At most TRUNKS_KEPT are kept:
 #: each holds FaceNet's weights (about 90 MB).
-_TRUNKS: dict[tuple, keras.Model] = {}
+_TRUNKS: dict[str, keras.Model] = {}
 TRUNKS_KEPT = 2
 
 
