@@ -190,12 +190,11 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
                            formats, dpi)
     grouped = found[found["age_lo"].notna()]
     if len(grouped):
-        by_group = age_by_group_frame(grouped["age_pred"].to_numpy(float), grouped["age_lo"].to_numpy(float),
-                                      grouped["age_hi"].to_numpy(float))
-        by_group.to_csv(out_dir / "age_by_group.csv", index=False, float_format="%.6g")
+        group_pred, age_lo, age_hi = (grouped[c].to_numpy(float) for c in ("age_pred", "age_lo", "age_hi"))
+        age_by_group_frame(group_pred, age_lo, age_hi).to_csv(out_dir / "age_by_group.csv", index=False,
+                                                              float_format="%.6g")
         if eval_cfg.plots:
-            plots.plot_age_groups(grouped["age_pred"].to_numpy(float), grouped["age_lo"].to_numpy(float),
-                                  grouped["age_hi"].to_numpy(float), out_dir / "age_groups", formats, dpi)
+            plots.plot_age_groups(group_pred, age_lo, age_hi, out_dir / "age_groups", formats, dpi)
     full = found[(found["gender"] >= 0) & (found["race"] >= 0) & found["age_lo"].notna()]
     if len(full):
         pred = full["age_pred"].to_numpy(float)
