@@ -18,7 +18,13 @@ from omegaconf import OmegaConf
 from faceattr.config import compose_config, group_node
 from faceattr.data.labels_csv import read_labels
 from faceattr.errors import InputError
-from faceattr.evaluation.photos import age_by_group_frame, evaluate_photos, interval_error
+from faceattr.evaluation.photos import (
+    _tile_text,
+    age_by_group_frame,
+    confident_mistakes,
+    evaluate_photos,
+    interval_error,
+)
 from faceattr.models import io
 from faceattr.models.calibration import Calibration, adjust_probabilities, fit_age_map, fit_race_bias, map_ages
 from faceattr.models.cnn import build_cnn
@@ -105,8 +111,29 @@ def test_evaluate_labels_on_a_small_folder(tmp_path, tiny_model_dir):
     assert saved["n_race"] == 1 and saved["race_accuracy"] == float(a["race_pred"] == "white")
     assert metrics["no_face_rate"] == saved["no_face_rate"] and "race_macro_f1" in saved
     for name in ("report_gender.csv", "report_race.csv", "confusion_race.png", "age_by_group.csv", "age_groups.png",
-                 "age_by_bin.csv", "age_predictions.png", "fairness.csv", "fairness.png"):
+                 "age_by_bin.csv", "age_predictions.png", "fairness.csv", "fairness.png", "faces_grid.png"):
         assert (run_dir / name).is_file(), name
+    # the mistakes grid exists exactly when the tiny model got a labelled gender or race wrong
+    wrong = confident_mistakes(table[table["found"]])
+    assert (run_dir / "faces_mistakes.png").is_file() == (not wrong.empty)
+
+
+def test_confident_mistakes_and_tile_titles():
+    found = pd.DataFrame({
+        "age": [40.0, math.nan, math.nan, math.nan], "age_lo": [40.0, 30.0, 70.0, math.nan],
+        "age_hi": [40.0, 39.0, math.inf, math.nan], "gender": [1, 0, -1, 1], "race": [0, 2, 4, -1],
+        "age_pred": [44.0, 52.0, 60.0, 5.0], "gender_pred": ["female", "female", "male", "female"],
+        "race_pred": ["black", "asian", "others", "white"], "gender_confidence": [0.9, 0.6, 0.7, 0.8],
+        "race_confidence": [0.55, 0.8, 0.9, 0.99]})
+    wrong = confident_mistakes(found)
+    # row 1: gender wrong at 60 %; row 0: race wrong at 55 %; rows 2, 3 have nothing wrong that is labelled
+    assert wrong.index.tolist() == [1, 0]
+    title, right = _tile_text(found.iloc[0])
+    assert title == "true: 40 y, female, white\npred: 44 y, female 90%, black 55%" and not right
+    title, right = _tile_text(found.iloc[2])
+    assert title.startswith("true: 70+ y, ?, others") and right  # 10 years below the group: still right
+    assert not _tile_text(found.iloc[1])[1]  # 13 years above 30-39, and the gender wrong
+    assert _tile_text(found.iloc[3]) == ("true: ? y, female, ?\npred: 5 y, female 80%, white 99%", True)
 
 
 def test_cli_evaluate_labels_bad_folder_is_one_line(tmp_path):

@@ -229,7 +229,7 @@ class EvaluationConfig:
     plots: bool = True  # false: metrics and CSVs only, no figures (quick checks, long sweeps)
     formats: list[str] = rule(factory=lambda: ["png"])  # add svg to also write vector plots
     dpi: int = rule(120, ge=20, le=1200)
-    grid_faces: int = rule(16, ge=0, le=400)   # test faces shown in faces_grid.png
+    grid_faces: int = rule(16, ge=0, le=400)   # faces in faces_grid.png (and faces_mistakes.png, --labels)
     split: str = rule("test", choices=("test", "val"))  # val: for choosing between models
     backend: str = rule("keras", choices=("keras", "tflite"))  # tflite: the exported file `run` serves
     labels: str | None = None  # a labelled photo folder or its CSV (`evaluate --labels PATH`)

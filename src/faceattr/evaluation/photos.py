@@ -104,6 +104,11 @@ def photo_metrics(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def largest_face(faces: list) -> Any:
+    """The labelled person of a photo: the largest of its ``FaceCrop``s (by detection box area)."""
+    return max(faces, key=lambda f: f.detection.w * f.detection.h)
+
+
 def predict_photos(pipeline, labels: pd.DataFrame, batch: int = CHUNK) -> pd.DataFrame:
     """Run ``pipeline`` (``inference.pipeline.FacePipeline``) over the labelled photos.
 
@@ -144,7 +149,7 @@ def predict_photos(pipeline, labels: pd.DataFrame, batch: int = CHUNK) -> pd.Dat
         cols["read"][i], cols["found"][i], cols["faces"][i] = True, bool(faces), len(faces)
         if not faces:
             continue
-        face = max(faces, key=lambda f: f.detection.w * f.detection.h)  # the labelled person
+        face = largest_face(faces)
         cols["aligned"][i] = face.aligned
         for k in ("x", "y", "w", "h"):
             cols[k][i] = getattr(face.detection, k)
@@ -216,6 +221,74 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
     return metrics
 
 
+def model_view(pipeline, path: str) -> np.ndarray | None:
+    """What the model saw of a photo: its largest face as ``pipeline`` crops it, (S, S, 3) uint8
+    RGB; None when the photo can't be read or has no face."""
+    from faceattr.inference.images import read_image
+
+    try:
+        faces = pipeline.crops(read_image(path))
+    except InputError:
+        return None
+    return largest_face(faces).image if faces else None
+
+
+def _tile_text(rec: pd.Series) -> tuple[str, bool]:
+    """A grid tile's title (true and predicted labels; ``?`` where not labelled) and whether the
+    prediction is right: labelled gender and race right, age within 10 years of its group."""
+    if not math.isnan(rec["age"]):
+        true_age = f"{rec['age']:g}"
+    elif not math.isnan(rec["age_lo"]):
+        true_age = _group_name(rec["age_lo"], rec["age_hi"])
+    else:
+        true_age = "?"
+    gender = GENDERS[int(rec["gender"])] if rec["gender"] >= 0 else "?"
+    race = RACES[int(rec["race"])] if rec["race"] >= 0 else "?"
+    off = float(np.nan_to_num(interval_error(rec["age_pred"], rec["age_lo"], rec["age_hi"])))
+    right = (gender in ("?", rec["gender_pred"]) and race in ("?", rec["race_pred"]) and abs(off) <= 10)
+    return (f"true: {true_age} y, {gender}, {race}\n"
+            f"pred: {rec['age_pred']:.0f} y, {rec['gender_pred']} {rec['gender_confidence']:.0%}, "
+            f"{rec['race_pred']} {rec['race_confidence']:.0%}"), right
+
+
+def confident_mistakes(found: pd.DataFrame) -> pd.DataFrame:
+    """The photos whose labelled gender or race was predicted wrong, the most confident wrong
+    answer first (its probability, the larger of the two tasks' where both are wrong)."""
+    gender_wrong = (found["gender"] >= 0) & (found["gender_pred"] != [GENDERS[g] if g >= 0 else "" for g in
+                                                                    found["gender"]])
+    race_wrong = (found["race"] >= 0) & (found["race_pred"] != [RACES[r] if r >= 0 else "" for r in found["race"]])
+    confidence = np.maximum(np.where(gender_wrong, found["gender_confidence"].astype(float), 0.0),
+                            np.where(race_wrong, found["race_confidence"].astype(float), 0.0))
+    return found.assign(_wrong=confidence)[gender_wrong | race_wrong].sort_values(
+        "_wrong", ascending=False, kind="stable").drop(columns="_wrong")
+
+
+def write_face_grids(out_dir: Path, table: pd.DataFrame, pipeline, n: int, formats: list[str], dpi: int,
+                     seed: int = 0) -> list[Path]:
+    """``faces_grid``: the model's view of ``n`` photos with a face (a fixed random sample), and
+    ``faces_mistakes``: of up to ``n`` photos whose gender or race it got wrong, the most confident
+    first; true and predicted labels over each. The faces are cropped again with ``pipeline``
+    (only these few, so nothing is held in memory over a large folder)."""
+    found = table[table["found"]].reset_index(drop=True)
+    written: list[Path] = []
+    n = max(0, min(int(n), len(found)))
+    if n == 0:
+        return written
+    sample = found.iloc[np.sort(np.random.default_rng(seed).choice(len(found), size=n, replace=False))]
+    mistakes = confident_mistakes(found).head(n)
+    for rows, stem, title in (
+            (sample, "faces_grid", f"{n} photos as the model saw them: true vs predicted "
+                                   "(green: all right, age within 10 y of the group)"),
+            (mistakes, "faces_mistakes", f"the {len(mistakes)} most confident gender or race mistakes, "
+                                         "as the model saw them")):
+        if rows.empty:
+            continue
+        texts = [_tile_text(rec) for _, rec in rows.iterrows()]
+        written += plots.plot_face_tiles([model_view(pipeline, p) for p in rows["path"]], [t for t, _ in texts],
+                                         [ok for _, ok in texts], out_dir / stem, title, formats, dpi)
+    return written
+
+
 def evaluate_photos(cfg: Any, run_dir: Path, pipeline=None) -> dict[str, Any]:
     """``evaluate --labels PATH``: the model of ``model_path`` (or the shipped one) with the
     configured detector, over the photos of ``evaluation.labels``; reports into ``run_dir``."""
@@ -227,6 +300,10 @@ def evaluate_photos(cfg: Any, run_dir: Path, pipeline=None) -> dict[str, Any]:
     pipeline = pipeline or FacePipeline.from_config(cfg)
     table = predict_photos(pipeline, labels, batch=max(CHUNK, int(cfg.run.batch_size)))
     metrics = write_photo_evaluation(run_dir, table, cfg.evaluation, source)
+    eval_cfg = settings(EvaluationConfig, cfg.evaluation, "evaluation.")
+    if eval_cfg.plots:
+        write_face_grids(run_dir, table, pipeline, int(eval_cfg.grid_faces), [str(f) for f in eval_cfg.formats],
+                         int(eval_cfg.dpi))
     print(f"{metrics['n']} photo(s): face found in {metrics['n_read'] - metrics['n_no_face']}, "
           f"no face in {metrics['n_no_face']} ({metrics['no_face_rate']:.1%}), unreadable {metrics['n_unreadable']}")
     print(summary_line(metrics))

@@ -266,6 +266,30 @@ def _load_rgb(path: object, size: int = 128) -> np.ndarray | None:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def plot_face_tiles(images: Sequence[np.ndarray | None], titles: Sequence[str], right: Sequence[bool], stem: Path,
+                    suptitle: str, formats: Sequence[str] = ("png",), dpi: int = 120) -> list[Path]:
+    """A grid of face pictures, each (H, W, 3) uint8 RGB (None: a grey tile), titled in green where
+    ``right`` and red otherwise. Returns the written files (none when there is no picture)."""
+    n = len(images)
+    if n == 0:
+        return []
+    ncols = math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncols)
+    with plot_style(), mpl.rc_context({"axes.titlesize": 9.5}):
+        fig = new_figure((2.45 * ncols, 2.95 * nrows + 0.5))
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, img, title, ok in zip(axes, images, titles, right, strict=False):
+            ax.imshow(img if img is not None else np.full((128, 128, 3), 200, dtype=np.uint8))
+            ax.set_title(title, color="tab:green" if ok else "tab:red")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+        for ax in axes[n:]:
+            ax.set_visible(False)
+        fig.suptitle(suptitle)
+        return save_figure(fig, stem, formats, dpi)
+
+
 def plot_faces_grid(frame: pd.DataFrame, predictions: Mapping[str, np.ndarray], stem: Path, n: int = 16,
                     formats: Sequence[str] = ("png",), dpi: int = 120, seed: int = 0) -> list[Path]:
     """A grid of ``n`` test faces (a fixed random sample) with true and predicted labels.
@@ -284,33 +308,19 @@ def plot_faces_grid(frame: pd.DataFrame, predictions: Mapping[str, np.ndarray], 
     g_prob = np.asarray(predictions["gender"])
     r_prob = np.asarray(predictions["race"])
     g_pred, r_pred = predicted_classes(g_prob), predicted_classes(r_prob)
-    ncols = math.ceil(math.sqrt(n))
-    nrows = math.ceil(n / ncols)
-    missing = 0
-    with plot_style(), mpl.rc_context({"axes.titlesize": 9.5}):
-        fig = new_figure((2.45 * ncols, 2.95 * nrows + 0.5))
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax, i in zip(axes, rows, strict=False):
-            rec = frame.iloc[i]
-            img = _load_rgb(rec.get("path"))
-            if img is None:
-                missing += 1
-                img = np.full((128, 128, 3), 200, dtype=np.uint8)
-            ax.imshow(img)
-            ag, gg, rg = float(rec["age"]), int(rec["gender"]), int(rec["race"])
-            gp, rp = int(g_pred[i]), int(r_pred[i])
-            conf = (f" {g_prob[i, gp]:.0%}" if g_prob.ndim == 2 else "", f" {r_prob[i, rp]:.0%}" if r_prob.ndim == 2
-                    else "")
-            ok = gp == gg and rp == rg and abs(age_p[i] - ag) <= 10
-            ax.set_title(f"true: {ag:.0f} y, {GENDERS[gg]}, {RACES[rg]}\n"
-                         f"pred: {age_p[i]:.0f} y, {GENDERS[gp]}{conf[0]}, {RACES[rp]}{conf[1]}",
-                         color="tab:green" if ok else "tab:red")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.grid(False)
-        for ax in axes[n:]:
-            ax.set_visible(False)
-        fig.suptitle(f"{n} scored faces: true vs predicted (green: all right, age within 10 y)")
-        if missing:
-            log.warning("%d of %d grid images could not be read (grey tiles)", missing, n)
-        return save_figure(fig, stem, formats, dpi)
+    images, titles, right = [], [], []
+    for i in rows:
+        rec = frame.iloc[i]
+        images.append(_load_rgb(rec.get("path")))
+        ag, gg, rg = float(rec["age"]), int(rec["gender"]), int(rec["race"])
+        gp, rp = int(g_pred[i]), int(r_pred[i])
+        conf = (f" {g_prob[i, gp]:.0%}" if g_prob.ndim == 2 else "", f" {r_prob[i, rp]:.0%}" if r_prob.ndim == 2
+                else "")
+        right.append(gp == gg and rp == rg and abs(age_p[i] - ag) <= 10)
+        titles.append(f"true: {ag:.0f} y, {GENDERS[gg]}, {RACES[rg]}\n"
+                      f"pred: {age_p[i]:.0f} y, {GENDERS[gp]}{conf[0]}, {RACES[rp]}{conf[1]}")
+    missing = sum(img is None for img in images)
+    if missing:
+        log.warning("%d of %d grid images could not be read (grey tiles)", missing, n)
+    return plot_face_tiles(images, titles, right, stem,
+                           f"{n} scored faces: true vs predicted (green: all right, age within 10 y)", formats, dpi)
