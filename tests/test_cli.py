@@ -16,13 +16,15 @@ def test_flags_map_to_overrides():
     out = flags_to_overrides("run", ["--img", "a b.jpg", "it's.png", "--output", "p.json", "--no-display"])
     assert out == ["run.img=['a b.jpg','it\\'s.png']", "run.output='p.json'", "run.display=false"]
     assert flags_to_overrides("run", ["--video"]) == ["run.video='0'"]
+    assert flags_to_overrides("run", ["--img", "a.jpg", "--save-faces"]) == ["run.img=['a.jpg']",
+                                                                             "run.save_faces=true"]
     assert flags_to_overrides("run", ["--video", "clip.mp4"]) == ["run.video='clip.mp4'"]
     assert flags_to_overrides("ensemble", ["a/model", "b c"]) == ["ensemble.members=['a/model','b c']"]
 
 
 @pytest.mark.parametrize("command,args", [("train", ["--img", "x"]), ("run", []), ("stats", ["--eval"]),
                                           ("compare", []), ("run", ["--model_type", "resnet", "--img", "a"]),
-                                          ("ensemble", ["only/one"])])
+                                          ("ensemble", ["only/one"]), ("run", ["--video", "--save-faces"])])
 def test_bad_flags_are_usage_errors(command, args):
     with pytest.raises(UsageError):
         flags_to_overrides(command, args)

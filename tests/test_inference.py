@@ -425,6 +425,36 @@ def test_run_images_aligned_column_and_no_annotate(tmp_path, tiny_model_dir, ast
     assert (tmp_path / "cli" / "predictions.csv").is_file()
 
 
+def test_run_images_save_faces_writes_what_the_model_saw(tmp_path, tiny_model_dir, astronaut):
+    """--save-faces: one PNG per result row, named by image and face, holding the very crop the
+    model was given (aligned by MTCNN, at the model's input size); never into an input folder."""
+    from faceattr.inference.pipeline import FacePipeline
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "one.jpg"), astronaut)
+    cv2.imwrite(str(folder / "two.png"), np.hstack([astronaut, astronaut]))  # two faces
+    cfg = compose_cfg(f"run.img=[{_q(folder)}]", f"model_path={_q(tiny_model_dir)}", "detector=mtcnn",
+                      "run.annotate=false", "run.save_faces=true")
+    result = run_command(cfg, tmp_path / "run")
+    with open(result["output"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    faces_dir = tmp_path / "run" / "faces"
+    assert result["faces_dir"] == str(faces_dir) and len(rows) == 3
+    expected = sorted(f"{Path(r['image']).stem}_face{r['face']}.png" for r in rows)
+    assert sorted(p.name for p in faces_dir.iterdir()) == expected == ["one_face0.png", "two_face0.png",
+                                                                       "two_face1.png"]
+    pipeline = FacePipeline.from_config(cfg)
+    crops = pipeline.crops(cv2.imread(str(folder / "two.png")))
+    for i, crop in enumerate(crops):
+        saved = cv2.cvtColor(cv2.imread(str(faces_dir / f"two_face{i}.png")), cv2.COLOR_BGR2RGB)
+        assert crop.aligned and saved.shape == (32, 32, 3) and np.array_equal(saved, crop.image)
+    with pytest.raises(ConfigError, match="face crops are never written next to the inputs"):
+        run_command(compose_cfg(*[f"run.img=[{_q(folder)}]", f"model_path={_q(tiny_model_dir)}",
+                                  "run.save_faces=true", f"run.faces_dir={_q(folder)}"]), tmp_path / "run2")
+    assert sorted(p.name for p in folder.iterdir()) == ["one.jpg", "two.png"]
+
+
 def test_run_images_unknown_suffix_and_all_failed(tmp_path, tiny_model_dir):
     with pytest.raises(InputError, match="unknown predictions output type"):
         run_command(compose_cfg(f"run.img=[{_q(ASTRONAUT)}]", f"run.output={_q(tmp_path / 'p.xlsx')}",

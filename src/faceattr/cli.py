@@ -83,6 +83,9 @@ def _flag_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--no-display", action="store_true", help="never open a window")
         p.add_argument("--no-annotate", action="store_true",
                        help="write only the predictions, no annotated copies of the images")
+        p.add_argument("--save-faces", action="store_true",
+                       help="--img: also write each face as the model saw it (aligned, at its input size) "
+                            "to <run dir>/faces/ (run.faces_dir=...)")
     return p
 
 
@@ -155,6 +158,10 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
             out.append("run.display=false")
         if ns.no_annotate:
             out.append("run.annotate=false")
+        if ns.save_faces:
+            if ns.video is not None:
+                fail("--save-faces goes with --img (a video's faces are not written one by one)")
+            out.append("run.save_faces=true")
     if command == "compare":
         if not positional:
             fail("give one or more sweep or run folders")

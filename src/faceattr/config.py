@@ -310,6 +310,8 @@ class RunConfig:
     display: bool = True               # show a window when a screen can be opened
     annotated_dir: str | None = None  # where annotated images go; null = <run dir>/annotated
     annotate: bool = True              # write annotated copies (--no-annotate: predictions only)
+    save_faces: bool = False           # also write each face as the model saw it, PNG (--save-faces)
+    faces_dir: str | None = None       # where those faces go; null = <run dir>/faces
     batch_size: int = rule(32, ge=1, le=4096)  # faces per model call
     backend: str = rule("auto", choices=("auto", "tflite", "keras"))  # auto: model.tflite when current
     threads: int | None = rule(None, ge=1)  # TensorFlow Lite interpreter threads (null = all cores)

@@ -4,10 +4,13 @@ Every input is read, its faces detected and cropped, and the crops of several im
 through the model together (``run.batch_size`` faces per call). Results are one row per face
 in ``run.output`` (.csv or .json) or ``<run dir>/predictions.csv``; annotated copies go to
 ``run.annotated_dir`` or ``<run dir>/annotated/``, never next to the inputs
-(``run.annotate=false``, ``--no-annotate``: predictions only). A bad file is one ``error:``
+(``run.annotate=false``, ``--no-annotate``: predictions only). With ``run.save_faces``
+(``--save-faces``) each face as the model saw it (aligned onto the chip template, at the model's
+input size) is written as ``<image stem>_face<N>.png`` to ``run.faces_dir`` or
+``<run dir>/faces/``, N being the row's ``face``. A bad file is one ``error:``
 line and is skipped; the command fails only if no input could be read. An existing output
 file is refused unless ``run.overwrite=true`` (earlier results are never lost silently), and
-the output file and the annotated folder are checked writable before any image is read.
+the output file and the output folders are checked writable before any image is read.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def write_image(path: Path, image_bgr: np.ndarray) -> None:
     """Encode an (H, W, 3) BGR image by ``path``'s suffix and write it (any path, non-ASCII too)."""
     ok, buf = cv2.imencode(path.suffix, image_bgr)
     if not ok:
-        raise InputError(f"{path}: cannot encode the annotated image")
+        raise InputError(f"{path}: cannot encode the image")
     path.write_bytes(buf.tobytes())  # via Python, so non-ASCII paths work everywhere
 
 
@@ -128,13 +131,17 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
     out_path = output_path(cfg.run.output, run_dir / "predictions.csv", TABLE_SUFFIXES, overwrite, "predictions")
     annotated_dir = Path(cfg.run.annotated_dir).expanduser() if cfg.run.annotated_dir else run_dir / "annotated"
     annotate_images = bool(cfg.run.annotate)
-    problem = write_problem(annotated_dir, folder=True) if annotate_images else None
-    if problem is not None:
-        raise ConfigError(f"run.annotated_dir: {annotated_dir}: cannot be written ({problem})")
+    faces_dir = Path(cfg.run.faces_dir).expanduser() if cfg.run.faces_dir else run_dir / "faces"
+    save_faces = bool(cfg.run.save_faces)
     input_dirs = {p.parent.resolve() for p in paths if p.exists()}
-    if annotate_images and annotated_dir.resolve() in input_dirs:
-        raise ConfigError(f"run.annotated_dir: {annotated_dir} holds input images; annotated copies are never "
-                          "written next to the inputs, choose another folder")
+    for key, folder, wanted, what in (("run.annotated_dir", annotated_dir, annotate_images, "annotated copies"),
+                                      ("run.faces_dir", faces_dir, save_faces, "face crops")):
+        problem = write_problem(folder, folder=True) if wanted else None
+        if problem is not None:
+            raise ConfigError(f"{key}: {folder}: cannot be written ({problem})")
+        if wanted and folder.resolve() in input_dirs:
+            raise ConfigError(f"{key}: {folder} holds input images; {what} are never written next to the inputs, "
+                              "choose another folder")
     display = want_display(bool(cfg.run.display))
     built: list[FacePipeline] = [pipeline] if pipeline is not None else []
 
@@ -156,6 +163,11 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
         for item in pending:
             faces = [(f, next(preds)) for f in item.faces]
             stats.rows.extend(face_row(item.path, i, f, p) for i, (f, p) in enumerate(faces))
+            if save_faces:
+                faces_dir.mkdir(parents=True, exist_ok=True)
+                for i, f in enumerate(item.faces):
+                    write_image(unique_path(faces_dir, f"{item.path.stem}_face{i}", ".png"),
+                                cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
             if not annotate_images and not display:
                 continue
             drawn = annotate(item.image, [(f.detection.box, p) for f, p in faces])
@@ -202,12 +214,16 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
         raise InputError(f"none of the {stats.images} inputs could be read ({len(stats.errors)} errors above)")
     write_rows(stats.rows, out_path)
     # app.log gets a compact record; the console gets the readable summary.
-    log.info("summary: images=%d read=%d faces=%d no_face=%d unreadable=%d output=%s annotated=%s", stats.images,
-             stats.read, stats.faces, len(stats.no_face), len(stats.errors), out_path, annotated_dir)
+    log.info("summary: images=%d read=%d faces=%d no_face=%d unreadable=%d output=%s annotated=%s faces=%s",
+             stats.images, stats.read, stats.faces, len(stats.no_face), len(stats.errors), out_path,
+             annotated_dir if annotate_images else None, faces_dir if save_faces else None)
     print(f"{stats.images} image(s): {stats.faces} face(s) in {stats.read - len(stats.no_face)} image(s); "
           f"{len(stats.no_face)} without a face, {len(stats.errors)} unreadable (skipped)")
     print(f"Predictions: {out_path}")
     print(f"Annotated images: {annotated_dir}" if annotate_images else "Annotated images: none (run.annotate=false)")
+    if save_faces:
+        print(f"Faces as the model saw them: {faces_dir}")
     return {"mode": "images", "images": stats.images, "read": stats.read, "faces": stats.faces,
             "no_face": stats.no_face, "errors": stats.errors, "output": str(out_path),
-            "annotated_dir": str(annotated_dir) if annotate_images else None}
+            "annotated_dir": str(annotated_dir) if annotate_images else None,
+            "faces_dir": str(faces_dir) if save_faces else None}
