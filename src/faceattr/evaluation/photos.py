@@ -18,7 +18,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from faceattr.evaluation.metrics import (
     compute_metrics,
 )
 from faceattr.labels import DEFAULT_AGE_BIN_EDGES, GENDERS, RACES
+
+if TYPE_CHECKING:  # the face pipeline (and TensorFlow Lite) load only when photos are scored
+    from faceattr.inference.pipeline import FaceCrop
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +107,7 @@ def photo_metrics(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def largest_face(faces: list) -> Any:
+def largest_face(faces: list[FaceCrop]) -> FaceCrop:
     """The labelled person of a photo: the largest of its ``FaceCrop``s (by detection box area)."""
     return max(faces, key=lambda f: f.detection.w * f.detection.h)
 
