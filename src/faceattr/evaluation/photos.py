@@ -78,6 +78,13 @@ def age_by_group_frame(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> pd.D
                                        "inside"])
 
 
+def predicted_codes(rows: pd.DataFrame, task: str) -> np.ndarray:
+    """The ``<task>_pred`` class names of ``predict_photos``' rows as class indices (``labels``),
+    to compare with the labelled ``<task>`` column; (N,) int."""
+    names = GENDERS if task == "gender" else RACES
+    return np.array([names.index(v) for v in rows[f"{task}_pred"]], dtype=int)
+
+
 def photo_metrics(table: pd.DataFrame) -> dict[str, Any]:
     """Headline figures from ``predict_photos``'s table (see the module docstring)."""
     found = table[table["found"]]
@@ -98,8 +105,7 @@ def photo_metrics(table: pd.DataFrame) -> dict[str, Any]:
     for task, names in (("gender", GENDERS), ("race", RACES)):
         rows = found[found[task] >= 0]
         out[f"n_{task}"] = int(len(rows))
-        t = rows[task].to_numpy(int)
-        p = np.array([names.index(v) for v in rows[f"{task}_pred"]], dtype=int)
+        t, p = rows[task].to_numpy(int), predicted_codes(rows, task)
         out[f"{task}_accuracy"] = float(np.mean(t == p)) if len(rows) else math.nan
         recalls = class_recalls(t, p, names)
         out.update({f"{task}_recall_{name}": r for name, r in recalls.items()})
@@ -168,9 +174,11 @@ def predict_photos(pipeline, labels: pd.DataFrame, batch: int = CHUNK) -> pd.Dat
     return table
 
 
-def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, source: str) -> dict[str, Any]:
+def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, source: str,
+                           pipeline=None) -> dict[str, Any]:
     """Write ``metrics.json``, ``predictions.csv``, the report CSVs, confusion matrices, age plots
-    and the fairness breakdown of a labelled-photo evaluation into ``out_dir``."""
+    and the fairness breakdown of a labelled-photo evaluation into ``out_dir``; with the
+    ``pipeline`` that scored the photos, also the face grids (``write_face_grids``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_cfg = settings(EvaluationConfig, eval_cfg, "evaluation.")  # keys left out: the schema's defaults
@@ -179,12 +187,11 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
     metrics = photo_metrics(table)
     table.drop(columns=["path"]).to_csv(out_dir / "predictions.csv", index=False, float_format="%.6g")
     found = table[table["found"]]
-    for task, names in (("gender", GENDERS), ("race", RACES)):
+    for task in ("gender", "race"):
         rows = found[found[task] >= 0]
         if rows.empty:
             continue
-        t = rows[task].to_numpy(int)
-        p = np.array([names.index(v) for v in rows[f"{task}_pred"]], dtype=int)
+        t, p = rows[task].to_numpy(int), predicted_codes(rows, task)
         classification_report_frame(task, t, p).to_csv(out_dir / f"report_{task}.csv", index=False,
                                                         float_format="%.6g")
         if eval_cfg.plots:
@@ -209,10 +216,11 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
         # The age each prediction is scored against: the nearest age inside its true interval.
         y_true = {"age": np.clip(pred, full["age_lo"].to_numpy(float), full["age_hi"].to_numpy(float)),
                   "gender": full["gender"].to_numpy(int), "race": full["race"].to_numpy(int)}
-        y_pred = {"age": pred, "gender": np.array([GENDERS.index(v) for v in full["gender_pred"]]),
-                  "race": np.array([RACES.index(v) for v in full["race_pred"]])}
+        y_pred = {"age": pred, "gender": predicted_codes(full, "gender"), "race": predicted_codes(full, "race")}
         fairness.write_fairness(out_dir, y_true, y_pred, formats, dpi, plot=eval_cfg.plots)
         metrics["race_macro_f1"] = compute_metrics(y_true, y_pred)["race_macro_f1"]
+    if eval_cfg.plots and pipeline is not None:
+        write_face_grids(out_dir, table, pipeline, int(eval_cfg.grid_faces), formats, dpi)
     (out_dir / "metrics.json").write_text(json.dumps(
         {**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
          "split": "labels", "labels": source}, indent=2) + "\n")
@@ -257,9 +265,8 @@ def _tile_text(rec: pd.Series) -> tuple[str, bool]:
 def confident_mistakes(found: pd.DataFrame) -> pd.DataFrame:
     """The photos whose labelled gender or race was predicted wrong, the most confident wrong
     answer first (its probability, the larger of the two tasks' where both are wrong)."""
-    gender_wrong = (found["gender"] >= 0) & (found["gender_pred"] != [GENDERS[g] if g >= 0 else "" for g in
-                                                                    found["gender"]])
-    race_wrong = (found["race"] >= 0) & (found["race_pred"] != [RACES[r] if r >= 0 else "" for r in found["race"]])
+    gender_wrong = (found["gender"] >= 0) & (found["gender"] != predicted_codes(found, "gender"))
+    race_wrong = (found["race"] >= 0) & (found["race"] != predicted_codes(found, "race"))
     confidence = np.maximum(np.where(gender_wrong, found["gender_confidence"].astype(float), 0.0),
                             np.where(race_wrong, found["race_confidence"].astype(float), 0.0))
     return found.assign(_wrong=confidence)[gender_wrong | race_wrong].sort_values(
@@ -302,11 +309,7 @@ def evaluate_photos(cfg: Any, run_dir: Path, pipeline=None) -> dict[str, Any]:
     log.info("evaluating on %d labelled photos of %s", len(labels), source)
     pipeline = pipeline or FacePipeline.from_config(cfg)
     table = predict_photos(pipeline, labels, batch=max(CHUNK, int(cfg.run.batch_size)))
-    metrics = write_photo_evaluation(run_dir, table, cfg.evaluation, source)
-    eval_cfg = settings(EvaluationConfig, cfg.evaluation, "evaluation.")
-    if eval_cfg.plots:
-        write_face_grids(run_dir, table, pipeline, int(eval_cfg.grid_faces), [str(f) for f in eval_cfg.formats],
-                         int(eval_cfg.dpi))
+    metrics = write_photo_evaluation(run_dir, table, cfg.evaluation, source, pipeline)
     print(f"{metrics['n']} photo(s): face found in {metrics['n_read'] - metrics['n_no_face']}, "
           f"no face in {metrics['n_no_face']} ({metrics['no_face_rate']:.1%}), unreadable {metrics['n_unreadable']}")
     print(summary_line(metrics))
