@@ -9,6 +9,7 @@ once through real HTTP against uvicorn.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import sqlite3
@@ -404,13 +405,13 @@ def test_path_tricks_are_404(served, tmp_path):
     assert client.get("/runs/file/statistics/normal/metrics.json").status_code == 200
 
 
-def test_real_http_path_tricks_and_upload_against_uvicorn(served):
-    """Raw request lines (no client-side normalisation) against uvicorn on a free loopback port."""
+@contextlib.contextmanager
+def live_server(app):
+    """``app`` under uvicorn on a free loopback port, in a thread; yields the port."""
     import socket
 
     import uvicorn
 
-    app = served[0]
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -421,6 +422,15 @@ def test_real_http_path_tricks_and_upload_against_uvicorn(served):
         deadline = time.time() + 20
         while not server.started and time.time() < deadline:
             time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_real_http_path_tricks_and_upload_against_uvicorn(served):
+    """Raw request lines (no client-side normalisation) against uvicorn on a free loopback port."""
+    with live_server(served[0]) as port:
         for path in ("/runs/file/statistics/../src/main.py", "/runs/file/statistics/normal/../../src/main.py",
                      "/files/../serve.sqlite3", "/runs/file/statistics/normal/..%2F..%2Fsrc/main.py",
                      "/static/../app.py"):
@@ -434,9 +444,75 @@ def test_real_http_path_tricks_and_upload_against_uvicorn(served):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", "/api/health")
         assert conn.getresponse().status == 200
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+
+
+def stream_upload(port: int, cookie: str, token: str, declared: int | None, limit: int) -> tuple[int, bytes]:
+    """POST a multipart upload of ``limit`` bytes and more, 16 KiB a write, chunked when
+    ``declared`` is None (else with that Content-Length); stops at the server's first answer.
+    Returns (bytes of body sent, the answer's first bytes)."""
+    import select
+    import socket
+
+    boundary = "----faceattrtest"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n").encode()
+    framing = ("Transfer-Encoding: chunked" if declared is None else f"Content-Length: {declared}")
+    request = (f"POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
+               f"X-CSRF-Token: {token}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+               f"{framing}\r\n\r\n").encode()
+    sent, piece = 0, b"\xff" * 16384
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        for i in range(limit * 4 // len(piece) + 2):
+            data = head + piece if i == 0 else piece
+            try:
+                conn.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n" if declared is None else data)
+            except OSError:  # the server closed the connection after answering
+                break
+            sent += len(data)
+            if select.select([conn], [], [], 0.02)[0]:
+                break
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                answer.lower().split(b"content-length: ", 1)[-1].split(b"\r\n", 1)[0] or 0):
+            try:
+                more = conn.recv(4096)
+            except OSError:
+                break
+            if not more:
+                break
+            answer += more
+    return sent, answer
+
+
+@pytest.mark.parametrize("declared", [None, 50 * 2**20], ids=["chunked", "content-length"])
+def test_an_upload_past_the_limit_is_refused_while_it_streams(pipeline, tmp_path, monkeypatch, declared):
+    """Over real HTTP: 413 once the body passes ``serve.max_upload_mb`` (plus the multipart
+    framing allowance), long before the client is done; no temporary file is left or held open."""
+    import tempfile
+
+    from faceattr.serve.app import MULTIPART_SLACK
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where an upload's spooled copy would go
+    app, _ = make_app(tmp_path, pipeline, "serve.max_upload_mb=1.5")
+    client, token = client_of(app)
+    cookie = "; ".join(f"{k}={v}" for k, v in client.cookies.items())
+    limit = int(1.5 * 2**20) + MULTIPART_SLACK
+    with live_server(app) as port:
+        sent, answer = stream_upload(port, cookie, token, declared, limit)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"over the limit of 1.5 MB" in answer
+    assert sent < limit + 4 * 16384  # answered as soon as the limit was crossed
+    if declared is not None:
+        assert sent < 4 * 16384  # a declared length past the limit: refused before the body is read
+    assert list(spool.iterdir()) == []
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+    assert not [h for h in held if h.startswith(str(spool))], held
 
 
 def test_the_page_has_the_upload_controls_and_sets_a_session(served):

@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from faceattr.errors import FaceAttrError, InputError
 from faceattr.inference.pipeline import FacePipeline
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
+from faceattr.serve.guards import BodyTooLarge, UploadLimit
 from faceattr.serve.jobs import JobRunner, write_corrections
 from faceattr.serve.photos import TooLarge, check_upload, process_upload, redraw
 from faceattr.serve.runs import RunsBrowser, compare
@@ -128,6 +129,9 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     app.state.store, app.state.jobs, app.state.browser, app.state.stop = store, jobs, browser, stop
     threading.Thread(target=purge_loop, name="faceattr-purge", daemon=True).start()
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    too_large = f"upload: over the limit of {float(serve.max_upload_mb):g} MB"
+    app.add_middleware(UploadLimit, paths=("/api/uploads",), max_bytes=max_bytes + MULTIPART_SLACK,
+                       message=too_large)
 
     # -- plumbing ------------------------------------------------------------------------
     @app.middleware("http")
@@ -135,11 +139,6 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         raw = request.scope.get("raw_path") or request.url.path.encode()
         if PATH_TRICK.search(raw.split(b"?", 1)[0]):
             return _error(404, "not found")
-        if request.method == "POST" and request.url.path == "/api/uploads":
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > max_bytes + MULTIPART_SLACK:
-                return _error(413, f"upload: {int(length) / 2**20:.1f} MB is over the limit of "
-                                   f"{float(serve.max_upload_mb):g} MB")
         try:
             return await call_next(request)
         except Exception as exc:  # never a crash, never a traceback to the client
@@ -152,6 +151,8 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyTooLarge):  # the upload's body crossed the limit while it streamed in
+            return _error(413, too_large)
         return _error(exc.status_code, "not found" if exc.status_code == 404 else str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -213,7 +214,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
             return response
         return JSONResponse({"csrf": store.csrf_of(sid)})
 
-    @app.post("/api/uploads", status_code=201)
+    @app.post("/api/uploads", status_code=201)  # its body is bounded as it streams in (UploadLimit)
     def upload(request: Request, image: UploadFile = File(...)) -> JSONResponse:
         sid = need_csrf(request)
         name = Path(image.filename or "upload").name or "upload"
