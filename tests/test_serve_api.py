@@ -67,7 +67,8 @@ def make_app(tmp: Path, pipeline, *overrides: str):
     (runs / "outputs").mkdir(parents=True, exist_ok=True)
     cfg = compose_config(["command=serve", "model=normal", f"serve.data_dir={tmp / 'runs' / 'outputs' / 'serve'}",
                           f"serve.runs_roots=[{runs / 'outputs'},{ROOT / 'statistics'}]",
-                          f"serve.retrain_dir={tmp / 'retrain'}", f"paths.cache={tmp / 'cache'}", *overrides])
+                          f"serve.retrain_dir={tmp / 'retrain'}", f"paths.cache={tmp / 'cache'}",
+                          "serve.allowed_hosts=[testserver]", *overrides])  # TestClient's Host
     return create_app(cfg, pipeline, served=MODEL), cfg
 
 
@@ -553,3 +554,101 @@ def test_serve_refuses_a_busy_port_in_one_line_before_loading_the_model(tmp_path
     assert res.stderr.strip().splitlines() == [
         f"error: serve.host=127.0.0.1 serve.port={port}: cannot listen there (Address already in use)"]
     assert "Loading the model" not in res.stdout
+
+
+# ------------------------------------------------------------------- hosts, headers, error bodies
+
+@pytest.mark.parametrize("host, status", [
+    ("testserver", 200), ("127.0.0.1:8765", 200), ("localhost", 200), ("LOCALHOST:80", 200), ("[::1]:8765", 200),
+    ("attacker.example:8765", 400), ("attacker.example", 400), ("127.0.0.1.attacker.example", 400),
+    ("192.168.1.20:8765", 400),
+])
+def test_only_allowed_host_names_are_answered(served, host, status):
+    """DNS rebinding: a page on attacker.example whose name points at 127.0.0.1 sends its own Host."""
+    client = TestClient(served[0])
+    res = client.get("/api/health", headers={"Host": host})
+    assert res.status_code == status, res.text
+    if status == 400:
+        assert res.json()["error"].startswith("Host ") and "serve.allowed_hosts" in res.json()["error"]
+        res = client.get("/api/runs", headers={"Host": host})
+        assert res.status_code == 400 and "runs" not in res.json()
+
+
+def test_allowed_hosts_by_bound_address_and_setting(pipeline, tmp_path):
+    from faceattr.serve.guards import allowed_hosts
+
+    names, any_address = allowed_hosts("127.0.0.1", [])
+    assert {"localhost", "127.0.0.1", "::1"} <= names and not any_address and "testserver" not in names
+    names, any_address = allowed_hosts("192.168.1.20", ["Photos.Lab.Example"])
+    assert {"192.168.1.20", "photos.lab.example", "localhost"} <= names and not any_address
+    names, any_address = allowed_hosts("0.0.0.0", [])
+    assert any_address and "localhost" in names
+    app, _ = make_app(tmp_path, pipeline, "serve.host=0.0.0.0")
+    client = TestClient(app)
+    assert client.get("/api/health", headers={"Host": "192.168.1.20:8000"}).status_code == 200
+    assert client.get("/api/health", headers={"Host": "attacker.example"}).status_code == 400
+    app, _ = make_app(tmp_path, pipeline, "serve.allowed_hosts=['*']")
+    assert TestClient(app).get("/api/health", headers={"Host": "attacker.example"}).status_code == 200
+
+
+def test_every_answer_carries_the_security_headers(served, uploaded):
+    client, token, body = uploaded
+    urls = ("/", "/runs", "/api/health", "/static/app.js", body["faces"][0]["crop_url"], "/nowhere",
+            "/runs/file/statistics/normal/metrics.json")
+    answers = [client.get(u) for u in urls]
+    answers.append(client.get("/api/health", headers={"Host": "attacker.example"}))
+    answers.append(client.post("/api/uploads", headers={"X-CSRF-Token": token, "Content-Length": str(2**30)}))
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 200, 404, 200, 400, 413]
+    for res in answers:
+        csp = res.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert res.headers["x-content-type-options"] == "nosniff"
+        assert res.headers["referrer-policy"] == "same-origin"
+    page = answers[0].text
+    assert "<script>" not in page and " onclick=" not in page and " style=" not in page  # nothing inline
+
+
+def test_an_error_quotes_only_a_short_prefix_of_a_bad_value(uploaded):
+    client, token, body = uploaded
+    url = f"/api/uploads/{body['id']}/faces/0/label"
+    for payload in ({"gender": "x" * 5_000_000}, {"age": "9" * 100_000}, {"y" * 100_000: 1},
+                    {"race": ["white"] * 100_000}):
+        res = client.put(url, json=payload, headers={"X-CSRF-Token": token})
+        assert res.status_code == 422
+        assert len(res.content) < 300, res.text[:300]
+    res = client.get("/api/uploads/" + "a" * 30_000)
+    assert res.status_code == 404 and len(res.content) < 300
+
+
+def test_odd_paths_are_404_not_500(uploaded):
+    client, token, body = uploaded
+    res = client.put(f"/api/uploads/{body['id']}/faces/%C2%B2/label", json={"age": 3},  # "²".isdigit() is True
+                     headers={"X-CSRF-Token": token})
+    assert res.status_code == 404, res.text
+    for url in ("/runs/file/statistics/facenet%00.png", "/runs/view/statistics/facenet%00",
+                "/runs/file/statistics/" + "n" * 5000 + ".png", "/runs/view/statistics/" + "n" * 5000):
+        res = client.get(url)
+        assert res.status_code == 404, (url[:60], res.status_code)
+
+
+def test_an_unexpected_failure_is_500_naming_no_python_class(pipeline, tmp_path, monkeypatch):
+    app, _ = make_app(tmp_path, pipeline)
+
+    def broken() -> list:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(app.state.browser, "runs", broken)  # a fault no route expects
+    res = TestClient(app).get("/api/runs")
+    assert res.status_code == 500
+    assert res.json() == {"error": "internal error (the server's log has the details)"}
+    assert res.headers["x-content-type-options"] == "nosniff"
+
+
+def test_pages_answer_errors_as_pages_and_the_api_as_json(served):
+    client = TestClient(served[0])
+    page = client.get("/runs/compare?run=statistics/normal", headers={"Accept": "text/html,*/*"})
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+    assert "choose two or more runs" in page.text and "<h1>" in page.text
+    assert client.get("/nowhere", headers={"Accept": "text/html"}).headers["content-type"].startswith("text/html")
+    api = client.get("/api/uploads/" + "0" * 32, headers={"Accept": "text/html"})
+    assert api.status_code == 404 and api.json()["error"].endswith("not found")

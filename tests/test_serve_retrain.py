@@ -50,7 +50,8 @@ def test_a_retrain_job_finishes_with_both_models_figures(cnn_run, shared_cache, 
     before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
     cfg = compose_config(["command=serve", "model=normal", f"model_path={model_dir}", f"paths.cache={cache}",
                           f"serve.data_dir={tmp_path / 'serve'}", f"serve.retrain_dir={tmp_path / 'retrain'}",
-                          "serve.retrain_epochs=1", "serve.retrain_overrides=['debug=smoke']"])
+                          "serve.retrain_epochs=1", "serve.retrain_overrides=['debug=smoke']",
+                          "serve.allowed_hosts=[testserver]"])
     app = create_app(cfg, FacePipeline.from_config(cfg))
     client = TestClient(app)
     token = client.get("/api/session").json()["csrf"]
@@ -113,7 +114,7 @@ def test_a_job_s_progress_moves_within_an_epoch():
 
 
 def test_extra_labels_join_the_training_split_only(tmp_path):
-    from faceattr.data.utkface import prepare_dataset
+    from faceattr.data.prepare import prepare_dataset
     from faceattr.errors import DataError
 
     archive = tiny_archive(tmp_path / "data", 40)

@@ -258,6 +258,8 @@ class ServeConfig:
     """The local web app (``serve``, faceattr/serve/): uploads, corrections, retrain jobs, runs browser."""
 
     host: str = "127.0.0.1"  # 0.0.0.0 exposes it to the network: it has no accounts
+    # Host header names answered besides the loopback names and serve.host (others: 400); "*": any.
+    allowed_hosts: list[str] = field(default_factory=list)
     port: int = rule(8000, ge=0, le=65535)  # 0: any free port
     data_dir: str = "${paths.root}/outputs/serve"  # SQLite database, uploads and crops
     retention_hours: float = rule(24.0, gt=0.0)  # uploads older than this are deleted (at start, hourly)

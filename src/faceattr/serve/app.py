@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import re
 import socket
@@ -32,12 +33,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from omegaconf import DictConfig
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from faceattr.errors import FaceAttrError, InputError
 from faceattr.inference.pipeline import FacePipeline
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
-from faceattr.serve.guards import BodyTooLarge, UploadLimit
+from faceattr.serve.guards import BodyTooLarge, Guard, UploadLimit, allowed_hosts, shown
 from faceattr.serve.jobs import JobRunner, write_corrections
 from faceattr.serve.photos import TooLarge, check_upload, process_upload, redraw
 from faceattr.serve.runs import RunsBrowser, compare
@@ -48,8 +50,6 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "faceattr_session"
 CSRF_HEADER = "X-CSRF-Token"
-#: Raw request paths that smuggle a separator or a parent step past the router.
-PATH_TRICK = re.compile(rb"%2f|%5c|%2e%2e|(^|/)\.\.?(/|$)|\\", re.IGNORECASE)
 MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing allowed above serve.max_upload_mb
 PURGE_EVERY_S = 3600.0
 
@@ -63,8 +63,19 @@ class ApiError(Exception):
         self.message = message
 
 
+#: Route prefixes that answer files or JSON, never a page (their errors are JSON too).
+NOT_PAGES = ("/api/", "/files/", "/static/", "/runs/file/", "/runs/compare/plot/")
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def wants_page(scope: dict[str, Any]) -> bool:
+    """Whether an error should be answered as a page: a browser (Accept: text/html) asking for
+    one of the pages, not the API or a file."""
+    path, accept = scope.get("path", ""), Headers(scope=scope).get("accept", "")
+    return scope.get("method") in ("GET", "HEAD") and "text/html" in accept and not path.startswith(NOT_PAGES)
 
 
 def validate_label(body: Any) -> dict[str, Any]:
@@ -74,18 +85,18 @@ def validate_label(body: Any) -> dict[str, Any]:
         raise ApiError(422, "body: expected a JSON object with one or more of age, gender, race")
     unknown = sorted(set(body) - {"age", "gender", "race"})
     if unknown:
-        raise ApiError(422, f"{unknown[0]}: unknown field (expected age, gender or race)")
+        raise ApiError(422, f"{shown(unknown[0])[1:-1]}: unknown field (expected age, gender or race)")
     out: dict[str, Any] = {}
     if "age" in body:
         age = body["age"]
         if isinstance(age, bool) or not isinstance(age, int) or not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
-            raise ApiError(422, f"age: {age!r} is not allowed: expected a whole number of years from "
+            raise ApiError(422, f"age: {shown(age)} is not allowed: expected a whole number of years from "
                                 f"{AGE_RANGE[0]:g} to {AGE_RANGE[1]:g}")
         out["age"] = int(age)
     for key, names in (("gender", GENDERS), ("race", RACES)):
         if key in body:
             if body[key] not in names:
-                raise ApiError(422, f"{key}: {body[key]!r} is not allowed: expected one of {', '.join(names)}")
+                raise ApiError(422, f"{key}: {shown(body[key])} is not allowed: expected one of {', '.join(names)}")
             out[key] = body[key]
     return out
 
@@ -134,32 +145,36 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
                        message=too_large)
 
     # -- plumbing ------------------------------------------------------------------------
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        raw = request.scope.get("raw_path") or request.url.path.encode()
-        if PATH_TRICK.search(raw.split(b"?", 1)[0]):
-            return _error(404, "not found")
-        try:
-            return await call_next(request)
-        except Exception as exc:  # never a crash, never a traceback to the client
-            log.exception("request %s %s failed", request.method, request.url.path)
-            return _error(500, f"internal error: {type(exc).__name__}")
+    def error_answer(scope: dict[str, Any], status: int, message: str) -> tuple[int, list, bytes]:
+        """An error as (status, headers, body): a page for a browser asking for a page, else JSON."""
+        if wants_page(scope):
+            body = templates.get_template("error.html").render(status=status, message=message, model=model_name)
+            return status, [(b"content-type", b"text/html; charset=utf-8")], body.encode()
+        return status, [(b"content-type", b"application/json")], json.dumps({"error": message}).encode()
+
+    def error_response(request: Request, status: int, message: str) -> Response:
+        status, headers, body = error_answer(request.scope, status, message)
+        return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
+
+    hosts, any_address = allowed_hosts(str(serve.host), [str(h) for h in serve.allowed_hosts])
+    app.add_middleware(Guard, hosts=hosts, any_address=any_address, error=error_answer)  # last: outermost
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.message)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return error_response(request, exc.status, exc.message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if isinstance(exc, BodyTooLarge):  # the upload's body crossed the limit while it streamed in
-            return _error(413, too_large)
-        return _error(exc.status_code, "not found" if exc.status_code == 404 else str(exc.detail))
+            return error_response(request, 413, too_large)
+        return error_response(request, exc.status_code, "not found" if exc.status_code == 404 else str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
-        return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+        where = ".".join(shown(p) if isinstance(p, str) and len(p) > 40 else str(p)
+                         for p in first.get("loc", ()) if p not in ("body", "path", "query"))
+        return error_response(request, 422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
     def session_of(request: Request) -> str | None:
         sid = request.cookies.get(COOKIE)
@@ -196,7 +211,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         sid = need_session(request)
         up = store.upload(sid, upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
         if up is None:
-            raise ApiError(404, f"upload {upload_id}: not found")
+            raise ApiError(404, f"upload {shown(upload_id)[1:-1]}: not found")
         return sid, up
 
     # -- the JSON API --------------------------------------------------------------------
@@ -248,8 +263,8 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     async def label(request: Request, upload_id: str, index: str) -> dict[str, Any]:
         sid = need_csrf(request)
         _, up = own_upload(request, upload_id)
-        if not index.isdigit() or int(index) >= len(up["faces"]):
-            raise ApiError(404, f"upload {upload_id}: no face {index}")
+        if not re.fullmatch(r"[0-9]{1,6}", index) or int(index) >= len(up["faces"]):
+            raise ApiError(404, f"upload {upload_id}: no face {shown(index)[1:-1]}")
         try:
             body = await request.json()
         except ValueError:
@@ -291,7 +306,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         sid = need_session(request)
         row = store.job(sid, job) if UPLOAD_ID.fullmatch(job) else None
         if row is None:
-            raise ApiError(404, f"job {job}: not found")
+            raise ApiError(404, f"job {shown(job)[1:-1]}: not found")
         return {"job": row["id"], "state": row["state"], "progress": row["progress"], "run_dir": row["run_dir"],
                 "metrics": row["metrics"], "error": row["error"]}
 

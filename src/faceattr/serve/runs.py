@@ -110,11 +110,15 @@ class RunsBrowser:
         """The folder or file ``<root>/<relative path>`` names, or None when it is outside every
         root, inside an excluded folder, missing, or the name holds a path trick."""
         parts = name.split("/")
-        if not parts or parts[0] not in self.roots or any(p in ("", ".", "..") or "\\" in p for p in parts[1:]):
+        if (not parts or parts[0] not in self.roots or "\x00" in name
+                or any(p in ("", ".", "..") or "\\" in p for p in parts[1:])):
             return None
         root = self.roots[parts[0]]
-        path = root.joinpath(*parts[1:]).resolve()
-        if not (path == root or path.is_relative_to(root)) or self._excluded(path) or not path.exists():
+        try:
+            path = root.joinpath(*parts[1:]).resolve()
+            if not (path == root or path.is_relative_to(root)) or self._excluded(path) or not path.exists():
+                return None
+        except (OSError, ValueError):  # a name too long for the file system, a byte it refuses
             return None
         return path
 
