@@ -2,23 +2,25 @@
 
 ``python src/main.py train --model_type normal --eval train.epochs=5`` is handed to Hydra as
 ``model=normal train.eval=true train.epochs=5 command=train``, so everything Hydra offers
-(``-m`` sweeps, ``--cfg job``, ``hydra.run.dir=...``, ``--help`` listing the config groups)
-works unchanged. Each command's work lives in its own module; this file only maps and
-dispatches, and turns typed errors into one line and a non-zero exit.
+(``-m`` sweeps, ``--cfg job``, ``hydra.run.dir=...``) works unchanged; ``--help`` is the
+toolkit's own (``cli_help``: a command's flags, examples and the config groups). Each
+command's work lives in its own module; this file only maps and dispatches, and turns typed
+errors into one line and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 from pathlib import Path
 
-from faceattr.config import compose_config, register
+from faceattr.cli_help import command_help, overview, program_name
+from faceattr.config import CONF_DIR, compose_config, register
 from faceattr.errors import FaceAttrError
 from faceattr.models.families.names import family_names
+from faceattr.verbosity import set_verbosity
 
 COMMANDS = {
     "run": "label the faces in images (--img) or a video/camera (--video)",
@@ -56,7 +58,7 @@ def _quote(value: str) -> str:
 
 def _flag_parser(command: str) -> argparse.ArgumentParser:
     """The sugar flags of one command; everything else is Hydra's."""
-    p = argparse.ArgumentParser(prog=f"python src/main.py {command}", add_help=False)
+    p = argparse.ArgumentParser(prog=f"{program_name()} {command}", add_help=False)
     if command in ("run", "train", "evaluate", "export", "calibrate", "serve"):
         p.add_argument("--model_type", choices=family_names(), help="model family (model=...)")
     if command == "distill":
@@ -86,6 +88,8 @@ def _flag_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--save-faces", action="store_true",
                        help="--img: also write each face as the model saw it (aligned, at its input size) "
                             "to <run dir>/faces/ (run.faces_dir=...)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show third-party warnings and TensorFlow's start-up messages")
     return p
 
 
@@ -123,7 +127,7 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
     parser = _flag_parser(command)
 
     def fail(message: str) -> None:
-        raise UsageError(f"{command}: {message} (see: python src/main.py {command} --help)")
+        raise UsageError(f"{command}: {message} (see: {program_name()} {command} --help)")
 
     parser.error = fail  # type: ignore[method-assign]
     ns, rest = parser.parse_known_args(sugar)
@@ -198,34 +202,11 @@ def _validate_overrides(overrides: list[str]) -> None:
     compose_config(plain)  # one line (ConfigError) for an unknown key or group, or a bad value
 
 
-def _print_help() -> None:
-    width = max(map(len, COMMANDS))
-    lines = [
-        "usage: python src/main.py COMMAND [flags] [key=value ...] [hydra flags]",
-        "",
-        "Age, gender and race estimation from faces (UTKFace; FaceNet transfer or a CNN).",
-        "",
-        "commands:",
-        *(f"  {name.ljust(width)}  {text}" for name, text in COMMANDS.items()),
-        "",
-        "Flags are shortcuts for Hydra overrides; any config key can be set as key=value,",
-        "and Hydra's flags work as usual: -m/--multirun sweeps, --cfg job, hydra.run.dir=...",
-        "`python src/main.py COMMAND --help` lists a command's flags and the config groups.",
-    ]
-    print("\n".join(lines))
-
-
-def _print_command_help(command: str) -> None:
-    print(f"{command}: {COMMANDS[command]}\n")
-    _flag_parser(command).print_help()
-    print("\nHydra's help for the composed configuration follows.\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python src/main.py``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        _print_help()
+        print(overview(COMMANDS), end="")
         return 0 if argv else 2
     command, args = argv[0], argv[1:]
     if command.startswith("-sc") or command == "--shell-completion":
@@ -235,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         sugar, hydra_flags, overrides = _split_args(args)
-        if any(f in ("-h", "--help") for f in hydra_flags):
-            _print_command_help(command)
+        if any(f in ("-h", "--help") for f in hydra_flags):  # before the flags are checked: help always works
+            print(command_help(command, COMMANDS[command], _flag_parser(command), CONF_DIR), end="")
+            return 0
         overrides = flags_to_overrides(command, sugar) + overrides
         register()
         if not any(f in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion") for f in hydra_flags):
@@ -244,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     except FaceAttrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our output
+    set_verbosity(any(flag in ("-v", "--verbose") for flag in sugar))  # before TensorFlow loads
     sys.argv = [sys.argv[0], *hydra_flags, *overrides, f"command={command}"]
     from faceattr.app import hydra_entry
 
