@@ -178,7 +178,7 @@ class RebalanceConfig:
 class DetectorVideoConfig:
     """What ``run --video`` uses instead of the detector's own settings (null = the same)."""
 
-    name: str | None = rule(None, choices=("haar", "mtcnn", "none"))
+    name: str | None = rule(None, choices=("haar", "mtcnn", "blazeface", "none"))
     scale_factor: float | None = rule(None, gt=1.0)
     min_neighbors: int | None = rule(None, ge=0)
     min_confidence: float | None = rule(None, **PROBABILITY)
@@ -193,10 +193,10 @@ class DetectorVideoConfig:
 class DetectorConfig:
     """Finds faces (inference/detectors.py) and crops or aligns them (inference/pipeline.py)."""
 
-    name: str = rule("mtcnn", choices=("haar", "mtcnn", "none"))
+    name: str = rule("mtcnn", choices=("haar", "mtcnn", "blazeface", "none"))
     scale_factor: float = rule(1.1, gt=1.0)         # haar: image pyramid step
     min_neighbors: int = rule(5, ge=0)              # haar
-    min_confidence: float = rule(0.8, **PROBABILITY)  # mtcnn: last-stage threshold
+    min_confidence: float = rule(0.8, **PROBABILITY)  # mtcnn: last-stage threshold; blazeface: least score
     min_size: int = rule(40, ge=1)                  # pixels, in the (possibly downscaled) detection image
     max_side: int = rule(1280, ge=64)               # larger images are downscaled for detection
     align: bool = False                             # map faces onto the chip template by their landmarks
