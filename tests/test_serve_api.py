@@ -652,3 +652,138 @@ def test_pages_answer_errors_as_pages_and_the_api_as_json(served):
     assert client.get("/nowhere", headers={"Accept": "text/html"}).headers["content-type"].startswith("text/html")
     api = client.get("/api/uploads/" + "0" * 32, headers={"Accept": "text/html"})
     assert api.status_code == 404 and api.json()["error"].endswith("not found")
+
+
+# ------------------------------------------------------------------------------------ fail safe
+
+@contextlib.contextmanager
+def read_only(*folders: Path):
+    """``folders`` made unwritable for the duration: ``chattr +i`` as root (root ignores modes)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        modes = [f.stat().st_mode for f in folders]
+        for f in folders:
+            f.chmod(0o555)
+        try:
+            yield
+        finally:
+            for f, mode in zip(folders, modes, strict=True):
+                f.chmod(mode)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", *map(str, folders)],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("running as root, and chattr +i (the only way to make a folder read-only for root) fails here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, folders)], check=True)
+
+
+def stored_files_agree(store) -> None:
+    """Every file the database names is there, and every file there is named by the database."""
+    with sqlite3.connect(store.path) as db:
+        named = {r[0] for r in db.execute("SELECT original FROM uploads UNION SELECT annotated FROM uploads "
+                                          "UNION SELECT crop FROM faces")}
+    present = {p.name for p in store.files_dir.iterdir()}
+    assert named == present, (named ^ present)
+
+
+def test_the_health_check_is_503_when_the_data_folder_cannot_be_written(pipeline, tmp_path):
+    import shutil
+
+    app, cfg = make_app(tmp_path, pipeline)
+    client = TestClient(app)
+    assert client.get("/api/health").status_code == 200
+    store = app.state.store
+    with read_only(store.files_dir, store.data_dir):
+        res = client.get("/api/health")
+        assert res.status_code == 503 and res.json()["status"] == "unavailable", res.text
+    assert client.get("/api/health").status_code == 200
+    shutil.rmtree(store.data_dir)
+    res = client.get("/api/health")
+    assert res.status_code == 503 and "missing" in res.json()["problem"]
+
+
+def test_with_the_data_folder_removed_every_storage_route_is_503(pipeline, tmp_path):
+    import shutil
+
+    app, _ = make_app(tmp_path, pipeline)
+    client, token = client_of(app)
+    body = post_image(client, token, ASTRONAUT.read_bytes(), "a.jpg").json()
+    client.put(f"/api/uploads/{body['id']}/faces/0/label", json={"age": 9}, headers={"X-CSRF-Token": token})
+    shutil.rmtree(app.state.store.data_dir)
+    answers = {
+        "upload": post_image(client, token, ASTRONAUT.read_bytes(), "b.jpg"),
+        "relabel": client.put(f"/api/uploads/{body['id']}/faces/0/label", json={"age": 10},
+                              headers={"X-CSRF-Token": token}),
+        "corrections.csv": client.get("/api/corrections.csv"),
+        "uploads": client.get("/api/uploads"),
+        "upload page data": client.get(f"/api/uploads/{body['id']}"),
+        "crop": client.get(body["faces"][0]["crop_url"]),
+    }
+    for what, res in answers.items():
+        assert res.status_code == 503, (what, res.status_code, res.text[:200])
+        error = res.json()["error"]
+        assert "data folder" in error and "Error" not in error and str(tmp_path) not in error, error
+
+
+def test_a_relabel_that_cannot_be_written_changes_nothing(pipeline, tmp_path):
+    app, _ = make_app(tmp_path, pipeline)
+    client, token = client_of(app)
+    body = post_image(client, token, ASTRONAUT.read_bytes(), "a.jpg").json()
+    url = f"/api/uploads/{body['id']}/faces/0/label"
+    assert client.put(url, json={"age": 30}, headers={"X-CSRF-Token": token}).status_code == 200
+    before = client.get(f"/api/uploads/{body['id']}").json()
+    store = app.state.store
+    with read_only(store.files_dir):
+        res = client.put(url, json={"age": 55, "race": "indian"}, headers={"X-CSRF-Token": token})
+        assert res.status_code == 503 and "Error" not in res.json()["error"], res.text
+    after = client.get(f"/api/uploads/{body['id']}").json()
+    assert after == before  # the correction and the drawing named are the old ones
+    assert client.get(after["image_url"]).status_code == 200
+    stored_files_agree(store)
+
+
+def test_a_correction_can_be_cleared_field_by_field(pipeline, tmp_path):
+    app, _ = make_app(tmp_path, pipeline)
+    client, token = client_of(app)
+    body = post_image(client, token, ASTRONAUT.read_bytes(), "a.jpg").json()
+    url, headers = f"/api/uploads/{body['id']}/faces/0/label", {"X-CSRF-Token": token}
+    assert client.put(url, json={"age": 30, "race": "black"}, headers=headers).json()["correction"] == {
+        "age": 30, "race": "black"}
+    assert client.put(url, json={"age": None}, headers=headers).json()["correction"] == {"race": "black"}
+    res = client.put(url, json={"race": None}, headers=headers)
+    assert res.status_code == 200 and res.json()["correction"] == {} and res.json()["corrections"] == {}
+    assert client.get("/api/corrections.csv").text.strip() == "file,age,gender,race"
+    stored_files_agree(app.state.store)
+
+
+def serve_once(tmp_path: Path, data_dir: Path):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "serve", "serve.port=0",
+                           f"serve.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def test_serve_refuses_a_data_folder_it_cannot_write_in_one_line(tmp_path):
+    from faceattr.serve.store import Store
+
+    data = tmp_path / "data"
+    Store(data).close()  # a data folder from an earlier start, now read-only
+    with read_only(data / "files", data):
+        res = serve_once(tmp_path, data)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: serve.data_dir={data}: ") and "Traceback" not in res.stderr
+    assert "Loading the model" not in res.stdout
+    blocked = tmp_path / "a file"
+    blocked.write_text("not a folder")
+    res = serve_once(tmp_path, blocked / "data")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: serve.data_dir={blocked / 'data'}: the data folder cannot be created or written (Not a directory)"]

@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from omegaconf import DictConfig
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,10 +41,10 @@ from faceattr.errors import FaceAttrError, InputError
 from faceattr.inference.pipeline import FacePipeline
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
 from faceattr.serve.guards import BodyTooLarge, Guard, UploadLimit, allowed_hosts, shown
-from faceattr.serve.jobs import JobRunner, write_corrections
-from faceattr.serve.photos import TooLarge, check_upload, process_upload, redraw
+from faceattr.serve.jobs import JobRunner, correction_rows, labels_csv
+from faceattr.serve.photos import TooLarge, check_upload, correct_face, process_upload
 from faceattr.serve.runs import RunsBrowser, compare
-from faceattr.serve.store import UPLOAD_ID, Store, new_id
+from faceattr.serve.store import UPLOAD_ID, StorageError, Store, new_id
 
 log = logging.getLogger(__name__)
 
@@ -79,36 +80,42 @@ def wants_page(scope: dict[str, Any]) -> bool:
 
 
 def validate_label(body: Any) -> dict[str, Any]:
-    """A correction ``{"age": int, "gender": ..., "race": ...}`` (any non-empty subset), checked;
-    raises ``ApiError(422)`` naming the field at fault."""
+    """A correction ``{"age": int, "gender": ..., "race": ...}`` (any non-empty subset; ``null``
+    clears that field's correction), checked; raises ``ApiError(422)`` naming the field at fault."""
     if not isinstance(body, dict) or not body:
         raise ApiError(422, "body: expected a JSON object with one or more of age, gender, race")
     unknown = sorted(set(body) - {"age", "gender", "race"})
     if unknown:
         raise ApiError(422, f"{shown(unknown[0])[1:-1]}: unknown field (expected age, gender or race)")
     out: dict[str, Any] = {}
-    if "age" in body:
+    if "age" in body and body["age"] is None:
+        out["age"] = None
+    elif "age" in body:
         age = body["age"]
         if isinstance(age, bool) or not isinstance(age, int) or not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
             raise ApiError(422, f"age: {shown(age)} is not allowed: expected a whole number of years from "
                                 f"{AGE_RANGE[0]:g} to {AGE_RANGE[1]:g}")
         out["age"] = int(age)
     for key, names in (("gender", GENDERS), ("race", RACES)):
-        if key in body:
+        if key in body and body[key] is None:
+            out[key] = None
+        elif key in body:
             if body[key] not in names:
                 raise ApiError(422, f"{key}: {shown(body[key])} is not allowed: expected one of {', '.join(names)}")
             out[key] = body[key]
     return out
 
 
-def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = None) -> FastAPI:
+def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = None,
+               store: Store | None = None) -> FastAPI:
     """The web app over ``pipeline`` (the loaded model and detector) and ``cfg.serve``.
 
     ``served``: the served model's folder (what retrain jobs start from; default: the
-    pipeline's model). Purges old uploads now and every hour.
+    pipeline's model). ``store``: opened already (default: opened here on ``serve.data_dir``;
+    ``StorageError`` when it can't be used). Purges old uploads now and every hour.
     """
     serve = cfg.serve
-    store = Store(str(serve.data_dir))
+    store = store or Store(str(serve.data_dir))
     served = Path(served or pipeline.predictor.path or ".").resolve()
     jobs = JobRunner(store, cfg, served)
     browser = RunsBrowser([str(r) for r in serve.runs_roots], exclude=[str(serve.data_dir)])
@@ -169,12 +176,24 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
             return error_response(request, 413, too_large)
         return error_response(request, exc.status_code, "not found" if exc.status_code == 404 else str(exc.detail))
 
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> Response:
+        log.warning("%s %s: storage: %s (serve.data_dir=%s)", request.method, request.url.path, exc, serve.data_dir)
+        return error_response(request, 503, "the server cannot store or read uploads now (its data folder is "
+                                            "unusable); try again later")
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(shown(p) if isinstance(p, str) and len(p) > 40 else str(p)
                          for p in first.get("loc", ()) if p not in ("body", "path", "query"))
         return error_response(request, 422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+    def usable() -> None:
+        """Raise ``StorageError`` (503) unless the data folder and database are still in place."""
+        problem = store.problem()
+        if problem:
+            raise StorageError(problem)
 
     def session_of(request: Request) -> str | None:
         sid = request.cookies.get(COOKIE)
@@ -208,6 +227,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         return out
 
     def own_upload(request: Request, upload_id: str) -> tuple[str, dict[str, Any]]:
+        usable()
         sid = need_session(request)
         up = store.upload(sid, upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
         if up is None:
@@ -216,8 +236,13 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
 
     # -- the JSON API --------------------------------------------------------------------
     @app.get("/api/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok", "model": model_name}
+    def health() -> JSONResponse:
+        """200 while the data folder and database can be written; 503 naming the problem otherwise."""
+        problem = store.health()
+        if problem:
+            log.warning("health: %s (serve.data_dir=%s)", problem, serve.data_dir)
+            return JSONResponse({"status": "unavailable", "problem": problem, "model": model_name}, status_code=503)
+        return JSONResponse({"status": "ok", "model": model_name})
 
     @app.get("/api/session")
     def session(request: Request) -> JSONResponse:
@@ -232,6 +257,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     @app.post("/api/uploads", status_code=201)  # its body is bounded as it streams in (UploadLimit)
     def upload(request: Request, image: UploadFile = File(...)) -> JSONResponse:
         sid = need_csrf(request)
+        usable()
         name = Path(image.filename or "upload").name or "upload"
         data = image.file.read(max_bytes + 1)
         try:
@@ -243,6 +269,8 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         upload_id = new_id()
         try:
             process_upload(store, pipeline, sid, upload_id, data, name)
+        except StorageError:
+            raise
         except FaceAttrError as exc:
             raise ApiError(422, str(exc)) from None
         up = store.upload(sid, upload_id)
@@ -251,6 +279,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
 
     @app.get("/api/uploads")
     def uploads(request: Request) -> dict[str, Any]:
+        usable()
         sid = session_of(request)
         return {"uploads": store.uploads(sid) if sid else []}
 
@@ -270,31 +299,24 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         except ValueError:
             raise ApiError(422, "body: not JSON") from None
         values = validate_label(body)
-        fix = store.correct(upload_id, int(index), values)
+        fix = await run_in_threadpool(correct_face, store, sid, up, int(index), values)
         up = store.upload(sid, upload_id)
-        assert up is not None
-        redraw(store, sid, up)
-        up = store.upload(sid, upload_id)
-        assert up is not None
+        if up is None:
+            raise ApiError(404, f"upload {upload_id}: not found")
         return {"index": int(index), "correction": fix, **upload_json(up, True)}
 
     @app.get("/api/corrections.csv")
     def corrections_csv(request: Request) -> Response:
-        import tempfile
-
+        usable()
         sid = session_of(request)
-        if sid is None:
-            text = "file,age,gender,race\n"
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                write_corrections(store, sid, Path(tmp))
-                text = (Path(tmp) / "labels.csv").read_text()
+        text = labels_csv(correction_rows(store, sid) if sid else [])
         return PlainTextResponse(text, media_type="text/csv",
                                  headers={"Content-Disposition": 'attachment; filename="labels.csv"'})
 
     @app.post("/api/retrain", status_code=202)
     def retrain(request: Request) -> JSONResponse:
         sid = need_csrf(request)
+        usable()
         try:
             job = jobs.submit(sid)
         except InputError as exc:
@@ -303,6 +325,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
 
     @app.get("/api/jobs/{job}")
     def job_state(request: Request, job: str) -> dict[str, Any]:
+        usable()
         sid = need_session(request)
         row = store.job(sid, job) if UPLOAD_ID.fullmatch(job) else None
         if row is None:
@@ -317,6 +340,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     # -- files ---------------------------------------------------------------------------
     @app.get("/files/{name}")
     def files(request: Request, name: str) -> FileResponse:
+        usable()
         sid = need_session(request)
         path = store.file_path(name)
         if path is None or not path.is_file() or not store.owns_file(sid, name):
@@ -401,9 +425,10 @@ def serve_command(cfg: DictConfig, run_dir: Path) -> dict:
         sock.listen(2048)  # connections wait in the backlog until the server accepts them
     except OSError as exc:
         raise InputError(f"serve.host={host} serve.port={port}: cannot listen there ({exc.strerror or exc})") from None
+    store = Store(str(serve.data_dir))  # a data folder that can't be written: one line before the model loads
     print(f"Loading the model (model_path={cfg.model_path or 'the shipped ' + str(cfg.model.name)}) ...", flush=True)
     pipeline = serving_pipeline(cfg)
-    app = create_app(cfg, pipeline)
+    app = create_app(cfg, pipeline, store=store)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     print(f"Serving on http://{shown}:{bound}/ (data in {serve.data_dir}; Ctrl-C to stop)", flush=True)

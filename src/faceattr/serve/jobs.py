@@ -19,6 +19,7 @@ model becomes the served one only through ``promote``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -55,22 +56,37 @@ CORRECTIONS_DIR = "corrections"
 SERVED_DIR = "served"
 
 
+LABEL_COLUMNS = ("file", "age", "gender", "race")
+
+
+def correction_rows(store: Store, session: str) -> list[dict[str, Any]]:
+    """The session's corrected faces as ``labels.csv`` rows (``file`` = the crop's stored name),
+    every face with all three labels: the corrected values, the model's own for the rest."""
+    return [{"file": face.crop, "age": fix.get("age", round(face.age)), "gender": fix.get("gender", face.gender),
+             "race": fix.get("race", face.race)} for face, fix in store.corrected_faces(session)]
+
+
+def labels_csv(rows: list[dict[str, Any]]) -> str:
+    """``rows`` as the text of a ``labels.csv`` (``file, age, gender, race``)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(LABEL_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
 def write_corrections(store: Store, session: str, folder: Path) -> int:
-    """Copy the session's corrected crops into ``folder`` with a ``labels.csv`` (``file, age,
-    gender, race``: what ``evaluate --labels`` and ``data.extra_labels`` read). Returns the count."""
+    """Copy the session's corrected crops into ``folder`` with a ``labels.csv`` (what ``evaluate
+    --labels`` and ``data.extra_labels`` read); a face whose crop is gone is left out. Returns the count."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for face, fix in store.corrected_faces(session):
-        src = store.file_path(face.crop)
+    for row in correction_rows(store, session):
+        src = store.file_path(row["file"])
         if src is None or not src.is_file():
             continue
-        shutil.copyfile(src, folder / face.crop)
-        rows.append({"file": face.crop, "age": fix.get("age", round(face.age)),
-                     "gender": fix.get("gender", face.gender), "race": fix.get("race", face.race)})
-    with (folder / "labels.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["file", "age", "gender", "race"])
-        writer.writeheader()
-        writer.writerows(rows)
+        shutil.copyfile(src, folder / row["file"])
+        rows.append(row)
+    (folder / "labels.csv").write_text(labels_csv(rows))
     return len(rows)
 
 

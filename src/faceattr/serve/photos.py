@@ -10,6 +10,7 @@ annotated images, each face numbered).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from faceattr.inference.annotate import draw_face, format_label
 from faceattr.inference.images import read_image
 from faceattr.inference.pipeline import FacePipeline
 from faceattr.inference.predictor import FacePrediction
-from faceattr.serve.store import Face, Store
+from faceattr.serve.store import Face, StorageError, Store
 
 
 class TooLarge(InputError):
@@ -65,7 +66,12 @@ def _write_jpeg(path: Path, image_bgr: np.ndarray, quality: int = 92) -> None:
     ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise InputError(f"{path.name}: cannot encode the image")
-    path.write_bytes(buf.tobytes())
+    try:
+        path.write_bytes(buf.tobytes())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise StorageError(f"a file cannot be written into the data folder ({exc.strerror or exc})") from None
 
 
 def face_label(face: Face, fix: dict | None = None) -> str:
@@ -92,40 +98,61 @@ def draw(image_bgr: np.ndarray, faces: list[Face], corrections: dict[int, dict])
 
 def process_upload(store: Store, pipeline: FacePipeline, session: str, upload_id: str, data: bytes,
                    name: str) -> None:
-    """Decode (checked already), detect, align, predict and store one photo with its faces."""
+    """Decode (checked already), detect, align, predict and store one photo with its faces.
+    Raises ``InputError`` (the photo) or ``StorageError`` (the data folder); then nothing of it
+    is stored: the files written so far are removed."""
     raw_name, raw_path = store.new_file(".jpg")  # the bytes as sent, named by a random id, read once
-    raw_path.write_bytes(data)
+    try:
+        raw_path.write_bytes(data)
+    except OSError as exc:
+        raise StorageError(f"the photo cannot be written into the data folder ({exc.strerror or exc})") from None
     try:
         image = read_image(raw_path)
     except InputError as exc:
         raise InputError(str(exc).replace(str(raw_path), name)) from None
     finally:
-        raw_path.unlink(missing_ok=True)
+        store.remove_files([raw_name])
     crops = pipeline.crops(image)
     preds = pipeline.predict(crops) if crops else []
     faces: list[Face] = []
-    for i, (crop, pred) in enumerate(zip(crops, preds, strict=True)):
-        crop_name, crop_path = store.new_file(".jpg")
-        _write_jpeg(crop_path, cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR), 95)
-        d = crop.detection
-        faces.append(Face(i, (int(d.x), int(d.y), int(d.w), int(d.h)), round(float(pred.age), 1), pred.gender,
-                          pred.race, round(float(pred.gender_confidence), 4), round(float(pred.race_confidence), 4),
-                          bool(crop.aligned), crop_name))
-    original, original_path = store.new_file(".jpg")
-    _write_jpeg(original_path, image)
-    annotated, annotated_path = store.new_file(".jpg")
-    _write_jpeg(annotated_path, draw(image, faces, {}))
-    h, w = image.shape[:2]
-    store.add_upload(session, upload_id, (w, h), original, annotated, faces)
+    written: list[str] = []
+    try:
+        for i, (crop, pred) in enumerate(zip(crops, preds, strict=True)):
+            crop_name, crop_path = store.new_file(".jpg")
+            written.append(crop_name)
+            _write_jpeg(crop_path, cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR), 95)
+            d = crop.detection
+            faces.append(Face(i, (int(d.x), int(d.y), int(d.w), int(d.h)), round(float(pred.age), 1), pred.gender,
+                              pred.race, round(float(pred.gender_confidence), 4),
+                              round(float(pred.race_confidence), 4), bool(crop.aligned), crop_name))
+        original, original_path = store.new_file(".jpg")
+        written.append(original)
+        _write_jpeg(original_path, image)
+        annotated, annotated_path = store.new_file(".jpg")
+        written.append(annotated)
+        _write_jpeg(annotated_path, draw(image, faces, {}))
+        h, w = image.shape[:2]
+        store.add_upload(session, upload_id, (w, h), original, annotated, faces)
+    except BaseException:
+        store.remove_files(written)
+        raise
 
 
-def redraw(store: Store, session: str, upload: dict) -> str:
-    """Draw the upload's photo again with its corrections; returns the new annotated file name."""
+def correct_face(store: Store, session: str, upload: dict, index: int, values: dict) -> dict:
+    """Apply ``values`` (age, gender, race; None clears one) to face ``index``'s correction: the
+    photo is drawn again with it into a new file, then the correction and that file are stored
+    together. Returns the face's correction. Raises ``StorageError``; then nothing changed (the
+    database still names the old drawing, which is still there)."""
+    fix = store.merged(upload["corrections"].get(index, {}), values)
     path = store.file_path(upload["original"])
     image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path is not None else None
     if image is None:
-        raise InputError(f"upload {upload['id']}: its photo is gone")
+        raise StorageError(f"upload {upload['id']}: its photo is missing from the data folder")
     name, out = store.new_file(".jpg")
-    _write_jpeg(out, draw(image, upload["faces"], upload["corrections"]))
-    store.set_annotated(session, upload["id"], name)
-    return name
+    _write_jpeg(out, draw(image, upload["faces"], {**upload["corrections"], index: fix}))
+    try:
+        store.save_correction(session, upload["id"], index, fix, name)
+    except BaseException:
+        store.remove_files([name])
+        raise
+    return fix

@@ -7,6 +7,11 @@ the model saw) and its corrections, and the retrain jobs. Every file lives in
 path. Every query that reads or changes an upload takes the session id, so one visitor can
 never see or change another's uploads. Uploads older than ``serve.retention_hours`` are
 deleted with their files, crops and corrections by :meth:`Store.purge`.
+
+Failing safe: the folder and database are checked writable when the store opens
+(:class:`StorageError`, one line, when not), :meth:`Store.problem` tells cheaply whether they
+are still there (the routes answer 503 otherwise) and a write that fails leaves the database
+and the files as they were.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from faceattr.errors import FaceAttrError
 
 DB_FILE = "serve.sqlite3"
 FILES_DIR = "files"
@@ -42,10 +49,16 @@ CREATE TABLE IF NOT EXISTS faces (
 CREATE TABLE IF NOT EXISTS corrections (
     upload TEXT NOT NULL, idx INTEGER NOT NULL, age INTEGER, gender TEXT, race TEXT,
     updated REAL NOT NULL, PRIMARY KEY (upload, idx));
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, session TEXT NOT NULL, created REAL NOT NULL, state TEXT NOT NULL,
     progress REAL NOT NULL, run_dir TEXT, metrics TEXT, error TEXT);
 """
+
+
+class StorageError(FaceAttrError):
+    """The data folder or its database cannot be used (missing, read-only, full): HTTP 503, or one
+    line and exit 2 when ``serve`` starts."""
 
 
 @dataclass
@@ -75,29 +88,85 @@ class Store:
     def __init__(self, data_dir: str | Path) -> None:
         self.data_dir = Path(data_dir)
         self.files_dir = self.data_dir / FILES_DIR
-        self.files_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / DB_FILE
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        where = f"serve.data_dir={self.data_dir}"
+        try:
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{where}: the data folder cannot be created or written "
+                               f"({exc.strerror or exc})") from None
+        problem = self._write_probe()
+        if problem:
+            raise StorageError(f"{where}: {problem}")
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+            self._db.execute("INSERT OR REPLACE INTO settings VALUES ('opened', ?)", (str(time.time()),))
+            self._inode = self.path.stat().st_ino
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"{where}: its database {DB_FILE} cannot be written ({exc})") from None
+
+    def _write_probe(self) -> str | None:
+        """None when a file can be written into and removed from the files folder, else the problem."""
+        probe = self.files_dir / f".probe-{secrets.token_hex(4)}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            return f"the data folder is not writable ({exc.strerror or exc})"
+        return None
+
+    def problem(self) -> str | None:
+        """None while the data folder, its files folder and the database opened at start are all
+        still in place (a few ``stat`` calls: cheap enough for every request), else what is wrong."""
+        try:
+            if not self.files_dir.is_dir():
+                return "the data folder is missing"
+            if self.path.stat().st_ino != self._inode:
+                return "the database file was replaced"
+        except OSError:
+            return "the database file is missing"
+        return None
+
+    def health(self) -> str | None:
+        """:meth:`problem`, then a file and a database row actually written: None when usable."""
+        problem = self.problem() or self._write_probe()
+        if problem:
+            return problem
+        try:
+            with self._tx() as db:
+                db.execute("INSERT OR REPLACE INTO settings VALUES ('health', ?)", (str(time.time()),))
+        except StorageError as exc:
+            return str(exc)
+        return None
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One transaction (the connection is shared by the server's threads)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                raise StorageError(f"the database cannot be written ({exc})") from None
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"the database cannot be read ({exc})") from None
 
     def close(self) -> None:
         with self._lock:
@@ -116,10 +185,16 @@ class Store:
         return name, self.files_dir / name
 
     def _remove_files(self, names: list[str]) -> None:
+        """Remove stored files; one that can't be removed is left (a stray file, never a missing one)."""
         for name in names:
             path = self.file_path(name)
             if path is not None:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+
+    def remove_files(self, names: list[str]) -> None:
+        """Remove files written for a change that was then not stored."""
+        self._remove_files(names)
 
     # -- sessions -------------------------------------------------------------------------
     def new_session(self) -> tuple[str, str]:
@@ -178,25 +253,31 @@ class Store:
                            "FROM uploads u WHERE u.session = ? ORDER BY u.created DESC", (session,))
         return [dict(r) for r in rows]
 
-    def set_annotated(self, session: str, upload_id: str, annotated: str) -> None:
-        """Point an upload at a new annotated copy; the old file is removed."""
+    @staticmethod
+    def merged(current: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        """A face's correction ``current`` with ``values`` (age, gender, race; any subset) applied:
+        a value of None clears that field. Only the fields set are returned."""
+        return {k: v for k, v in {**current, **values}.items() if v is not None}
+
+    def save_correction(self, session: str, upload_id: str, index: int, fix: dict[str, Any],
+                        annotated: str) -> None:
+        """Store a face's whole correction ``fix`` (empty: none) and point the upload at its new
+        annotated copy ``annotated`` (written already), in one transaction; the old copy is
+        removed once that is committed. Raises :class:`StorageError`; then nothing changed."""
         with self._tx() as db:
             old = db.execute("SELECT annotated FROM uploads WHERE id = ? AND session = ?",
                              (upload_id, session)).fetchone()
-            db.execute("UPDATE uploads SET annotated = ? WHERE id = ? AND session = ?", (annotated, upload_id, session))
-        if old is not None and old["annotated"] != annotated:
+            if old is None:
+                raise StorageError(f"upload {upload_id}: deleted meanwhile")
+            if fix:
+                db.execute("INSERT OR REPLACE INTO corrections VALUES (?, ?, ?, ?, ?, ?)",
+                           (upload_id, index, fix.get("age"), fix.get("gender"), fix.get("race"), time.time()))
+            else:
+                db.execute("DELETE FROM corrections WHERE upload = ? AND idx = ?", (upload_id, index))
+            db.execute("UPDATE uploads SET annotated = ? WHERE id = ? AND session = ?",
+                       (annotated, upload_id, session))
+        if old["annotated"] != annotated:
             self._remove_files([old["annotated"]])
-
-    def correct(self, upload_id: str, index: int, values: dict[str, Any]) -> dict[str, Any]:
-        """Merge ``values`` (age, gender, race; any subset) into a face's correction; returns it."""
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM corrections WHERE upload = ? AND idx = ?", (upload_id, index)).fetchone()
-            merged = {k: row[k] for k in ("age", "gender", "race")} if row else {"age": None, "gender": None,
-                                                                                 "race": None}
-            merged.update(values)
-            db.execute("INSERT OR REPLACE INTO corrections VALUES (?, ?, ?, ?, ?, ?)",
-                       (upload_id, index, merged["age"], merged["gender"], merged["race"], time.time()))
-        return {k: v for k, v in merged.items() if v is not None}
 
     def corrected_faces(self, session: str) -> list[tuple[Face, dict[str, Any]]]:
         """Every corrected face of the session's uploads: (face, its correction), oldest first."""
