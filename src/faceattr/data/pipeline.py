@@ -242,6 +242,9 @@ def make_dataset(
     ds = ds.cache()
     if training:
         ds = ds.flat_map(lambda x, y, w, c: tf.data.Dataset.from_tensors((x, y, w)).repeat(c))
+        # flat_map hides the epoch's length; stated, Keras knows its steps per epoch up front
+        # instead of running the first epoch until the data ends ("Your input ran out of data").
+        ds = ds.apply(tf.data.experimental.assert_cardinality(int(copies.sum())))
         ds = ds.shuffle(max(1, int(shuffle_buffer)), seed=seed, reshuffle_each_iteration=True)
     else:
         ds = ds.map(lambda x, y, w, c: (x, y, w))

@@ -50,7 +50,8 @@ def output_path(value: Any, default: Path, suffixes: Sequence[str], overwrite: b
     """``run.output`` (``value``; ``default`` when empty), checked before any work: a known
     suffix (one of ``suffixes``), not a folder, writable, and no silent overwrite.
 
-    ``what`` names the output in messages ("predictions", "video"). Raises ``InputError``.
+    ``what`` names the output in messages ("predictions", "video"). Returns the path made
+    absolute against the working folder, as it is written to. Raises ``InputError``.
     """
     path = Path(str(value)).expanduser() if value not in (None, "") else default
     if path.suffix.lower() not in suffixes:
@@ -65,4 +66,9 @@ def output_path(value: Any, default: Path, suffixes: Sequence[str], overwrite: b
         if not overwrite:
             raise InputError(f"{path}: already exists; choose another --output or set run.overwrite=true")
         log.warning("Overwriting %s (run.overwrite=true)", path)
-    return path
+    return path.absolute()  # a relative --output is relative to the working folder: said in full
+
+
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """``number`` with ``noun`` in the singular or the plural: "1 face", "3 faces", "0 images"."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

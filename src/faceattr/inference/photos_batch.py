@@ -32,7 +32,7 @@ from faceattr.errors import ConfigError, InputError
 from faceattr.inference.annotate import annotate
 from faceattr.inference.display import QUIT_KEYS, close_windows, show, want_display
 from faceattr.inference.images import expand_inputs, read_image
-from faceattr.inference.outputs import output_path, write_problem
+from faceattr.inference.outputs import counted, output_path, write_problem
 from faceattr.inference.pipeline import FaceCrop, FacePipeline
 from faceattr.inference.predictor import FacePrediction
 
@@ -129,9 +129,10 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
         raise InputError(f"{', '.join(items)}: no image files found")
     overwrite = bool(cfg.run.overwrite)
     out_path = output_path(cfg.run.output, run_dir / "predictions.csv", TABLE_SUFFIXES, overwrite, "predictions")
-    annotated_dir = Path(cfg.run.annotated_dir).expanduser() if cfg.run.annotated_dir else run_dir / "annotated"
+    annotated_dir = (Path(cfg.run.annotated_dir).expanduser().absolute() if cfg.run.annotated_dir
+                     else run_dir / "annotated")
     annotate_images = bool(cfg.run.annotate)
-    faces_dir = Path(cfg.run.faces_dir).expanduser() if cfg.run.faces_dir else run_dir / "faces"
+    faces_dir = Path(cfg.run.faces_dir).expanduser().absolute() if cfg.run.faces_dir else run_dir / "faces"
     save_faces = bool(cfg.run.save_faces)
     input_dirs = {p.parent.resolve() for p in paths if p.exists()}
     for key, folder, wanted, what in (("run.annotated_dir", annotated_dir, annotate_images, "annotated copies"),
@@ -213,12 +214,20 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
     if stats.read == 0:
         raise InputError(f"none of the {stats.images} inputs could be read ({len(stats.errors)} errors above)")
     write_rows(stats.rows, out_path)
-    # app.log gets a compact record; the console gets the readable summary.
-    log.info("summary: images=%d read=%d faces=%d no_face=%d unreadable=%d output=%s annotated=%s faces=%s",
-             stats.images, stats.read, stats.faces, len(stats.no_face), len(stats.errors), out_path,
-             annotated_dir if annotate_images else None, faces_dir if save_faces else None)
-    print(f"{stats.images} image(s): {stats.faces} face(s) in {stats.read - len(stats.no_face)} image(s); "
-          f"{len(stats.no_face)} without a face, {len(stats.errors)} unreadable (skipped)")
+    # app.log gets a compact record (only the outputs written); the console gets the readable summary.
+    written = {"output": out_path, "annotated": annotated_dir if annotate_images else None,
+               "face_crops": faces_dir if save_faces else None}
+    log.info("summary: images=%d read=%d faces=%d no_face=%d unreadable=%d %s", stats.images, stats.read,
+             stats.faces, len(stats.no_face), len(stats.errors),
+             " ".join(f"{key}={value}" for key, value in written.items() if value is not None))
+    line = f"{counted(stats.images, 'image')}: {counted(stats.faces, 'face')}"
+    if stats.images > 1:
+        line += f" in {counted(stats.read - len(stats.no_face), 'image')}"
+    if stats.no_face:
+        line += f"; {len(stats.no_face)} without a face"
+    if stats.errors:
+        line += f"; {len(stats.errors)} unreadable (skipped)"
+    print(line)
     print(f"Predictions: {out_path}")
     print(f"Annotated images: {annotated_dir}" if annotate_images else "Annotated images: none (run.annotate=false)")
     if save_faces:

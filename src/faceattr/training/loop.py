@@ -135,8 +135,10 @@ def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Pa
     _, finished = backup.restore(model)  # an interrupted run goes on after its last backed-up epoch
     if not finished:
         with interrupt:
+            # shuffle=False: the datasets shuffle themselves (data.pipeline, the families' own);
+            # Keras ignores its shuffle for a tf.data.Dataset and warns when asked to.
             model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                      verbose="auto")
+                      shuffle=False, verbose="auto")
     if throughput.rates:
         log.info("training throughput%s: %.1f images/s (mean over %d epochs)",
                  f" ({phase})" if phase else "", float(np.mean(throughput.rates)), len(throughput.rates))

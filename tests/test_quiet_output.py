@@ -1,0 +1,53 @@
+"""Quiet by default: a training raises no library warnings, ``run`` says what it did in plain words
+and where (absolute paths), and ``-v`` lets the libraries speak."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+from conftest import ROOT, TINY_CNN, main_py, make_fake_utkface, run_command
+
+
+def test_a_training_raises_no_library_warnings(tmp_path):
+    """Keras warned on every ``train``: "shuffle=True ... will be ignored" (fit's default shuffle
+    with a tf.data.Dataset, which shuffles itself) and "Your input ran out of data" (an epoch of
+    unknown length, learned by running the first one dry). Both causes are gone."""
+    make_fake_utkface(tmp_path / "UTKFace", 40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_command("train", "debug=smoke", *TINY_CNN, f"data.path={tmp_path / 'UTKFace'}", "data.limit=40",
+                    f"paths.cache={tmp_path / 'cache'}", "train.epochs=2", "train.batch_size=16",
+                    run_dir=tmp_path / "run")
+    shown = [f"{w.category.__name__}: {w.message} ({w.filename})" for w in caught
+             if not issubclass(w.category, DeprecationWarning)]  # Python shows these only with -v
+    assert shown == []
+
+
+def test_run_counts_in_words_and_prints_a_relative_output_in_full(tmp_path):
+    res = main_py("run", "--img", ROOT / "examples" / "astronaut.jpg", "--no-display", "--output", "preds.json",
+                  "--no-annotate", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
+    lines = res.stdout.splitlines()
+    assert "1 image: 1 face" in lines
+    assert f"Predictions: {tmp_path / 'preds.json'}" in lines and (tmp_path / "preds.json").is_file()
+    log = (tmp_path / "run" / "app.log").read_text()
+    assert "summary: images=1 read=1 faces=1" in log and "=None" not in log
+    assert "Warning" not in res.stderr, res.stderr
+
+
+def _warn_from_a_library(verbose: bool) -> subprocess.CompletedProcess:
+    """A process set quiet or verbose that then gets a DeprecationWarning raised inside a library."""
+    code = ("import warnings; from faceattr.verbosity import set_verbosity; "
+            f"set_verbosity({verbose}); import os; print(os.environ['TF_CPP_MIN_LOG_LEVEL']); "
+            "warnings.warn_explicit('old API', DeprecationWarning, 'lib.py', 1, module='somelib')")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=ROOT / "src", env=env)
+
+
+def test_verbose_shows_what_the_libraries_say():
+    quiet, verbose = _warn_from_a_library(False), _warn_from_a_library(True)
+    assert quiet.stdout.strip() == "2" and "old API" not in quiet.stderr
+    assert verbose.stdout.strip() == "0" and "DeprecationWarning: old API" in verbose.stderr
