@@ -560,6 +560,106 @@ def test_run_video_frame_hook_error_stops_the_loop_and_closes_the_output(tmp_pat
     assert count_frames(out)[0] == 4  # the writer was released: a playable file of the frames so far
 
 
+def write_frames(path: Path, frames: list[np.ndarray], fps: float = 15.0) -> None:
+    """A real mp4 of the given (H, W, 3) BGR frames, all of the first one's size."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+def face_grid(rows: int, cols: int, side: int) -> np.ndarray:
+    """A frame of ``rows`` x ``cols`` copies of the astronaut's head, each ``side`` pixels."""
+    head = cv2.resize(cv2.imread(str(ASTRONAUT))[30:290, 95:355], (side, side), interpolation=cv2.INTER_AREA)
+    return np.tile(head, (rows, cols, 1))
+
+
+class RecordingRunner:
+    """The real runner, noting the batch size of every call."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.backend, self.batches = runner, runner.backend, []
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.batches.append(len(batch))
+        return self.runner(batch)
+
+
+@pytest.mark.parametrize("video_flip, batch", [(False, 2), (True, 4)])
+def test_run_video_faces_of_a_frame_go_through_the_model_once_in_one_batch(tmp_path, tiny_model_dir,
+                                                                           video_flip, batch):
+    """Two faces, BlazeFace (aligned): each refresh is one model call with both faces, without
+    their mirror images unless run.video_tta_flip; photos keep run.tta_flip."""
+    from faceattr.inference.pipeline import FacePipeline
+
+    clip = tmp_path / "two.mp4"
+    write_frames(clip, [face_grid(1, 2, 240)] * 6)
+    cfg = compose_cfg(f"run.video={_q(clip)}", f"run.output={_q(tmp_path / 'out.mp4')}", "run.sync=true",
+                      f"model_path={_q(tiny_model_dir)}", "detector=blazeface", "run.tracker.refresh_every=2",
+                      f"run.video_tta_flip={str(video_flip).lower()}")
+    pipeline = FacePipeline.from_config(cfg, video=True)
+    assert pipeline.predictor.tta_flip  # run.tta_flip, the photos' setting, is untouched
+    recorder = RecordingRunner(pipeline.predictor.runner)
+    pipeline.predictor.runner = recorder
+    seen: list[FrameStats] = []
+    run_video(cfg, tmp_path / "run", pipeline, on_frame=seen.append)
+    stages = seen[-1].stages
+    assert stages.frames == 6 and stages.faces == 12 and stages.predicted == 6  # frames 1, 3, 5
+    assert stages.model_calls == 3 and stages.aligned == 6 and stages.skipped == 0
+    assert recorder.batches[1:] == [batch] * 3  # after the warm-up call
+
+
+def test_run_video_frame_with_many_faces_keeps_running(tmp_path, tiny_model_dir, caplog):
+    """36 faces a frame, run.max_faces=10: the 10 largest are tracked and labelled, the others
+    counted; the log says it once, the summary gives the count."""
+    clip = tmp_path / "crowd.mp4"
+    write_frames(clip, [face_grid(6, 6, 100)] * 3)
+    cfg = compose_cfg(f"run.video={_q(clip)}", f"run.output={_q(tmp_path / 'out.mp4')}", "run.sync=true",
+                      f"model_path={_q(tiny_model_dir)}", "detector=mtcnn", "detector.video.name=null",
+                      "run.max_faces=10")
+    seen: list[FrameStats] = []
+    with caplog.at_level("WARNING"):
+        result = run_video(cfg, tmp_path / "run", on_frame=seen.append)
+    stages = seen[-1].stages
+    assert result["frames_written"] == 3 and stages.faces == 30
+    assert sum(t.missed == 0 for t in seen[-1].tracks) == 10  # detected in this frame (others kept a while)
+    assert stages.skipped == result["faces_skipped"] == 3 * 26
+    assert sum("run.max_faces" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_tracking_goes_on_when_frames_change_size(tiny_model_dir):
+    """A stream may change its frame size: detection, alignment, the model and the tracker take
+    each frame as it comes."""
+    from faceattr.inference.pipeline import FacePipeline
+    from faceattr.inference.video import tracking_process
+
+    cfg = compose_cfg(f"model_path={_q(tiny_model_dir)}", "detector=blazeface")
+    process = tracking_process(FacePipeline.from_config(cfg, video=True), IoUTracker(), max_faces=10)
+    big = face_grid(1, 2, 240)
+    for frame in (big, cv2.resize(big, (240, 120)), big, np.zeros((48, 64, 3), np.uint8)):
+        tracks = process(frame)
+        assert all(t.prediction is not None for t in tracks)
+    assert process.totals.frames == 4 and process.totals.faces >= 4
+
+
+def test_run_video_stream_whose_frames_change_size_writes_every_frame(tmp_path, tiny_model_dir):
+    """A motion-JPEG stream whose frames change size halfway: every frame is read, labelled and
+    written at the first frame's size."""
+    stream = tmp_path / "stream.mjpeg"
+    big = face_grid(1, 2, 240)
+    with stream.open("wb") as fh:
+        for frame in [cv2.resize(big, (320, 160))] * 3 + [big] * 3:
+            fh.write(cv2.imencode(".jpg", frame)[1].tobytes())
+    out = tmp_path / "out.mp4"
+    cfg = compose_cfg(f"run.video={_q(stream)}", f"run.output={_q(out)}", "run.sync=true",
+                      f"model_path={_q(tiny_model_dir)}", "detector=blazeface")
+    result = run_command(cfg, tmp_path / "run")
+    assert result["frames_read"] == result["frames_written"] == 6
+    assert count_frames(out)[:2] == (6, (160, 320))
+
+
 def test_run_video_bad_tracker_setting_is_a_config_error(tmp_path, tiny_model_dir):
     clip = tmp_path / "clip.mp4"
     write_clip(clip, frames=3)

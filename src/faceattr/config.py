@@ -318,8 +318,10 @@ class RunConfig:
     backend: str = rule("auto", choices=("auto", "tflite", "keras"))  # auto: model.tflite when current
     threads: int | None = rule(None, ge=1)  # TensorFlow Lite interpreter threads (null = all cores)
     tta_flip: bool = True              # also run each face's mirror image and average
+    video_tta_flip: bool = False       # the same for run --video (off: one pass per face per refresh)
     calibrate: bool = True             # apply the model's decision rules fitted on validation
     max_frames: int | None = rule(None, ge=1)  # stop a video after this many frames
+    max_faces: int = rule(10, ge=1)  # video: the largest faces of a frame labelled; more are counted, skipped
     overwrite: bool = False            # an existing run.output is refused unless true
     sync: bool = False                 # video file: every frame goes through the model before it is written
     tracker: TrackerConfig = field(default_factory=TrackerConfig)

@@ -70,9 +70,10 @@ class FacePipeline:
             out.append(FaceCrop(d, face, aligned))
         return out
 
-    def predict(self, faces: Sequence[FaceCrop]) -> list[FacePrediction]:
-        """Predictions for face crops, in order (one model call per ``predictor.batch_size``)."""
-        return self.predictor.predict([f.image for f in faces])
+    def predict(self, faces: Sequence[FaceCrop], tta_flip: bool | None = None) -> list[FacePrediction]:
+        """Predictions for face crops, in order (one model call per ``predictor.batch_size``);
+        ``tta_flip``: also their mirror images (None: the predictor's setting, ``run.tta_flip``)."""
+        return self.predictor.predict([f.image for f in faces], tta_flip)
 
     @classmethod
     def from_config(cls, cfg: Any, predictor: Predictor | None = None, video: bool = False) -> FacePipeline:

@@ -142,14 +142,15 @@ class Predictor:
             batch[i] = resize_face(arr, self.input_size)
         return batch
 
-    def predict_arrays(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def predict_arrays(self, batch: np.ndarray, tta_flip: bool | None = None) -> dict[str, np.ndarray]:
         """Raw outputs for a prepared batch (N, S, S, 3) float32 RGB [0, 255].
 
         Returns ``age`` (N,) years (unclipped), ``gender`` (N, 2), ``race`` (N, 5), with flip
-        test-time augmentation applied when enabled, then the model's calibration (its decision
-        rules fitted on the validation split, ``models.calibration``). Processed in chunks of
-        ``batch_size``.
+        test-time augmentation applied when enabled (``tta_flip``; None: the predictor's own
+        setting), then the model's calibration (its decision rules fitted on the validation split,
+        ``models.calibration``). Processed in chunks of ``batch_size``.
         """
+        flip = self.tta_flip if tta_flip is None else bool(tta_flip)
         n = len(batch)
         out = {"age": np.empty((n,), np.float32), "gender": np.empty((n, len(GENDERS)), np.float32),
                "race": np.empty((n, len(RACES)), np.float32)}
@@ -157,12 +158,12 @@ class Predictor:
             for start in range(0, n, self.batch_size):
                 x = np.asarray(batch[start:start + self.batch_size], dtype=np.float32)
                 k = len(x)
-                if self.tta_flip:
+                if flip:
                     x = np.concatenate([x, x[:, :, ::-1, :]], axis=0)  # mirror = flip the width axis
                 res = self.runner(x)
                 age = res["age"].reshape(-1)
                 gender, race = res["gender"], res["race"]
-                if self.tta_flip:
+                if flip:
                     age = (age[:k] + age[k:]) / 2.0
                     gender = (gender[:k] + gender[k:]) / 2.0
                     race = (race[:k] + race[k:]) / 2.0
@@ -171,14 +172,16 @@ class Predictor:
                 out["race"][start:start + k] = race
         return self.calibration.apply(out)
 
-    def predict(self, faces_rgb: list[np.ndarray]) -> list[FacePrediction]:
-        """One ``FacePrediction`` per crop, in order; crops are (H, W, 3) uint8 RGB, any size."""
+    def predict(self, faces_rgb: list[np.ndarray], tta_flip: bool | None = None) -> list[FacePrediction]:
+        """One ``FacePrediction`` per crop, in order; crops are (H, W, 3) uint8 RGB, any size.
+        ``tta_flip``: also the mirror images (None: the predictor's own setting)."""
         if not faces_rgb:
             return []
-        raw = self.predict_arrays(self.prepare(faces_rgb))
+        raw = self.predict_arrays(self.prepare(faces_rgb), tta_flip)
         return [FacePrediction.from_outputs(a, g, r) for a, g, r in zip(raw["age"], raw["gender"], raw["race"],
                                                                           strict=True)]
 
-    def warmup(self) -> None:
-        """Run one face, so the first real face isn't slow (tracing, buffer planning; video start-up)."""
-        self.predict([np.zeros((self.input_size, self.input_size, 3), np.uint8)])
+    def warmup(self, faces: int = 1, tta_flip: bool | None = None) -> None:
+        """Run ``faces`` blank faces, so the first real ones aren't slow (tracing, buffer planning;
+        video start-up). ``tta_flip`` as ``predict``'s."""
+        self.predict([np.zeros((self.input_size, self.input_size, 3), np.uint8)] * max(1, int(faces)), tta_flip)

@@ -8,6 +8,13 @@ has exactly the input's frames. A video file is read at its own frame rate, as a
 deliver it. ``run.sync=true`` instead puts every frame of a file through the model before it
 is written (offline analysis: exact boxes on every frame, as fast as the model allows).
 
+Passes per face: a face goes through the model when its track is new and then every
+``run.tracker.refresh_every`` frames, once (no mirror image: ``run.video_tta_flip``, off by
+default; the tracker's average over many frames smooths more than the flip would), with all the
+faces of a frame due one in one batch. A frame with more than ``run.max_faces`` faces has its
+largest ones tracked and labelled; the rest are counted (``StageTotals.skipped``) and the log
+says so once.
+
 Timing: ``run_video(..., on_frame=hook)`` calls ``hook(FrameStats)`` once per frame read, after
 the frame is written, with the loop's counters and the model side's cumulative stage times
 (``StageTotals``: detection, cropping, prediction). ``benchmarks/`` measures ``run --video``
@@ -60,8 +67,11 @@ class StageTotals:
 
     ``frames``: frames processed; ``detect_s`` / ``crop_s`` / ``predict_s``: seconds in the
     detector, in cropping/aligning, and in ``FacePipeline.predict`` (the model with its
-    preprocessing and flip TTA); ``faces``: faces detected; ``predicted``: faces that went
-    through the model (new tracks and those due a refresh, ``run.tracker.refresh_every``).
+    preprocessing, and the flip when ``run.video_tta_flip``); ``faces``: faces detected and kept
+    (at most ``run.max_faces`` a frame); ``predicted``: faces that went through the model (new
+    tracks and those due a refresh, ``run.tracker.refresh_every``); ``model_calls``: frames whose
+    due faces went through the model (one batch each); ``aligned``: predicted faces aligned onto
+    the chip template by their landmarks; ``skipped``: faces beyond ``run.max_faces``, left out.
     """
 
     frames: int = 0
@@ -70,6 +80,9 @@ class StageTotals:
     predict_s: float = 0.0
     faces: int = 0
     predicted: int = 0
+    model_calls: int = 0
+    aligned: int = 0
+    skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,36 +113,56 @@ FrameHook = Callable[[FrameStats], None]
 class TrackingProcess:
     """One frame through the face pipeline and the tracker: ``process(frame) -> [TrackView]``.
 
-    ``frame``: (H, W, 3) BGR. Only new faces and tracks due a refresh go through the model
-    (``run.tracker.refresh_every``). ``totals`` (``StageTotals``) is replaced after each frame,
-    so a reader on another thread always sees a consistent snapshot.
+    ``frame``: (H, W, 3) BGR, of any size (a stream may change it). Only new faces and tracks
+    due a refresh go through the model (``run.tracker.refresh_every``), all of them in one batch,
+    with the mirror image too only when ``tta_flip``. Of more than ``max_faces`` detections the
+    largest are kept; the others are counted in ``totals.skipped`` and said once in the log.
+    ``totals`` (``StageTotals``) is replaced after each frame, so a reader on another thread
+    always sees a consistent snapshot.
     """
 
-    def __init__(self, pipeline: FacePipeline, tracker: IoUTracker) -> None:
+    def __init__(self, pipeline: FacePipeline, tracker: IoUTracker, max_faces: int | None = None,
+                 tta_flip: bool = False) -> None:
         self.pipeline = pipeline
         self.tracker = tracker
+        self.max_faces = int(max_faces) if max_faces else None
+        self.tta_flip = bool(tta_flip)
         self.totals = StageTotals()
+
+    def _keep_largest(self, detections: list) -> tuple[list, int]:
+        """At most ``max_faces`` detections, the largest boxes, in their original order; and how
+        many were left out."""
+        if self.max_faces is None or len(detections) <= self.max_faces:
+            return detections, 0
+        if self.totals.skipped == 0:
+            log.warning("A frame holds %d faces: the %d largest are labelled (run.max_faces), the others "
+                        "skipped and counted in the summary; said once", len(detections), self.max_faces)
+        largest = sorted(range(len(detections)), key=lambda i: -detections[i].w * detections[i].h)[:self.max_faces]
+        return [detections[i] for i in sorted(largest)], len(detections) - self.max_faces
 
     def __call__(self, frame: np.ndarray) -> list[TrackView]:
         t0 = time.perf_counter()
-        detections = self.pipeline.detector.detect(frame)
+        detections, skipped = self._keep_largest(self.pipeline.detector.detect(frame))
         t1 = time.perf_counter()
         need = self.tracker.needs_prediction(detections)
         due = [d for d, n in zip(detections, need, strict=True) if n]
         crops = self.pipeline.crop(frame, due)
         t2 = time.perf_counter()
-        fresh = iter(self.pipeline.predict(crops))
+        fresh = iter(self.pipeline.predict(crops, tta_flip=self.tta_flip))
         t3 = time.perf_counter()
         tracks = self.tracker.update(detections, [next(fresh) if n else None for n in need])
         s = self.totals
         self.totals = StageTotals(s.frames + 1, s.detect_s + (t1 - t0), s.crop_s + (t2 - t1),
-                                  s.predict_s + (t3 - t2), s.faces + len(detections), s.predicted + len(due))
+                                  s.predict_s + (t3 - t2), s.faces + len(detections), s.predicted + len(due),
+                                  s.model_calls + bool(due), s.aligned + sum(c.aligned for c in crops),
+                                  s.skipped + skipped)
         return [TrackView(t.track_id, t.box, t.prediction, t.missed) for t in tracks]
 
 
-def tracking_process(pipeline: FacePipeline, tracker: IoUTracker) -> TrackingProcess:
+def tracking_process(pipeline: FacePipeline, tracker: IoUTracker, max_faces: int | None = None,
+                     tta_flip: bool = False) -> TrackingProcess:
     """The per-frame work of ``run --video``'s worker (see ``TrackingProcess``)."""
-    return TrackingProcess(pipeline, tracker)
+    return TrackingProcess(pipeline, tracker, max_faces, tta_flip)
 
 
 class InferenceWorker:
@@ -266,7 +299,7 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
         raise InputError(f"{name}: cannot be opened" + (" (no frames)" if is_camera else " as a video (no frames)"))
     try:
         pipeline = pipeline or FacePipeline.from_config(cfg, video=True)
-        pipeline.predictor.warmup()  # trace the model now, not on the first frame
+        pipeline.predictor.warmup(tta_flip=bool(cfg.run.video_tta_flip))  # trace the model now, not on frame 1
     except BaseException:
         cap.release()
         raise
@@ -287,7 +320,7 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
 
     live = is_camera or "://" in source
     sync = bool(cfg.run.sync) and not live
-    process = tracking_process(pipeline, tracker)
+    process = tracking_process(pipeline, tracker, int(cfg.run.max_faces), bool(cfg.run.video_tta_flip))
     worker = InferenceWorker(process, threaded=not sync)
     worker.start()
     read = written = 0
@@ -333,6 +366,8 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
             ok, frame = cap.read()
             if not ok:
                 frame = None
+                if live:
+                    log.warning("%s: no frame delivered after frame %d; stopping", name, read)
     except KeyboardInterrupt:
         interrupted = True
         log.info("Interrupted after %d frames", read)
@@ -346,14 +381,17 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
     if worker.error is not None:
         raise worker.error
     elapsed = time.perf_counter() - t_start
+    skipped = process.totals.skipped
     summary = (f"Video {name}: {read} frame(s) read, {written} written"
                f"{f' to {out_path}' if out_path else ''}; model ran on {worker.processed} frame(s) "
                f"at {worker.fps:.1f} fps; {read / elapsed if elapsed > 0 else 0.0:.1f} frames/s overall"
+               f"{f'; {skipped} face(s) beyond run.max_faces={process.max_faces} skipped' if skipped else ''}"
                f"{' (interrupted)' if interrupted else ''}")
     log.info("summary: source=%s read=%d written=%d processed=%d model_fps=%.2f output=%s", name, read, written,
              worker.processed, worker.fps, out_path)
     print(summary)
     return {"mode": "video", "source": name, "frames_read": read, "frames_written": written,
             "frames_processed": worker.processed, "model_fps": worker.fps,
-            "fps": read / elapsed if elapsed > 0 else 0.0, "output": str(out_path) if out_path else None}
+            "fps": read / elapsed if elapsed > 0 else 0.0, "faces_skipped": skipped,
+            "output": str(out_path) if out_path else None}
 
