@@ -787,3 +787,39 @@ def test_serve_refuses_a_data_folder_it_cannot_write_in_one_line(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
         f"error: serve.data_dir={blocked / 'data'}: the data folder cannot be created or written (Not a directory)"]
+
+
+# -------------------------------------------------------------------------------------- sessions
+
+def test_a_session_is_stored_only_by_its_first_upload_and_expires(pipeline, tmp_path):
+    app, cfg = make_app(tmp_path, pipeline, "serve.retention_hours=2")
+    store = app.state.store
+    for _ in range(100):  # visitors who only look
+        assert TestClient(app).get("/").status_code == 200
+        assert TestClient(app).get("/api/session").status_code == 200
+    assert store.session_count() == 0
+    client, token = client_of(app)
+    assert post_image(client, token, b"not an image", "x.jpg").status_code == 422
+    assert store.session_count() == 0  # a refused upload stores nothing either
+    body = post_image(client, token, ASTRONAUT.read_bytes(), "a.jpg").json()
+    assert post_image(client, token, ASTRONAUT.read_bytes(), "b.jpg").status_code == 201
+    assert store.session_count() == 1
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE uploads SET created = created - 3 * 3600")
+    assert store.purge(2 * 3600.0) == 2
+    assert store.session_count() == 0
+    assert client.get(f"/api/uploads/{body['id']}").status_code == 404
+
+
+def test_the_session_cookie_is_signed_and_lasts_as_long_as_uploads(pipeline, tmp_path):
+    app, _ = make_app(tmp_path, pipeline, "serve.retention_hours=2")
+    res = TestClient(app).get("/api/session")
+    cookie = res.headers["set-cookie"].lower()
+    assert "max-age=7200" in cookie and "httponly" in cookie and "samesite=lax" in cookie
+    sid = res.cookies["faceattr_session"].split(".")[0]
+    forged = TestClient(app, cookies={"faceattr_session": sid + "." + "0" * 32})
+    again = forged.get("/api/session")
+    assert "set-cookie" in again.headers  # not accepted: a new session is issued
+    assert again.json()["csrf"] != res.json()["csrf"]
+    plain = TestClient(app, cookies={"faceattr_session": sid})
+    assert post_image(plain, res.json()["csrf"], ASTRONAUT.read_bytes()).status_code == 403

@@ -5,18 +5,19 @@ sweeps with their key figures), ``/runs/view/<name>`` (one run's plots and repor
 ``/runs/compare?run=A&run=B`` (the ``compare`` table and plot). The JSON API under ``/api/``
 is what the page uses; its routes and errors are listed in README.md.
 
-Sessions: a random HttpOnly, SameSite=Lax cookie; each has a CSRF token (``GET
-/api/session``) that every POST/PUT must send as ``X-CSRF-Token`` (else 403). An upload, its
-files and jobs are visible to their session only (others get 404). Errors are JSON
-``{"error": "<one line>"}``; nothing a request does can stop the server. The model is loaded
-once, at start.
+Sessions (``sessions.py``): a signed random HttpOnly, SameSite=Lax cookie; each has a CSRF
+token (``GET /api/session``) that every POST/PUT must send as ``X-CSRF-Token`` (else 403);
+nothing is stored for a session before its first upload. An upload, its files and jobs are
+visible to their session only (others get 404). Errors are JSON ``{"error": "<one line>"}``
+(a page for a browser asking for a page); nothing a request does can stop the server. The
+outer guards (``guards.py``) check the Host header, bound uploads and add security headers.
+The model is loaded once, at start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import json
 import logging
 import re
@@ -44,6 +45,7 @@ from faceattr.serve.guards import BodyTooLarge, Guard, UploadLimit, allowed_host
 from faceattr.serve.jobs import JobRunner, correction_rows, labels_csv
 from faceattr.serve.photos import TooLarge, check_upload, correct_face, process_upload
 from faceattr.serve.runs import RunsBrowser, compare
+from faceattr.serve.sessions import Sessions
 from faceattr.serve.store import UPLOAD_ID, StorageError, Store, new_id
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     store = store or Store(str(serve.data_dir))
     served = Path(served or pipeline.predictor.path or ".").resolve()
     jobs = JobRunner(store, cfg, served)
+    sessions = Sessions(store.secret())
     browser = RunsBrowser([str(r) for r in serve.runs_roots], exclude=[str(serve.data_dir)])
     max_bytes = int(float(serve.max_upload_mb) * 2**20)
     max_pixels = int(serve.max_pixels)
@@ -196,8 +199,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
             raise StorageError(problem)
 
     def session_of(request: Request) -> str | None:
-        sid = request.cookies.get(COOKIE)
-        return sid if sid and store.csrf_of(sid) else None
+        return sessions.session_of(request.cookies.get(COOKIE))
 
     def need_session(request: Request) -> str:
         sid = session_of(request)
@@ -207,14 +209,13 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
 
     def need_csrf(request: Request) -> str:
         sid = session_of(request)
-        token = request.headers.get(CSRF_HEADER, "")
-        csrf = store.csrf_of(sid) if sid else None
-        if sid is None or csrf is None or not hmac.compare_digest(token.encode(), csrf.encode()):
+        if sid is None or not sessions.csrf_ok(sid, request.headers.get(CSRF_HEADER, "")):
             raise ApiError(403, f"missing or wrong {CSRF_HEADER} header (GET /api/session gives it)")
         return sid
 
-    def set_cookie(response: Response, sid: str) -> None:
-        response.set_cookie(COOKIE, sid, httponly=True, samesite="lax", path="/")
+    def set_cookie(response: Response, cookie: str) -> None:
+        """The session cookie, kept by the browser as long as the session's uploads are kept."""
+        response.set_cookie(COOKIE, cookie, max_age=int(retention_s), httponly=True, samesite="lax", path="/")
 
     def upload_json(up: dict[str, Any], with_corrections: bool) -> dict[str, Any]:
         out = {"id": up["id"], "image_url": f"/files/{up['annotated']}", "width": up["width"],
@@ -247,12 +248,12 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     @app.get("/api/session")
     def session(request: Request) -> JSONResponse:
         sid = session_of(request)
-        if sid is None:
-            sid, csrf = store.new_session()
-            response = JSONResponse({"csrf": csrf})
-            set_cookie(response, sid)
+        if sid is None:  # nothing stored until the session uploads
+            sid, cookie = sessions.new()
+            response = JSONResponse({"csrf": sessions.csrf(sid)})
+            set_cookie(response, cookie)
             return response
-        return JSONResponse({"csrf": store.csrf_of(sid)})
+        return JSONResponse({"csrf": sessions.csrf(sid)})
 
     @app.post("/api/uploads", status_code=201)  # its body is bounded as it streams in (UploadLimit)
     def upload(request: Request, image: UploadFile = File(...)) -> JSONResponse:
@@ -366,8 +367,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     def page(request: Request, template: str, **context: Any) -> HTMLResponse:
         response = templates.TemplateResponse(request, template, {"model": model_name, **context})
         if session_of(request) is None:
-            sid, _ = store.new_session()
-            set_cookie(response, sid)
+            set_cookie(response, sessions.new()[1])
         return response
 
     @app.get("/", response_class=HTMLResponse)

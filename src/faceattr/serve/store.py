@@ -1,12 +1,13 @@
 """The web app's storage: one SQLite database and a folder of files named by random ids.
 
-``<serve.data_dir>/serve.sqlite3`` holds the visitors' sessions (a cookie token and its CSRF
-token), their uploads (the photo, its annotated copy), each face (box, prediction, the crop
-the model saw) and its corrections, and the retrain jobs. Every file lives in
-``<serve.data_dir>/files/`` under a random hex name: a client's file name is never used for a
-path. Every query that reads or changes an upload takes the session id, so one visitor can
-never see or change another's uploads. Uploads older than ``serve.retention_hours`` are
-deleted with their files, crops and corrections by :meth:`Store.purge`.
+``<serve.data_dir>/serve.sqlite3`` holds the sessions that uploaded something (a row each,
+written with the first upload; see ``sessions.py``), their uploads (the photo, its annotated
+copy), each face (box, prediction, the crop the model saw) and its corrections, and the
+retrain jobs. Every file lives in ``<serve.data_dir>/files/`` under a random hex name: a
+client's file name is never used for a path. Every query that reads or changes an upload
+takes the session id, so one visitor can never see or change another's uploads. Uploads
+older than ``serve.retention_hours`` are deleted with their files, crops and corrections by
+:meth:`Store.purge`.
 
 Failing safe: the folder and database are checked writable when the store opens
 (:class:`StorageError`, one line, when not), :meth:`Store.problem` tells cheaply whether they
@@ -197,25 +198,27 @@ class Store:
         self._remove_files(names)
 
     # -- sessions -------------------------------------------------------------------------
-    def new_session(self) -> tuple[str, str]:
-        """A new (session id, CSRF token)."""
-        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    def secret(self) -> bytes:
+        """The key that signs session cookies and CSRF tokens: made at the first start, kept in
+        the database so cookies outlive a restart."""
         with self._tx() as db:
-            db.execute("INSERT INTO sessions VALUES (?, ?, ?)", (sid, csrf, time.time()))
-        return sid, csrf
+            row = db.execute("SELECT value FROM settings WHERE key = 'secret'").fetchone()
+            if row is None:
+                row = {"value": secrets.token_hex(32)}
+                db.execute("INSERT INTO settings VALUES ('secret', ?)", (row["value"],))
+        return bytes.fromhex(row["value"])
 
-    def csrf_of(self, session: str | None) -> str | None:
-        """The CSRF token of a session, or None when there is no such session."""
-        if not session:
-            return None
-        rows = self._query("SELECT csrf FROM sessions WHERE id = ?", (session,))
-        return rows[0]["csrf"] if rows else None
+    def session_count(self) -> int:
+        """How many sessions are stored."""
+        return int(self._query("SELECT COUNT(*) AS n FROM sessions")[0]["n"])
 
     # -- uploads --------------------------------------------------------------------------
     def add_upload(self, session: str, upload_id: str, size: tuple[int, int], original: str, annotated: str,
                    faces: list[Face]) -> None:
-        """Record an upload (``size`` = (width, height) pixels) and its faces."""
+        """Record an upload (``size`` = (width, height) pixels) and its faces; the session's
+        first upload records the session too."""
         with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO sessions VALUES (?, '', ?)", (session, time.time()))
             db.execute("INSERT INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (upload_id, session, time.time(), size[0], size[1], original, annotated))
             db.executemany("INSERT INTO faces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -294,7 +297,8 @@ class Store:
 
     def purge(self, older_than_s: float) -> int:
         """Delete uploads created more than ``older_than_s`` seconds ago, with their files, faces
-        and corrections (and sessions left without uploads that old). Returns how many uploads."""
+        and corrections; then the sessions left without uploads or a running job, and finished
+        jobs that old. Returns how many uploads."""
         cutoff = time.time() - older_than_s
         with self._tx() as db:
             old = [r["id"] for r in db.execute("SELECT id FROM uploads WHERE created < ?", (cutoff,))]
@@ -305,8 +309,9 @@ class Store:
                 files += [row["original"], row["annotated"]]
                 for table, key in (("faces", "upload"), ("corrections", "upload"), ("uploads", "id")):
                     db.execute(f"DELETE FROM {table} WHERE {key} = ?", (uid,))
-            db.execute("DELETE FROM sessions WHERE created < ? AND id NOT IN (SELECT session FROM uploads) "
-                       "AND id NOT IN (SELECT session FROM jobs WHERE state IN ('queued', 'running'))", (cutoff,))
+            db.execute("DELETE FROM jobs WHERE created < ? AND state NOT IN ('queued', 'running')", (cutoff,))
+            db.execute("DELETE FROM sessions WHERE id NOT IN (SELECT session FROM uploads) "
+                       "AND id NOT IN (SELECT session FROM jobs)")
         self._remove_files(files)
         return len(old)
 
