@@ -93,11 +93,14 @@ def hydra_entry() -> None:
 def command_line(overrides: dict[str, str | None]) -> str:
     """The command line as the user typed it, with ``key=value`` overrides set (None: dropped).
 
-    Ready to paste into a shell: ``sys.orig_argv`` from the interpreter on, or, when the
-    toolkit was called in-process, ``python src/main.py`` with Hydra's form of the arguments.
+    Ready to paste into a shell: ``sys.orig_argv`` from the interpreter on (``faceattr ...`` when
+    started by the installed command), or, when the toolkit was called in-process,
+    ``python src/main.py`` with Hydra's form of the arguments.
     """
     argv = list(sys.orig_argv)
-    at = next((i for i, token in enumerate(argv) if Path(token).name == "main.py"), None)
+    at = next((i for i, token in enumerate(argv) if Path(token).name in ("main.py", "faceattr")), None)
+    if at is not None and Path(argv[at]).name == "faceattr":  # the console script: bin/faceattr
+        argv, at = ["faceattr", *argv[at + 1 :]], 0
     if at is None:
         args = sys.argv[1:]
         command = next((a.split("=", 1)[1] for a in args if a.startswith("command=")), "")

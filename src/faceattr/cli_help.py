@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from faceattr.resources import EXAMPLE_PHOTO
+
 #: command -> (example arguments, what the example does); the program name is put in front.
 EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "run": [
@@ -70,6 +72,14 @@ def program_name() -> str:
     return "python src/main.py" if Path(sys.argv[0]).name == "main.py" else "faceattr"
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when inside it, else in full."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def config_groups(conf_dir: Path) -> dict[str, list[str]]:
     """group -> its choices, from the YAML files under ``conf_dir`` (``hydra/launcher`` included)."""
     groups: dict[str, list[str]] = {}
@@ -122,7 +132,7 @@ def overview(commands: dict[str, str]) -> str:
         *(f"  {name.ljust(width)}  {text}" for name, text in commands.items()),
         "",
         "examples:",
-        f"  {prog} run --img photo.jpg",
+        f"  {prog} run --img {_shown(EXAMPLE_PHOTO)}   # the shipped example photo",
         f"  {prog} train --model_type normal --eval debug=smoke",
         f"  {prog} serve",
         "",

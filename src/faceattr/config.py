@@ -19,7 +19,6 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -27,9 +26,11 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from faceattr.errors import ConfigError
 from faceattr.labels import DEFAULT_AGE_BIN_EDGES
 from faceattr.models.families.names import FAMILIES as SHIPPED_FAMILIES
+from faceattr.resources import CONF_DIR, SHIPPED_ROOT, work_root
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONF_DIR = PROJECT_ROOT / "conf"
+# The folder holding conf/, saved_model/ and examples/: the checkout, or an installed copy's own
+# (faceattr.resources). Where runs and caches go is paths.root (work_root).
+PROJECT_ROOT = SHIPPED_ROOT
 COMMAND_NAMES = ("run", "train", "evaluate", "stats", "compare", "promote", "export", "ensemble", "calibrate",
                  "distill", "serve")
 FAMILIES = SHIPPED_FAMILIES  # model.name choices: the model-family registry's (models.families)
@@ -281,8 +282,11 @@ class ServeConfig:
 
 @dataclass
 class PathsConfig:
-    root: str = "${project_root:}"                 # the folder holding src/ and conf/
-    saved_models: str = "${paths.root}/saved_model"
+    # Where outputs/, .cache/ and the web app's data go: the checkout, or for an installed copy
+    # the folder the command runs in (faceattr.resources.work_root).
+    root: str = "${project_root:}"
+    shipped: str = "${shipped_root:}"             # conf/, saved_model/, examples/: the checkout's or the package's
+    saved_models: str = "${paths.shipped}/saved_model"
     cache: str = "${paths.root}/.cache"            # extracted archives, converted weights, features
 
 
@@ -388,7 +392,9 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+        OmegaConf.register_new_resolver("project_root", lambda: str(work_root()))
+    if not OmegaConf.has_resolver("shipped_root"):
+        OmegaConf.register_new_resolver("shipped_root", lambda: str(SHIPPED_ROOT))
     store = ConfigStore.instance()
     if "schema.yaml" in store.repo:
         return

@@ -27,7 +27,6 @@ import queue
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -35,9 +34,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from faceattr.config import PROJECT_ROOT
 from faceattr.errors import FaceAttrError, InputError
 from faceattr.models.info import ModelInfo
+from faceattr.resources import toolkit_command, work_root
 from faceattr.serve.store import Store
 
 log = logging.getLogger(__name__)
@@ -246,15 +245,16 @@ class JobRunner:
 
     def _command(self, job: str, overrides: list[str], log_path: Path, span: tuple[float, float],
                  command: str) -> None:
-        """Run ``python src/main.py <command> <overrides>``; its progress (:class:`TrainProgress`) into ``span``."""
-        argv = [sys.executable, str(PROJECT_ROOT / "src" / "main.py"), command, *overrides]
+        """Run ``faceattr <command> <overrides>`` (this interpreter, this copy of the toolkit); its
+        progress (:class:`TrainProgress`) into ``span``."""
+        argv = [*toolkit_command(), command, *overrides]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         lo, hi = span
         last_error = ""
         progress, shown = TrainProgress(), 0.0
         with log_path.open("a") as logf:
             logf.write("$ " + " ".join(argv) + "\n")
-            self._proc = subprocess.Popen(argv, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+            self._proc = subprocess.Popen(argv, cwd=work_root(), env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                           errors="replace")
             assert self._proc.stdout is not None
