@@ -66,19 +66,29 @@ def test_a_retrain_job_finishes_with_both_models_figures(cnn_run, shared_cache, 
     res = client.post("/api/retrain", headers=headers)
     assert res.status_code == 202
     job = res.json()["job"]
+    again = client.post("/api/retrain", headers=headers)  # one job at a time per server
+    assert again.status_code == 409 and again.json()["job"] == job and "running already" in again.json()["error"]
     other = TestClient(app)
-    other.get("/api/session")
+    other_token = other.get("/api/session").json()["csrf"]
     assert other.get(f"/api/jobs/{job}").status_code == 404  # another session's job
-    seen = []
+    assert other.get("/api/jobs/current").json() == {"job": None}
+    assert other.post("/api/retrain", headers={"X-CSRF-Token": other_token}).status_code == 422  # no corrections
+    reloaded = TestClient(app, cookies=dict(client.cookies))  # the page after a reload: the same cookie
+    assert reloaded.get("/api/jobs/current").json()["job"] == job
+    seen, phases = [], []
     deadline = time.time() + 480
     while time.time() < deadline:
         state = client.get(f"/api/jobs/{job}").json()
         seen.append((state["state"], state["progress"]))
+        phases.append(state["phase"])
         assert 0.0 <= state["progress"] <= 1.0
         if state["state"] in ("done", "failed"):
             break
-        time.sleep(1.0)
+        time.sleep(0.5)
     assert state["state"] == "done", state
+    assert reloaded.get("/api/jobs/current").json()["state"] == "done"
+    assert any(p.startswith("training: epoch 1 of 1") for p in phases), phases
+    assert phases[-1] == "done"
     assert [p for _, p in seen] == sorted(p for _, p in seen)  # progress only grows
     run_dir = Path(state["run_dir"])
     assert run_dir.is_relative_to(tmp_path / "retrain") and (run_dir / "model" / "model_info.json").is_file()
@@ -111,6 +121,57 @@ def test_a_job_s_progress_moves_within_an_epoch():
     seen = [progress.feed(line) for line in ("Epoch 1/2", bar.format(23), bar.format(46), "Epoch 2/2",
                                              bar.format(23), "[INFO] - saved 12/40 files", "1/Unknown 11s")]
     assert seen == [0.0, 0.25, 0.5, 0.5, 0.75, None, None]
+
+
+def test_a_job_names_its_phase_with_a_count_and_the_time_it_has_left():
+    """The lines a FaceNet retrain prints, in order: features (tqdm), epochs (Keras), the
+    export (its log line), the new model scored (tqdm)."""
+    from faceattr.serve.jobs import JobProgress
+
+    progress = JobProgress("preparing the data", "scoring the new model on the test split")
+    bar = "\x1b[1m{}/46\x1b[0m \x1b[32m━━━━━━━━━━\x1b[0m 9s/step - age_loss: 8.06"
+    lines = [
+        (0, "FaceNet features (augmented copy 1):   0%|          | 0/2000 [00:00<?, ?img/s]"),
+        (30, "FaceNet features (augmented copy 1):  23%|██▎       | 460/2000 [00:30<01:40, 15.20img/s]"),
+        (100, "Epoch 1/2"), (110, bar.format(10)), (146, bar.format(46)), (150, "Epoch 2/2"), (190, bar.format(40)),
+        (196, bar.format(46)),
+        (230, "[2026-12-06 22:00:00,000][faceattr.models.export][INFO] - Exported /r/model/model.tflite (dynamic, "
+              "1.2 MB) in 30.0 s"),
+        (240, "faces (keras):  50%|█████     | 1470/2941 [00:10<00:10, 147.00img/s]"),
+    ]
+    seen = []
+    for now, line in lines:
+        progress.feed(line, now=now)
+        seen.append((progress.phase, progress.eta_s, round(progress.fraction, 3)))
+    assert seen == [
+        ("extracting features: 0 of 2000 faces", None, 0.0),
+        ("extracting features: 460 of 2000 faces", 100.0, 0.0),
+        ("training: epoch 1 of 2", None, 0.0),
+        ("training: epoch 1 of 2, step 10 of 46", 36.0, round(10 / 46 / 2, 3)),
+        ("training: epoch 1 of 2, step 46 of 46", 0.0, 0.5),
+        ("training: epoch 2 of 2", None, 0.5),
+        ("training: epoch 2 of 2, step 40 of 46", 6.0, round((1 + 40 / 46) / 2, 3)),
+        ("exporting the model", None, 1.0),
+        ("scoring the new model on the test split", None, 1.0),
+        ("scoring the new model on the test split: 1470 of 2941 faces", 10.0, 1.0),
+    ]
+
+
+def test_one_retrain_job_at_a_time_per_server(tmp_path):
+    """The database keeps the server's jobs: a second while one is queued or running is refused
+    with the unfinished one's id, whichever session asks; once it ends, the next may start."""
+    from faceattr.serve.store import Store
+
+    store = Store(tmp_path / "serve")
+    first, busy = store.add_job("session-a")
+    assert first and busy is None
+    assert store.add_job("session-b") == ("", first)
+    store.update_job(first, state="running")
+    assert store.add_job("session-a") == ("", first)
+    assert store.latest_job("session-a")["id"] == first and store.latest_job("session-b") is None
+    store.update_job(first, state="done", phase="done")
+    second, busy = store.add_job("session-b")
+    assert second and busy is None and store.latest_job("session-b")["phase"] == "waiting to start"
 
 
 def test_extra_labels_join_the_training_split_only(tmp_path):

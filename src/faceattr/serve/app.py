@@ -42,7 +42,7 @@ from faceattr.errors import FaceAttrError, InputError
 from faceattr.inference.pipeline import FacePipeline
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
 from faceattr.serve.guards import BodyTooLarge, Guard, UploadLimit, allowed_hosts, shown
-from faceattr.serve.jobs import JobRunner, correction_rows, labels_csv
+from faceattr.serve.jobs import JobBusy, JobRunner, correction_rows, labels_csv
 from faceattr.serve.photos import TooLarge, check_upload, correct_face, process_upload
 from faceattr.serve.runs import RunsBrowser, compare
 from faceattr.serve.sessions import Sessions
@@ -320,9 +320,23 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         usable()
         try:
             job = jobs.submit(sid)
+        except JobBusy as exc:
+            return JSONResponse({"error": str(exc), "job": exc.job}, status_code=409)
         except InputError as exc:
             raise ApiError(422, str(exc)) from None
         return JSONResponse({"job": job}, status_code=202)
+
+    def job_json(row: dict[str, Any]) -> dict[str, Any]:
+        return {"job": row["id"], "state": row["state"], "progress": row["progress"], "phase": row["phase"],
+                "eta_s": row["eta_s"], "run_dir": row["run_dir"], "metrics": row["metrics"], "error": row["error"]}
+
+    @app.get("/api/jobs/current")
+    def current_job(request: Request) -> dict[str, Any]:
+        """The session's latest retrain job (running or finished), so a reloaded page shows it."""
+        usable()
+        sid = session_of(request)
+        row = store.latest_job(sid) if sid else None
+        return job_json(row) if row else {"job": None}
 
     @app.get("/api/jobs/{job}")
     def job_state(request: Request, job: str) -> dict[str, Any]:
@@ -331,8 +345,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         row = store.job(sid, job) if UPLOAD_ID.fullmatch(job) else None
         if row is None:
             raise ApiError(404, f"job {shown(job)[1:-1]}: not found")
-        return {"job": row["id"], "state": row["state"], "progress": row["progress"], "run_dir": row["run_dir"],
-                "metrics": row["metrics"], "error": row["error"]}
+        return job_json(row)
 
     @app.get("/api/runs")
     def runs() -> dict[str, Any]:

@@ -14,6 +14,12 @@ down. Steps, in a new run folder under ``serve.retrain_dir`` (``outputs/retrain/
 
 The job's ``metrics`` hold both side by side. The served model never changes here: a new
 model becomes the served one only through ``promote``.
+
+Jobs are the server's state, in the database: one runs at a time per server (a second
+request gets :class:`JobBusy` with the running job's id), a page finds its session's job
+after a reload, and a running job names its phase with a count (:class:`JobProgress`:
+extracting features, training epoch k of n, exporting, scoring) and the seconds the phase has
+left where the command's own counters tell them.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ FRESH_MODEL_SETTINGS: dict[str, Any] = {"heads_epochs": 0}
 EPOCH_LINE = re.compile(r"Epoch (\d+)/(\d+)")
 #: Keras' progress bar within an epoch: "23/46 ━━━━..." (bold escape codes around the count).
 STEP_LINE = re.compile(r"^\s*(?:\x1b\[[0-9;]*m)*(\d+)/(\d+)(?:\x1b\[[0-9;]*m)*\s")
+#: tqdm's bar: "FaceNet features (augmented copy 1):  23%|██▎   | 460/2000 [00:30<01:40, 15.2img/s]".
+TQDM_LINE = re.compile(r"^\s*(?P<desc>[^\r\n|]*?):\s+\d+%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*"
+                       r"\[[0-9:]+<(?P<left>[0-9:]+|\?)")
+EXPORTED_LINE = re.compile(r"Exported \S+")
+#: Seconds between writes of a job's phase text while its counts change (a bar prints 10 lines a second).
+PHASE_WRITE_EVERY_S = 1.0
 CORRECTIONS_DIR = "corrections"
 SERVED_DIR = "served"
 
@@ -204,6 +216,80 @@ class TrainProgress:
         return None
 
 
+def _seconds(clock: str) -> float | None:
+    """tqdm's "01:40" or "1:02:03" as seconds; None for "?"."""
+    if not clock or clock == "?":
+        return None
+    total = 0.0
+    for part in clock.split(":"):
+        total = total * 60 + float(part)
+    return total
+
+
+class JobProgress:
+    """What a ``train`` or ``evaluate`` command of a job is doing, from the lines it prints:
+    ``fraction`` (0..1 of the command, from its epochs and steps: :class:`TrainProgress`),
+    ``phase`` (one line with a count, e.g. ``"training: epoch 2 of 3, step 40 of 46"``) and
+    ``eta_s`` (seconds the phase has left, from its own counter's rate; None where unknown).
+    ``first``: the phase before the command prints anything; ``scoring``: the phase after the
+    last epoch and the export (the test split scored)."""
+
+    def __init__(self, first: str, scoring: str) -> None:
+        self.train = TrainProgress()
+        self.fraction = 0.0
+        self.phase: str = first
+        self.eta_s: float | None = None
+        self.scoring = scoring
+        self._trained = False
+        self._epoch_start: float | None = None
+
+    def feed(self, line: str, now: float | None = None) -> bool:
+        """Take one line (``now``: monotonic seconds); True when the phase, its count or the
+        fraction changed."""
+        now = time.monotonic() if now is None else now
+        before = (self.phase, self.fraction)
+        m = TQDM_LINE.match(line)
+        if m:
+            n, total = int(m["n"]), int(m["total"])
+            what = "extracting features" if "feature" in m["desc"].lower() else self.scoring
+            self.phase, self.eta_s = f"{what}: {n} of {total} faces", _seconds(m["left"])
+            return (self.phase, self.fraction) != before
+        if EXPORTED_LINE.search(line):
+            self._trained, self.phase, self.eta_s = True, self.scoring, None
+            return True
+        if self._trained:  # the counters of the scoring that follows the export
+            step = STEP_LINE.match(line)
+            if step:
+                self.phase = f"{self.scoring}: batch {step[1]} of {step[2]}"
+            return (self.phase, self.fraction) != before
+        epoch = EPOCH_LINE.search(line)
+        done = self.train.feed(line)
+        if done is None:
+            return False
+        self.fraction = done
+        if epoch:
+            self._epoch_start = now
+            self.phase, self.eta_s = f"training: epoch {epoch[1]} of {epoch[2]}", None
+            return True
+        step = STEP_LINE.match(line)
+        if step:
+            i, n = int(step[1]), int(step[2])
+            self.phase = f"training: epoch {self.train.epoch + 1} of {self.train.epochs}, step {i} of {n}"
+            if self._epoch_start is not None and i > 0:
+                self.eta_s = (now - self._epoch_start) / i * (n - i)  # this epoch's steps left
+            if i >= n and self.train.epoch + 1 >= self.train.epochs:
+                self._trained, self.phase, self.eta_s = True, "exporting the model", None
+        return (self.phase, self.fraction) != before
+
+
+class JobBusy(FaceAttrError):
+    """A retrain is queued or running already: one at a time per server (HTTP 409)."""
+
+    def __init__(self, job: str) -> None:
+        super().__init__(f"a retrain is running already (job {job[:8]}); one runs at a time, try again when it ends")
+        self.job = job
+
+
 class JobRunner:
     """A queue of retrain jobs worked by one thread, so one job runs at a time."""
 
@@ -220,10 +306,13 @@ class JobRunner:
         self._thread.start()
 
     def submit(self, session: str) -> str:
-        """Queue a retrain on the session's corrections; raises ``InputError`` when there are none."""
+        """Queue a retrain on the session's corrections; raises ``InputError`` when there are
+        none and :class:`JobBusy` while any job of this server is queued or running."""
         if not self.store.corrected_faces(session):
             raise InputError("retrain: no corrections yet; correct a face's age, gender or race first")
-        job = self.store.add_job(session)
+        job, active = self.store.add_job(session)
+        if active is not None:
+            raise JobBusy(active)
         self._queue.put((job, session))
         return job
 
@@ -241,17 +330,19 @@ class JobRunner:
                 self._run(job, session)
             except Exception as exc:  # a job's failure is the job's state, never the server's
                 log.warning("retrain job %s failed: %s", job, exc)
-                self.store.update_job(job, state="failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
+                self.store.update_job(job, state="failed", phase="failed", eta_s=None,
+                                      error=str(exc).splitlines()[0] if str(exc) else repr(exc))
 
     def _command(self, job: str, overrides: list[str], log_path: Path, span: tuple[float, float],
-                 command: str) -> None:
+                 command: str, progress: JobProgress) -> None:
         """Run ``faceattr <command> <overrides>`` (this interpreter, this copy of the toolkit); its
-        progress (:class:`TrainProgress`) into ``span``."""
+        progress into ``span`` of the job's, its phase as ``progress`` reads the command's output."""
         argv = [*toolkit_command(), command, *overrides]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
         lo, hi = span
         last_error = ""
-        progress, shown = TrainProgress(), 0.0
+        shown, written = 0.0, 0.0
+        self.store.update_job(job, phase=progress.phase, eta_s=None)
         with log_path.open("a") as logf:
             logf.write("$ " + " ".join(argv) + "\n")
             self._proc = subprocess.Popen(argv, cwd=work_root(), env=env, stdout=subprocess.PIPE,
@@ -262,11 +353,15 @@ class JobRunner:
                 logf.write(line)
                 if line.startswith("error:"):
                     last_error = line.strip()
-                done = progress.feed(line)
-                # Written when it has grown by a percent: a progress bar prints a line per step.
-                if done is not None and done - shown >= 0.01:
-                    shown = done
-                    self.store.update_job(job, progress=round(lo + (hi - lo) * done, 3))
+                if not progress.feed(line):
+                    continue
+                # Written when it has grown by a percent, else once a second: a progress bar
+                # prints a line per step.
+                now, grown = time.monotonic(), progress.fraction - shown >= 0.01
+                if grown or now - written >= PHASE_WRITE_EVERY_S:
+                    shown, written = max(shown, progress.fraction), now
+                    self.store.update_job(job, progress=round(lo + (hi - lo) * shown, 3), phase=progress.phase,
+                                          eta_s=None if progress.eta_s is None else round(progress.eta_s))
             code = self._proc.wait()
             self._proc = None
         if self._stopping:
@@ -279,20 +374,23 @@ class JobRunner:
         stamp = time.strftime("%Y-%m-%d/%H-%M-%S")
         run_dir = (self.retrain_dir / f"{stamp}-{job[:8]}").resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.store.update_job(job, state="running", progress=0.02, run_dir=str(run_dir))
+        self.store.update_job(job, state="running", progress=0.02, run_dir=str(run_dir),
+                              phase="copying the corrected faces")
         labels_dir = run_dir / CORRECTIONS_DIR
         count = write_corrections(self.store, session, labels_dir)
         if count == 0:
             raise InputError("retrain: the corrected faces' crops are gone (deleted after serve.retention_hours)")
         log_path = run_dir / "retrain.log"
         self._command(job, train_overrides(self.served, run_dir, labels_dir / "labels.csv", self.cfg), log_path,
-                      (0.05, 0.8), "train")
+                      (0.05, 0.8), "train",
+                      JobProgress("preparing the data", "scoring the new model on the test split"))
+        scoring = "scoring the served model on the test split"
         self._command(job, served_overrides(self.served, run_dir / SERVED_DIR, self.cfg), log_path, (0.8, 0.98),
-                      "evaluate")
+                      "evaluate", JobProgress(scoring, scoring))
         new = json.loads((run_dir / "metrics.json").read_text())
         served = json.loads((run_dir / SERVED_DIR / "metrics.json").read_text())
         metrics = side_by_side(new, served) | {"corrections": count, "served_model": str(self.served),
                                                "new_model": str(run_dir / "model")}
         (run_dir / "retrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        self.store.update_job(job, state="done", progress=1.0, metrics=metrics)
+        self.store.update_job(job, state="done", progress=1.0, metrics=metrics, phase="done", eta_s=None)
         log.info("retrain job %s done: %s", job, run_dir)

@@ -62,6 +62,12 @@ class StorageError(FaceAttrError):
     line and exit 2 when ``serve`` starts."""
 
 
+#: Columns added to ``jobs`` since its first version (added to an older database when it opens):
+#: what a running job is doing (``phase``, e.g. "training: epoch 2 of 3, step 40 of 46") and
+#: the seconds that phase has left, where they can be told (``eta_s``).
+JOB_COLUMNS_ADDED = (("phase", "TEXT"), ("eta_s", "REAL"))
+
+
 @dataclass
 class Face:
     """One face of an upload: ``box`` (x, y, w, h) in pixels of the upright photo, the model's
@@ -105,10 +111,17 @@ class Store:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)
+            self._add_columns("jobs", JOB_COLUMNS_ADDED)
             self._db.execute("INSERT OR REPLACE INTO settings VALUES ('opened', ?)", (str(time.time()),))
             self._inode = self.path.stat().st_ino
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"{where}: its database {DB_FILE} cannot be written ({exc})") from None
+
+    def _add_columns(self, table: str, columns: tuple[tuple[str, str], ...]) -> None:
+        have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def _write_probe(self) -> str | None:
         """None when a file can be written into and removed from the files folder, else the problem."""
@@ -316,14 +329,22 @@ class Store:
         return len(old)
 
     # -- jobs -----------------------------------------------------------------------------
-    def add_job(self, session: str) -> str:
+    def add_job(self, session: str) -> tuple[str, str | None]:
+        """A new queued job for ``session``, unless one is queued or running already (one at a
+        time per server): returns (the new job's id, None) or ("", the unfinished job's id)."""
         job = new_id()
         with self._tx() as db:
-            db.execute("INSERT INTO jobs VALUES (?, ?, ?, 'queued', 0, NULL, NULL, NULL)", (job, session, time.time()))
-        return job
+            active = db.execute("SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY created LIMIT 1"
+                                ).fetchone()
+            if active is not None:
+                return "", active["id"]
+            db.execute("INSERT INTO jobs (id, session, created, state, progress, phase) "
+                       "VALUES (?, ?, ?, 'queued', 0, 'waiting to start')", (job, session, time.time()))
+        return job, None
 
     def update_job(self, job: str, **values: Any) -> None:
-        """Set some of ``state``, ``progress`` (0..1), ``run_dir``, ``metrics`` (a dict), ``error``."""
+        """Set some of ``state``, ``progress`` (0..1), ``phase``, ``eta_s``, ``run_dir``,
+        ``metrics`` (a dict), ``error``."""
         if "metrics" in values:
             values["metrics"] = json.dumps(values["metrics"])
         sets = ", ".join(f"{k} = ?" for k in values)
@@ -338,6 +359,11 @@ class Store:
         out = dict(rows[0])
         out["metrics"] = json.loads(out["metrics"]) if out["metrics"] else None
         return out
+
+    def latest_job(self, session: str) -> dict[str, Any] | None:
+        """The session's most recent job (running or finished), or None."""
+        rows = self._query("SELECT id FROM jobs WHERE session = ? ORDER BY created DESC LIMIT 1", (session,))
+        return self.job(session, rows[0]["id"]) if rows else None
 
     def fail_unfinished_jobs(self) -> None:
         """Jobs left queued or running by a server that stopped: marked failed."""
