@@ -35,6 +35,20 @@ class FaceCrop:
     aligned: bool
 
 
+def reading_order(detections: Sequence[Detection]) -> list[Detection]:
+    """Faces left to right, top to bottom: sorted by their vertical centre into rows (a face
+    whose centre lies within half its row's first face height of that face's centre joins the
+    row), each row left to right by its box's left edge (pixels)."""
+    rows: list[tuple[float, float, list[Detection]]] = []
+    for d in sorted(detections, key=lambda d: d.y + d.h / 2):
+        centre = d.y + d.h / 2
+        if rows and abs(centre - rows[-1][0]) <= rows[-1][1] / 2:
+            rows[-1][2].append(d)
+        else:
+            rows.append((centre, float(d.h), [d]))
+    return [d for _, _, row in rows for d in sorted(row, key=lambda d: d.x)]
+
+
 @dataclass
 class FacePipeline:
     """Image -> detections -> face crops -> predictions.
@@ -53,8 +67,9 @@ class FacePipeline:
     template: ChipTemplate = field(default_factory=ChipTemplate)
 
     def crops(self, image_bgr: np.ndarray) -> list[FaceCrop]:
-        """Every face of an (H, W, 3) BGR image, as the model will see it."""
-        return self.crop(image_bgr, self.detector.detect(image_bgr))
+        """Every face of an (H, W, 3) BGR image, as the model will see it, in reading order
+        (:func:`reading_order`: the numbering of ``run``'s annotated images and the web page)."""
+        return self.crop(image_bgr, reading_order(self.detector.detect(image_bgr)))
 
     def crop(self, image_bgr: np.ndarray, detections: Sequence[Detection]) -> list[FaceCrop]:
         """The model's view of each detection in ``image_bgr``."""

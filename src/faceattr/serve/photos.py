@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -40,9 +41,11 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         try:
             with Image.open(io.BytesIO(data)) as img:  # lazy: reads the header only
                 return int(img.size[0]), int(img.size[1])
-        except Image.DecompressionBombError:
-            # Pillow refuses to even open very large images; its message holds the count.
-            return (2**31 - 1, 1)
+        except Image.DecompressionBombError as exc:
+            # Pillow refuses to even open very large images; its message holds the pixel count,
+            # returned as (count, 1).
+            m = re.search(r"\((\d+) pixels\)", str(exc))
+            return (int(m[1]) if m else 2**31 - 1, 1)
         except Exception:
             return None
 
@@ -58,7 +61,7 @@ def check_upload(data: bytes, name: str, max_bytes: int, max_pixels: int) -> Non
         raise InputError(f"{name}: not an image (no known image header)")
     w, h = size
     if w * h > max_pixels:
-        shown = f"{w}x{h}" if h > 1 else "over 178 megapixels"
+        shown = f"{w}x{h}" if h > 1 else f"{w / 1e6:,.0f} megapixels"
         raise InputError(f"{name}: {shown} is over the limit of {max_pixels / 1e6:g} megapixels")
 
 
