@@ -33,14 +33,17 @@ def experiment_rows() -> list[dict[str, str]]:
 
 
 def bash_commands(markdown: str) -> list[list[str]]:
-    """The ``python src/main.py`` commands of the markdown's bash blocks, as argument lists (after
-    ``main.py``), with backslash continuations joined and comments dropped."""
+    """The toolkit's commands of the markdown's bash blocks (``faceattr ...`` or the same as
+    ``python src/main.py ...``), as argument lists (after the program), with backslash
+    continuations joined and comments dropped."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #", 1)[0].strip()
             if line.startswith("python src/main.py "):
                 commands.append(shlex.split(line)[2:])
+            elif line.startswith("faceattr "):
+                commands.append(shlex.split(line)[1:])
     return commands
 
 
@@ -163,6 +166,11 @@ def test_readme_figures_agree_with_statistics():
                 checked += 1
     if not checked:
         pytest.skip("no statistics/ metrics")
+
+
+def test_both_invocations_are_read_as_commands():
+    text = "```bash\nfaceattr train a=1  # note\npython src/main.py promote \\\n  outputs/x\nls -l\n```\n"
+    assert bash_commands(text) == [["train", "a=1"], ["promote", "outputs/x"]]
 
 
 def test_the_checks_catch_wrong_folders_and_links(tmp_path):
