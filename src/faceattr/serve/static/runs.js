@@ -1,4 +1,5 @@
-// The runs list: click a heading to sort by it (again to reverse); dates shown in local time.
+// The runs list: a heading's button sorts by its column (again to reverse), told to screen
+// readers through aria-sort; dates shown in local time.
 "use strict";
 (function () {
   for (const td of document.querySelectorAll("td.date")) {
@@ -6,12 +7,14 @@
   }
   const table = document.getElementById("runs");
   if (!table) return;
-  table.querySelectorAll("th[data-type]").forEach((th, i) => {
-    th.addEventListener("click", () => {
+  const headings = Array.from(table.querySelectorAll("th[data-type]"));
+  headings.forEach((th, i) => {
+    th.querySelector("button").addEventListener("click", () => {
       const col = i + 1;
       const numeric = th.dataset.type === "number";
-      const asc = th.dataset.order !== "asc";
-      th.dataset.order = asc ? "asc" : "desc";
+      const asc = th.getAttribute("aria-sort") !== "ascending";
+      for (const other of headings) other.setAttribute("aria-sort", "none");
+      th.setAttribute("aria-sort", asc ? "ascending" : "descending");
       const rows = Array.from(table.tBodies[0].rows);
       const key = (tr) => {
         const td = tr.cells[col];
