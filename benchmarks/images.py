@@ -30,7 +30,7 @@ def measure_run_img(entry: ModelEntry, repeats: int, scratch: Path) -> Row:
             return Row("run_img_cold", entry.name, None, "s", "error",
                        f"exit {proc.returncode}: {tail}", {"command": cmd})
         times.append(elapsed)
-        match = re.search(r"(\d+) face\(s\)", proc.stdout)
+        match = re.search(r"(\d+) face(?:s|\(s\))?(?![\w(])", proc.stdout)  # "1 face", "2 faces"
         faces = int(match.group(1)) if match else None
         last = cmd
     return Row("run_img_cold", entry.name, round(median(times), 3), "s",
