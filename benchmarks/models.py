@@ -107,7 +107,8 @@ def default_run_setting(key: str) -> Any:
 
 
 def default_tta_flip() -> bool:
-    return bool(default_run_setting("tta_flip"))
+    """Whether ``run --video`` also runs each face's mirror image (``run.video_tta_flip``)."""
+    return bool(default_run_setting("video_tta_flip"))
 
 
 def served_predictor(entry: ModelEntry, batch_size: int, tta_flip: bool):

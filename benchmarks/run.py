@@ -105,20 +105,33 @@ def section_baseline(c: Context) -> list[Row]:
 
 
 def section_video(c: Context) -> list[Row]:
+    """``run --video`` on a two-face and a four-face clip, with the default settings and with the
+    Haar cascade (``detector=haar``) in the same run; every face of every frame (refresh 1); and
+    the two-face clip played at 30 fps like a camera (the share of frames the model keeps)."""
     rows: list[Row] = []
-    clip = None
+    clips: dict[int, Path] = {}
     if any(e.usable for e in c.entries.values()):
-        progress(f"writing the 640x480 test clip ({c.settings.video_frames} frames)")
-        clip = video.make_clip(c.scratch / "two_faces.mp4", c.settings.video_frames)
+        for faces in (2, 4):
+            progress(f"writing the 640x480 {faces}-face test clip ({c.settings.video_frames} frames)")
+            clips[faces] = video.make_clip(c.scratch / f"{faces}_faces.mp4", c.settings.video_frames, faces=faces)
+    # (metric, unit, clip's faces, measure_video's keywords)
+    runs: list[tuple[str, str, int, dict[str, Any]]] = [
+        ("video_fps", "frames/s", 2, {}),
+        ("video_fps_haar", "frames/s", 2, {"detector": "haar"}),
+        ("video_fps_4faces", "frames/s", 4, {}),
+        ("video_fps_4faces_haar", "frames/s", 4, {"detector": "haar"}),
+        ("video_fps_refresh1", "frames/s", 2, {"refresh_every": 1}),
+        ("video_camera_kept", "share", 2, {"sync": False}),
+        ("video_camera_kept_haar", "share", 2, {"sync": False, "detector": "haar"}),
+    ]
     for entry in c.entries.values():
-        if entry.usable and clip is not None:
-            rows += guarded("video_fps", entry.name, "frames/s",
-                            lambda e=entry: video.measure_video(e, clip, c.scratch, c.tta))
-            # The same with every face of every frame through the model, for comparison.
-            rows += guarded("video_fps_refresh1", entry.name, "frames/s",
-                            lambda e=entry: video.measure_video(e, clip, c.scratch, c.tta, refresh_every=1))
-        else:
+        if not (entry.usable and clips):
             rows.append(unusable("video_fps", entry, "frames/s"))
+            continue
+        for metric, unit, faces, keywords in runs:
+            rows += guarded(metric, entry.name, unit,
+                            lambda e=entry, m=metric, f=faces, k=keywords: video.measure_video(
+                                e, clips[f], c.scratch, c.tta, metric=m, **k))
     return rows
 
 
@@ -206,7 +219,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"run only these sections: {', '.join(SECTIONS)}")
     p.add_argument("--no-baseline", action="store_true", help="leave out the frozen-graph rows")
     p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="flip test-time augmentation in the video pipeline (default: as `run`, run.tta_flip)")
+                   help="flip test-time augmentation in the video pipeline (default: as `run`, run.video_tta_flip)")
     p.add_argument("--train-summary", action="append", default=[], metavar="NAME=PATH",
                    help="a training run's train_summary.json for the shipped NAME model (repeatable)")
     p.add_argument("--head-only-seconds", metavar="SECONDS|FILE",

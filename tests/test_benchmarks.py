@@ -101,7 +101,8 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
 
     # Targets and verdicts where the issue sets them, none elsewhere.
     assert rows["latency_b1", "normal"]["target"] == "<= 5"
-    assert rows["video_fps", "normal"]["target"] == ">= 25"
+    assert rows["video_fps", "normal"]["target"] == ">= 30"
+    assert rows["video_fps_4faces", "normal"]["target"] == ">= 25"
     assert rows["run_img_cold", "normal"]["target"] == "<= 8"
     assert rows["throughput_b32", "normal"]["target"] is None and rows["throughput_b32", "normal"]["pass"] is None
 
@@ -121,6 +122,17 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
     assert every["refresh_every"] == 1 and every["model_faces_per_frame"] == pytest.approx(every["faces_per_frame"])
     if video["refresh_every"] > 1:
         assert video["model_faces_per_frame"] < video["faces_per_frame"]
+    # The default (BlazeFace, aligned) and the Haar cascade on the same clip, in the same run; four faces.
+    haar = rows["video_fps_haar", "normal"]["details"]
+    assert video["detector"] == "blazeface" and haar["detector"] == "haar" and haar["faces_per_frame"] >= 1.5
+    assert video["aligned_share"] > 0.9 and haar["aligned_share"] == 0.0  # Haar gives no landmarks
+    four = rows["video_fps_4faces", "normal"]["details"]
+    assert four["faces_per_frame"] >= 3.5 and four["model_calls_per_frame"] <= 1.0  # a frame's faces: one batch
+    # Played at 30 fps like a camera: the share of its frames the model took.
+    camera = rows["video_camera_kept", "normal"]
+    assert camera["unit"] == "share" and 0 < camera["value"] <= 1 and camera["details"]["sync"] is False
+    kept = camera["details"]["frames_processed"] / camera["details"]["frames"]
+    assert camera["value"] == pytest.approx(kept, abs=1e-4)
 
     # The tiny model has no training log: skipped, with the reason and the way out.
     shipped = rows["shipped_train_seconds", "normal"]
@@ -215,7 +227,7 @@ def test_video_section_runs_the_run_video_loop_with_its_hook(tmp_path, parts, ti
 def test_video_config_is_what_run_video_is_given(tmp_path, parts):
     cfg = parts.video.video_config(tmp_path / "a b.mp4", tmp_path / "o'ut.mp4", True)
     assert cfg.run.video == str(tmp_path / "a b.mp4") and cfg.run.output == str(tmp_path / "o'ut.mp4")
-    assert cfg.run.sync is True and cfg.run.display is False and cfg.run.tta_flip is True
+    assert cfg.run.sync is True and cfg.run.display is False and cfg.run.video_tta_flip is True
     assert cfg.run.tracker.refresh_every == compose_config(["command=run"]).run.tracker.refresh_every
 
 
