@@ -846,3 +846,27 @@ def test_faces_are_numbered_in_reading_order(served):
     rows = [Detection(300, 10, 50, 50), Detection(10, 30, 50, 50), Detection(200, 200, 60, 60),
             Detection(20, 210, 40, 40)]
     assert [(d.x, d.y) for d in reading_order(rows)] == [(10, 30), (300, 10), (20, 210), (200, 200)]
+
+
+def test_ctrl_c_stops_serve_with_interrupted_and_exit_130(tmp_path):
+    """Ctrl-C: one line, never 'Results written to' with exit 0."""
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, str(ROOT / "src" / "main.py"), "serve", "--model_type", "normal", "serve.port=0",
+            f"serve.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("Serving on"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, err[-1000:])
+    assert err.strip().splitlines()[-1] == "interrupted" and "Results written to" not in out

@@ -26,7 +26,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -424,8 +424,9 @@ def serving_pipeline(cfg: DictConfig) -> FacePipeline:
     return pipeline
 
 
-def serve_command(cfg: DictConfig, run_dir: Path) -> dict:
-    """``python src/main.py serve``: load the model once, then serve until Ctrl-C."""
+def serve_command(cfg: DictConfig, run_dir: Path) -> NoReturn:
+    """``python src/main.py serve``: load the model once, then serve until Ctrl-C (or another
+    signal), which ends it as ``KeyboardInterrupt`` (the CLI's "interrupted", exit code 130)."""
     import uvicorn
 
     serve = cfg.serve
@@ -452,4 +453,6 @@ def serve_command(cfg: DictConfig, run_dir: Path) -> dict:
                             timeout_keep_alive=30)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
-    return {"url": f"http://{shown}:{bound}/", "data_dir": str(serve.data_dir)}
+    # The server only stops on a signal (Ctrl-C, kill): always the CLI's "interrupted" and exit
+    # 130, whether or not uvicorn raised the signal again after its shutdown.
+    raise KeyboardInterrupt
