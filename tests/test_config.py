@@ -91,7 +91,8 @@ def test_the_video_block_overrides_only_what_it_sets():
     cfg = compose_config(["command=run"])
     still, video = detector_settings(cfg.detector), detector_settings(cfg.detector, video=True)
     assert still["name"] == "mtcnn" and still["align"] is True
-    assert video["name"] == "haar" and video["scale_factor"] == 1.2 and video["margin"] == 0.1
+    assert video["name"] == "blazeface" and video["min_confidence"] == 0.5 and video["margin"] == 0.02
+    assert video["align"] is True and still["min_confidence"] == 0.8
     assert video["max_side"] == still["max_side"]  # not set in the video block: the detector's own
 
 

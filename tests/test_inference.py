@@ -185,7 +185,8 @@ def test_none_detector_is_the_whole_image(astronaut):
 
 
 def test_unknown_detector_is_a_config_error():
-    with pytest.raises(ConfigError, match="detector.name='yolo' is not allowed: expected one of haar, mtcnn, none"):
+    expected = "detector.name='yolo' is not allowed: expected one of haar, mtcnn, blazeface, none"
+    with pytest.raises(ConfigError, match=expected):
         make_detector({"name": "yolo"})
 
 
