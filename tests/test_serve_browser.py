@@ -247,7 +247,7 @@ def test_keyboard_alone_uploads_corrects_and_reaches_retrain(server, browser):
     clear = tab_to(browser, "el.classList.contains('clear')")
     ActionChains(browser).send_keys(Keys.ENTER).perform()
     wait_for(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#faces .face .fix").text == "")
-    assert clear.get_attribute("hidden") is not None
+    assert not clear.is_displayed()  # nothing left to clear
     assert browser.find_element(By.ID, "status").text == "Face 1: correction cleared."
     retrain = tab_to(browser, "el.id === 'retrain'")
     assert retrain.tag_name == "button" and retrain.is_enabled()  # Enter would start it
@@ -359,12 +359,19 @@ def test_at_a_phones_width_nothing_scrolls_sideways_and_controls_fit_a_finger(se
     photo = phone.find_element(By.ID, "photo")
     assert faces.rect["y"] >= photo.rect["y"] + photo.rect["height"] - 1  # the face list under the photo
     assert "Face 1" in faces.text and "model: " in faces.text
+    assert not faces.find_element(By.CLASS_NAME, "clear").is_displayed()  # no correction to clear
     widths["/ after an upload"] = phone.execute_script("return document.documentElement.scrollWidth")
     small["/ after an upload"] = phone.execute_script(SMALL_CONTROLS, FINGER_PX)
-    if os.environ.get("SAVE_SCREENSHOT") == "1":
+    if os.environ.get("SAVE_SCREENSHOT") == "1":  # the whole page, as long as it is, for docs/serve.md
+        import base64
+
         time.sleep(0.5)
+        height = phone.execute_script("return document.documentElement.scrollHeight")
+        shot = phone.execute_cdp_cmd("Page.captureScreenshot", {
+            "captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": PHONE_WIDTH, "height": height,
+                                                    "scale": 0.6}})
         PHONE_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        phone.save_screenshot(str(PHONE_SCREENSHOT))
+        PHONE_SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
     for page in ("/runs", "/runs/view/statistics/normal"):
         phone.get(server + page)
         wait_for(phone, lambda d: d.find_elements(By.TAG_NAME, "h1"))
