@@ -9,8 +9,9 @@
       -> batch -> [training] augment the batch (different every epoch) -> float32 -> prefetch
 
 Images come out as float32 RGB in [0, 255], shape (N, S, S, 3): normalisation belongs to the
-model, which saves it with itself. Labels come out as ``{"age": float32 (N, 1) years,
-"gender": int32 (N,), "race": int32 (N,)}``.
+model, which saves it with itself. Labels come out as ``data.targets.label_arrays`` makes
+them: ``{"age": float32 (N, 2) [lo, hi] years, "gender": int32 (N,), "race": int32 (N,)}``, -1 or
+NaN where a label is missing.
 
 The cache keeps the resized images as uint8 (S*S*3 bytes each, ~27 kB at 96 px) and keeps
 each image once even when oversampling repeats it; repeats are made after the cache so
@@ -32,6 +33,7 @@ import tensorflow as tf
 
 from faceattr.config import AugmentConfig
 from faceattr.config import settings as config_settings
+from faceattr.data.targets import label_arrays
 from faceattr.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -216,7 +218,7 @@ def make_dataset(
         with_weights: also yield per-image sample weights, float32 (N,).
 
     Yields:
-        images float32 (N, S, S, 3) RGB in [0, 255]; labels ``{"age": float32 (N, 1),
+        images float32 (N, S, S, 3) RGB in [0, 255]; labels ``{"age": float32 (N, 2) [lo, hi],
         "gender": int32 (N,), "race": int32 (N,)}``; weights float32 (N,) if asked. One epoch
         of a training dataset holds ``frame["copies"].sum()`` images.
     """
@@ -229,11 +231,7 @@ def make_dataset(
     n = len(frame)
     copies = frame["copies"].to_numpy(np.int64) if "copies" in frame else np.ones(n, np.int64)
     weights = frame["weight"].to_numpy(np.float32) if "weight" in frame else np.ones(n, np.float32)
-    labels = {
-        "age": frame["age"].to_numpy(np.float32)[:, None],
-        "gender": frame["gender"].to_numpy(np.int32),
-        "race": frame["race"].to_numpy(np.int32),
-    }
+    labels = label_arrays(frame)
     paths = frame["path"].astype(str).to_numpy()
     size = int(image_size)
 

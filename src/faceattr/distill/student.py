@@ -26,6 +26,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from faceattr.data.pipeline import make_dataset
+from faceattr.data.targets import uses_weights
 from faceattr.errors import ConfigError
 from faceattr.labels import GENDERS, RACES
 from faceattr.models.heads import compile_args
@@ -80,10 +81,11 @@ def student_dataset(frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg:
     The toolkit's pipeline (``data.pipeline.make_dataset``: decode, cache, oversampling, shuffle,
     augmentation) carries each row's position in its ``age`` label; the targets are looked up by it.
     """
-    indexed = frame.assign(age=np.arange(len(frame)), gender=0, race=0)
+    rows = np.arange(len(frame), dtype=float)
+    indexed = frame.assign(age=rows, age_lo=rows, age_hi=rows, gender=0, race=0)
     ds = make_dataset(indexed, int(cfg.model.input_size), int(cfg.train.batch_size), training=training,
                       augment_cfg=cfg.data.augment, shuffle_buffer=int(cfg.data.shuffle_buffer),
-                      seed=int(cfg.seed), with_weights=training and cfg.rebalance.name == "weights")
+                      seed=int(cfg.seed), with_weights=training and uses_weights(cfg, frame))
     table = {task: tf.constant(values) for task, values in targets.items()}
 
     def lookup(x, y, *weights):

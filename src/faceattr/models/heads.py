@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from faceattr.errors import ConfigError
 from faceattr.labels import GENDERS, RACES
+from faceattr.models.losses import IntervalAgeLoss, IntervalMAE, MaskedAccuracy, MaskedSparseCategoricalCrossentropy
 
 #: The expectation head spreads its probability over ages 0..AGE_CLASSES-1 years.
 AGE_CLASSES = 101
@@ -62,29 +63,29 @@ def build_heads(features, heads_cfg: DictConfig) -> dict:
 
 
 def age_loss(heads_cfg: DictConfig) -> keras.losses.Loss:
-    """The age loss named by ``heads_cfg.age_loss`` (on years)."""
+    """The age loss named by ``heads_cfg.age_loss`` (on years), on the distance outside each face's
+    age interval, so exact ages and age groups train alike (``models.losses``)."""
     name = heads_cfg.age_loss
-    if name == "mae":
-        return keras.losses.MeanAbsoluteError()
-    if name == "mse":
-        return keras.losses.MeanSquaredError()
-    if name == "huber":
-        return keras.losses.Huber(delta=float(heads_cfg.huber_delta))
-    raise ConfigError(f"model.heads.age_loss: unknown loss {name!r} (mae|huber|mse)")
+    if name not in ("mae", "huber", "mse"):
+        raise ConfigError(f"model.heads.age_loss: unknown loss {name!r} (mae|huber|mse)")
+    return IntervalAgeLoss(name, float(heads_cfg.huber_delta))
 
 
 def compile_args(heads_cfg: DictConfig) -> dict:
-    """``loss``, ``loss_weights`` and ``metrics`` for ``model.compile``, keyed by output name."""
+    """``loss``, ``loss_weights`` and ``metrics`` for ``model.compile``, keyed by output name.
+
+    Every loss and metric takes partial labels (``models.losses``): an age interval or none, a
+    class index or -1."""
     return {
         "loss": {
             "age": age_loss(heads_cfg),
-            "gender": keras.losses.SparseCategoricalCrossentropy(),
-            "race": keras.losses.SparseCategoricalCrossentropy(),
+            "gender": MaskedSparseCategoricalCrossentropy(),
+            "race": MaskedSparseCategoricalCrossentropy(),
         },
         "loss_weights": {k: float(v) for k, v in heads_cfg.loss_weights.items()},
         "metrics": {
-            "age": [keras.metrics.MeanAbsoluteError(name="mae")],
-            "gender": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            "race": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            "age": [IntervalMAE(name="mae")],
+            "gender": [MaskedAccuracy(name="accuracy")],
+            "race": [MaskedAccuracy(name="accuracy")],
         },
     }

@@ -51,16 +51,6 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-def label_arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Keras targets of ``frame``'s rows: ``age`` (N, 1) float32 years, ``gender`` and ``race``
-    (N,) int32 class indices."""
-    return {
-        "age": frame["age"].to_numpy(np.float32)[:, None],
-        "gender": frame["gender"].to_numpy(np.int32),
-        "race": frame["race"].to_numpy(np.int32),
-    }
-
-
 def search_objective(history: pd.DataFrame) -> float:
     """What ``train`` returns to a sweeper (Optuna, ``hparams_search``): the lowest validation loss
     over the epochs, with the heads' losses weighted by the schema's default loss weights

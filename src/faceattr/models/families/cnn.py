@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from faceattr.data.targets import uses_weights
 from faceattr.models.families import InputSpec, ModelFamily
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class ImageTrainer:
         return make_dataset(frame, self.size, int(self.cfg.train.batch_size), training=training,
                             augment_cfg=self.cfg.data.augment, shuffle_buffer=int(self.cfg.data.shuffle_buffer),
                             seed=int(self.cfg.seed),
-                            with_weights=training and self.cfg.rebalance.name == "weights")
+                            with_weights=training and uses_weights(self.cfg, frame))
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
         from faceattr.training.loop import fit_model

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from faceattr.data.targets import label_arrays, uses_weights
 from faceattr.errors import ConfigError
 from faceattr.models.families import InputSpec, ModelFamily, family
 from faceattr.models.preprocessing import load_face
@@ -111,14 +112,12 @@ class FaceNetTrainer:
     def _train_dataset(self, train: pd.DataFrame) -> tf.data.Dataset:
         import tensorflow as tf
 
-        from faceattr.training.loop import label_arrays
-
         x = self.train_views(train)
         mirror_view = 1 if bool(self.cfg.data.augment.flip) else -1  # train_views' view 1 is the mirror
         rows = np.repeat(np.arange(len(train)), train["copies"].to_numpy())  # oversampled repeats
         y = label_arrays(train)
         w = train["weight"].to_numpy(np.float32)
-        with_weights = self.cfg.rebalance.name == "weights"
+        with_weights = uses_weights(self.cfg, train)
         batch = int(self.cfg.train.batch_size)
         rng = np.random.default_rng(int(self.cfg.seed))  # one stream across epochs: each epoch differs
 
@@ -133,7 +132,7 @@ class FaceNetTrainer:
                     features = (features, face_images(train["path"].to_numpy()[i], self.size, v == mirror_view))
                 yield (features, labels, w[i]) if with_weights else (features, labels)
 
-        label_spec = {"age": tf.TensorSpec((None, 1), tf.float32), "gender": tf.TensorSpec((None,), tf.int32),
+        label_spec = {"age": tf.TensorSpec((None, 2), tf.float32), "gender": tf.TensorSpec((None,), tf.int32),
                       "race": tf.TensorSpec((None,), tf.int32)}
         inputs = tf.TensorSpec((None, *x.shape[2:]), tf.float32)
         if self.takes_faces:
@@ -147,8 +146,6 @@ class FaceNetTrainer:
 
     def _val_dataset(self, val: pd.DataFrame) -> tf.data.Dataset:
         import tensorflow as tf
-
-        from faceattr.training.loop import label_arrays
 
         x = self.features(val, flip=False).astype(np.float32)
         batch = int(self.cfg.train.batch_size)
