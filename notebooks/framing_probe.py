@@ -33,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from faceattr.config import CONF_DIR, register
-from faceattr.data.utkface import prepare_dataset
+from faceattr.data.prepare import prepare_dataset
 from faceattr.models.facenet import FeatureCache
 from faceattr.models.preprocessing import resize_face
 

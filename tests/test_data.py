@@ -23,6 +23,7 @@ from faceattr.config import group_node
 from faceattr.data import utkface
 from faceattr.data.archive import MARKER, resolve_image_folder
 from faceattr.data.pipeline import augment_batch, load_images, make_dataset
+from faceattr.data.prepare import prepare_dataset
 from faceattr.data.stats import PLOTS, write_statistics
 from faceattr.data.utkface import (
     Labels,
@@ -30,7 +31,6 @@ from faceattr.data.utkface import (
     index_images,
     limit_training,
     parse_name,
-    prepare_dataset,
     rebalance,
     split_index,
     write_split_csv,
@@ -354,7 +354,7 @@ def test_make_dataset_training(prepared_frame):
         assert images.dtype.name == "float32" and images.shape[1:] == (24, 24, 3)
         assert float(images.numpy().min()) >= 0.0 and float(images.numpy().max()) <= 255.0
         n = images.shape[0]
-        assert labels["age"].dtype.name == "float32" and labels["age"].shape == (n, 1)
+        assert labels["age"].dtype.name == "float32" and labels["age"].shape == (n, 2)  # [lo, hi]: an exact age twice
         assert labels["gender"].dtype.name == "int32" and labels["gender"].shape == (n,)
         assert labels["race"].dtype.name == "int32" and labels["race"].shape == (n,)
         total += n

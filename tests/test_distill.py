@@ -55,7 +55,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
 def setup(tmp_path_factory) -> dict:
     """Fake data, a private cache and a one-epoch teacher with its split.csv (built once)."""
     def build(root: Path) -> None:
-        from faceattr.data.utkface import prepare_dataset
+        from faceattr.data.prepare import prepare_dataset
         from faceattr.models.families import family
 
         data, cache, teacher_run = root / "UTKFace", root / "cache", root / "teacher"
@@ -154,7 +154,7 @@ def test_video_stride_and_duplicates(distilled):
 
 
 def test_teacher_outputs_are_cached(setup, distilled):
-    from faceattr.data.utkface import prepare_dataset
+    from faceattr.data.prepare import prepare_dataset
     from faceattr.distill.teacher import Teacher
 
     summary = json.loads((distilled["run"] / "train_summary.json").read_text())

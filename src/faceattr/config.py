@@ -83,14 +83,35 @@ class AugmentConfig:
 
 
 @dataclass
-class DataConfig:
-    """UTKFace aligned-and-cropped faces: a folder of JPEGs or a .tar.gz/.zip archive of one.
+class SourceConfig:
+    """A labelled photo set trained beside ``data.path`` (data/prepare.py): a folder or a
+    .tar.gz/.zip archive holding ``labels.csv`` (or UTKFace-named chips)."""
 
-    File names carry the labels: ``age_gender_race_datetime.jpg.chip.jpg``.
+    path: str = MISSING
+    weight: float = rule(1.0, gt=0.0, le=100.0)  # mixing weight: scales the sample weight of its training faces
+    align: bool = True  # put its photos onto the chip template as `run` does (inference/chips.py); false for chips
+
+
+@dataclass
+class DataConfig:
+    """The training data: ``path`` (UTKFace's aligned-and-cropped faces by default) and any
+    further labelled ``sources``.
+
+    ``path`` is a folder or a .tar.gz/.zip archive of one: UTKFace chips whose file names carry
+    the labels (``age_gender_race_datetime.jpg.chip.jpg``), or photos listed in a ``labels.csv``
+    (``evaluate --labels``' format: exact ages or age groups, labels may be missing).
     """
 
     path: str = "${paths.root}/../shared/data/UTKFace.tar.gz"
-    limit: int | None = rule(None, ge=1)  # use at most N images, chosen deterministically (null = all)
+    name: str = "utkface"  # the source of `path`, as reports name it
+    weight: float = rule(1.0, gt=0.0, le=100.0)  # mixing weight of `path`'s training faces
+    align: bool = False  # put `path`'s photos onto the chip template (true for photos that are not chips)
+    sources: dict[str, SourceConfig] = field(default_factory=dict)  # more labelled sets, by name
+    # Photo folders never to train on (evaluation sets): a training photo byte-identical to one is left out.
+    held_out: list[str] = field(default_factory=lambda: ["${paths.root}/../shared/data/external/fairface-dev"])
+    align_pad: float = rule(0.25, ge=0.0, le=2.0)  # fraction of a photo's side padded on each edge before detection
+    align_workers: int | None = rule(None, ge=1)  # processes aligning photos (null = one per CPU)
+    limit: int | None = rule(None, ge=1)  # use at most N images of each source, chosen deterministically (null = all)
     train_limit: int | None = rule(None, ge=1)  # after the split: at most N training images (val/test whole)
     extract_dir: str = "${paths.cache}/data"  # archives are extracted here once and reused
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -470,6 +491,8 @@ def _extra_problems(cfg: DictConfig) -> list[str]:
         total = float(split.train) + float(split.val) + float(split.test)
         if abs(total - 1.0) > 1e-6:
             out.append(f"data.split: train + val + test = {total:g}, expected 1")
+        for name, source in (cfg.data.get("sources") or {}).items():
+            out += _problems(source, SourceConfig, f"data.sources.{name}.")
         edges = [float(e) for e in cfg.data.age_bin_edges]
         if len(edges) < 2 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
             out.append(f"data.age_bin_edges={edges} is not allowed: expected at least two increasing edges")

@@ -26,8 +26,9 @@ EXTRA_PREFIX = "extra/"
 def extra_training_rows(path: str | Path, age_bin_edges: list[float], copies: int = 1) -> pd.DataFrame:
     """The chips of the labels file ``path`` as training rows of a prepared frame.
 
-    Columns: ``image`` (``extra/<file>``), ``path``, ``age`` (years), ``gender``, ``race``,
-    ``age_bin``, ``sha1`` (of the file bytes), ``split`` ("train"), ``copies`` (``copies``)
+    Columns: ``image`` (``extra/<file>``), ``path``, ``age`` (years, also as ``age_lo``/``age_hi``),
+    ``gender``, ``race``, ``age_bin``, ``sha1`` (of the file bytes), ``source`` ("extra_labels"),
+    ``split`` ("train"), ``copies`` (``copies``)
     and ``weight`` (1.0). Raises ``InputError``/``DataError`` naming the file and row.
     """
     csv_path = labels_path(path)
@@ -43,10 +44,13 @@ def extra_training_rows(path: str | Path, age_bin_edges: list[float], copies: in
         "image": [EXTRA_PREFIX + f for f in labels["file"]],
         "path": [str(Path(p).resolve()) for p in labels["path"]],
         "age": labels["age"].to_numpy(float),
+        "age_lo": labels["age"].to_numpy(float),
+        "age_hi": labels["age"].to_numpy(float),
         "gender": labels["gender"].to_numpy(int),
         "race": labels["race"].to_numpy(int),
         "age_bin": age_to_bin(labels["age"].to_numpy(float), age_bin_edges),
         "sha1": sha1,
+        "source": "extra_labels",
         "split": "train",
         "copies": int(copies),
         "weight": 1.0,

@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from faceattr.data.utkface import SPLITS, PreparedData, prepare_dataset
+from faceattr.data.labelled import age_midpoint
+from faceattr.data.prepare import PreparedData, prepare_dataset
+from faceattr.data.utkface import SPLITS
 from faceattr.evaluation.plots import save_figure
 from faceattr.labels import AGE_RANGE, GENDERS, RACES, age_bin_labels
 
@@ -69,21 +71,24 @@ def _plot_all(prepared: PreparedData, out_dir: Path, formats: Sequence[str], dpi
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharex=True, layout="constrained")
     top = int(AGE_RANGE[1]) + 1
     for ax, (title, rows, counts, unit) in zip(axes, panels, strict=True):
-        ax.hist(rows["age"], bins=np.arange(0, top + 1), weights=counts, color="tab:blue", label=unit)
+        ages = plotted_ages(rows)
+        ax.hist(ages, bins=np.arange(0, top + 1), weights=counts, color="tab:blue", label=unit)
         if unit != "images":
-            ax.hist(rows["age"], bins=np.arange(0, top + 1), histtype="step", color="black", linewidth=0.8,
+            ax.hist(ages, bins=np.arange(0, top + 1), histtype="step", color="black", linewidth=0.8,
                     label="before rebalancing")
             ax.legend(loc="upper right", fontsize=9)
         for edge in edges[1:-1]:
             ax.axvline(edge, color="grey", linestyle=":", linewidth=0.8)
         ax.set(title=title, xlabel="age (years; dotted lines: age-bin edges)", ylabel=unit, xlim=(0, top))
-    fig.suptitle("Age distribution (1-year bins)")
+    groups = "; age groups at their midpoint" if frame_has_groups(panels[0][1]) else ""
+    fig.suptitle(f"Age distribution (1-year bins{groups})")
     files += _save(fig, out_dir, "age_histogram", formats, dpi)
 
     for task, names, color in (("gender", GENDERS, "tab:orange"), ("race", RACES, "tab:green")):
         fig, axes = plt.subplots(1, 2, figsize=(11 if task == "race" else 9, 4.2), layout="constrained")
         for ax, (title, rows, counts, unit) in zip(axes, panels, strict=True):
-            values = np.bincount(rows[task].to_numpy(int), weights=counts, minlength=len(names))
+            labelled = rows[task].to_numpy(int) >= 0  # faces without this label are not counted
+            values = np.bincount(rows[task].to_numpy(int)[labelled], weights=counts[labelled], minlength=len(names))
             _bars(ax, names, values, color)
             ax.set(title=title, xlabel=task, ylabel=unit)
         fig.suptitle(f"{task.capitalize()} distribution")
@@ -92,7 +97,10 @@ def _plot_all(prepared: PreparedData, out_dir: Path, formats: Sequence[str], dpi
     fig, axes = plt.subplots(1, 2, figsize=(15, 4.8), layout="constrained")
     for ax, (title, rows, counts, unit) in zip(axes, panels, strict=True):
         table = np.zeros((len(RACES), len(bin_names)))
-        np.add.at(table, (rows["race"].to_numpy(int), rows["age_bin"].to_numpy(int)), counts)
+        labelled = (rows["race"].to_numpy(int) >= 0) & rows["age_lo"].notna().to_numpy() if "age_lo" in rows \
+            else rows["race"].to_numpy(int) >= 0
+        np.add.at(table, (rows["race"].to_numpy(int)[labelled], rows["age_bin"].to_numpy(int)[labelled]),
+                  counts[labelled])
         im = ax.imshow(table, cmap="Blues", aspect="auto")
         threshold = table.max() / 2 if table.size else 0
         for (r, b), v in np.ndenumerate(table):
@@ -105,6 +113,19 @@ def _plot_all(prepared: PreparedData, out_dir: Path, formats: Sequence[str], dpi
     fig.suptitle("Race by age bin")
     files += _save(fig, out_dir, "race_by_age_bin", formats, dpi)
     return files
+
+
+def plotted_ages(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's age in years for the histogram: the exact age, or its group's midpoint
+    (``labelled.age_midpoint``); NaN (not drawn) without an age."""
+    ages = rows["age"].to_numpy(float)
+    if "age_lo" in rows:
+        ages = np.where(np.isnan(ages), age_midpoint(rows["age_lo"], rows["age_hi"]), ages)
+    return ages
+
+
+def frame_has_groups(rows: pd.DataFrame) -> bool:
+    return "age_lo" in rows and bool((rows["age"].isna() & rows["age_lo"].notna()).any())
 
 
 def _age_bin_counts(frame: pd.DataFrame, values: pd.Series, names: list[str]) -> dict[str, float]:

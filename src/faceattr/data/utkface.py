@@ -29,7 +29,6 @@ import hashlib
 import logging
 import math
 import os
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from faceattr.config import DataConfig, RebalanceConfig, settings
-from faceattr.data.archive import resolve_image_folder
+from faceattr.config import RebalanceConfig, settings
 from faceattr.errors import ConfigError, DataError
 from faceattr.labels import AGE_RANGE, DEFAULT_AGE_BIN_EDGES, GENDERS, RACES, age_to_bin
 
@@ -79,18 +77,6 @@ class DatasetIndex:
     #: ``{"sha1": ..., "images": [...], "labels": [[age, gender, race], ...]}``
     conflicting_dropped: list[dict[str, Any]] = field(default_factory=list)
     unique_images: int = 0  #: usable images after deduplication, before ``limit``
-
-
-@dataclass
-class PreparedData:
-    """Everything training, evaluation and statistics need from the data step."""
-
-    frame: pd.DataFrame  #: index columns + ``split``, ``copies``, ``weight``
-    index: DatasetIndex
-    age_bin_edges: list[float]  #: years
-    rebalance: dict[str, Any]  #: the rebalance config used
-    split_csv: Path
-    summary: dict[str, Any]  #: JSON-ready counts, see :func:`summarize`
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -194,7 +180,7 @@ def _spread(keys: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return u
 
 
-def _stratified_sample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_sample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> np.ndarray:
     """Positions (ascending) of ``n`` rows of ``frame`` chosen by ``rng`` in proportion to the
     (age bin, gender, race) strata (:func:`_spread`)."""
     u = _spread(_strata_keys(frame, STRATA), rng)
@@ -271,7 +257,7 @@ def index_images(
     unique = unique.reset_index(drop=True)
 
     if limit is not None and int(limit) < len(unique):
-        unique = unique.iloc[_stratified_sample(unique, int(limit), np.random.default_rng(seed))].reset_index(drop=True)
+        unique = unique.iloc[stratified_sample(unique, int(limit), np.random.default_rng(seed))].reset_index(drop=True)
 
     log.info("indexed %s: %d files, %d skipped, %d duplicates removed, %d conflicting groups dropped "
              "(%d images), %d unique images, %d used", folder, len(entries), len(skipped), duplicates_removed,
@@ -345,7 +331,7 @@ def limit_training(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.Data
     if limit is None or int(limit) >= int(train.sum()):
         return frame
     rows = np.flatnonzero(train)
-    kept = rows[_stratified_sample(frame.iloc[rows], int(limit), np.random.default_rng([seed, 1]))]
+    kept = rows[stratified_sample(frame.iloc[rows], int(limit), np.random.default_rng([seed, 1]))]
     log.info("data.train_limit: %d of %d training images kept", int(limit), len(rows))
     return frame.iloc[np.sort(np.concatenate([np.flatnonzero(~train), kept]))].reset_index(drop=True)
 
@@ -409,59 +395,3 @@ def write_split_csv(frame: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.sort_values("image")[["image", "split", "copies"]].to_csv(path, index=False)
     return path
-
-
-# ------------------------------------------------------------------------------ one call
-
-
-def summarize(index: DatasetIndex, frame: pd.DataFrame, rebalance_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON-ready counts of the data step (written as ``data_summary.json`` by ``stats``)."""
-    by_split = frame.groupby("split")
-    return {
-        "folder": str(index.folder),
-        "files_seen": index.files_seen,
-        "skipped": [{"image": n, "reason": r} for n, r in index.skipped],
-        "duplicates_removed": index.duplicates_removed,
-        "conflicting_dropped": index.conflicting_dropped,
-        "conflicting_images_dropped": sum(len(c["images"]) for c in index.conflicting_dropped),
-        "unique_images": index.unique_images,
-        "images_used": len(frame),
-        "split_images": {s: int(by_split.size().get(s, 0)) for s in SPLITS},
-        "split_images_after_rebalancing": {s: int(by_split["copies"].sum().get(s, 0)) for s in SPLITS},
-        "split_weight_sum": {s: round(float(by_split["weight"].sum().get(s, 0.0)), 3) for s in SPLITS},
-        "rebalance": dict(rebalance_cfg),
-    }
-
-
-def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any], out_dir: Path) -> PreparedData:
-    """Resolve, index, split and rebalance the dataset of ``data_cfg``; write ``split.csv``.
-
-    ``data_cfg`` is the ``cfg.data`` node (``path``, ``limit``, ``extract_dir``, ``split``,
-    ``age_bin_edges``, ...), ``rebalance_cfg`` the ``cfg.rebalance`` node. ``split.csv``
-    lands in ``out_dir``.
-    """
-    start = time.perf_counter()
-    data_cfg = settings(DataConfig, data_cfg, "data.")
-    extract_dir = Path(str(data_cfg["extract_dir"]))
-    folder = resolve_image_folder(Path(str(data_cfg["path"])), extract_dir)
-    edges = [float(e) for e in data_cfg["age_bin_edges"]]
-    split_cfg = data_cfg["split"]
-    seed = int(split_cfg["seed"])
-    limit = data_cfg["limit"]
-    index = index_images(folder, limit=None if limit is None else int(limit), seed=seed,
-                         cache_dir=extract_dir, age_bin_edges=edges)
-    frame = limit_training(split_index(index.frame, split_cfg, seed), data_cfg["train_limit"], seed)
-    frame = rebalance(frame, rebalance_cfg)
-    if data_cfg["extra_labels"]:  # extra chips join the training split only, after split and rebalance
-        from faceattr.data.extra_labels import append_extra, extra_training_rows
-
-        extra = extra_training_rows(str(data_cfg["extra_labels"]), edges, int(data_cfg["extra_copies"]))
-        frame = append_extra(frame, extra)
-        log.info("data.extra_labels: %d extra training chips (x%d)", len(extra), int(data_cfg["extra_copies"]))
-    split_csv = write_split_csv(frame, Path(out_dir) / "split.csv")
-    reb = {k: (v if isinstance(v, str | int | float | bool) or v is None else str(v))
-           for k, v in dict(rebalance_cfg or {}).items()}
-    log.info("data ready in %.1f s: %d images, split written to %s", time.perf_counter() - start, len(frame),
-             split_csv)
-    return PreparedData(frame=frame, index=index, age_bin_edges=edges, rebalance=reb, split_csv=split_csv,
-                        summary=summarize(index, frame, reb))

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from faceattr.data.utkface import prepare_dataset, rebalance, write_split_csv
+from faceattr.data.prepare import prepare_dataset
+from faceattr.data.utkface import rebalance, write_split_csv
 from faceattr.distill.manifest import apply_teacher, write_manifest
 from faceattr.distill.report import describe, write_report
 from faceattr.distill.sources import SourceReader

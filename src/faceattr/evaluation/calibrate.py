@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def validation_rows(cfg: Any, model_dir: Path, run_dir: Path) -> pd.DataFrame:
     """The model's validation faces (from its ``split.csv``) in the configured data."""
-    from faceattr.data.utkface import prepare_dataset
+    from faceattr.data.prepare import prepare_dataset
 
     split_csv = model_dir / "split.csv"
     if not split_csv.is_file():

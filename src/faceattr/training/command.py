@@ -23,8 +23,8 @@ import keras
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from faceattr.data.prepare import prepare_dataset
 from faceattr.data.stats import write_statistics
-from faceattr.data.utkface import prepare_dataset
 from faceattr.errors import ConfigError
 from faceattr.evaluation.model_dir import evaluate_split
 from faceattr.models.families import Trainer, family
