@@ -19,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from faceattr.config import model_settings
 from faceattr.errors import ModelError
-from faceattr.evaluation.report import write_evaluation
 from faceattr.evaluation.served import Predictions
+from faceattr.evaluation.sources import write_split_evaluation
 from faceattr.models.calibration import Calibration
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,15 @@ class Scorer(Protocol):
 def evaluate_split(scorer: Scorer, scored: pd.DataFrame, cfg: DictConfig, out_dir: Path,
                    history_csv: Path | None, split: str = "test", calibration: Calibration | None = None) -> dict:
     """Predict ``scored`` (the rows of ``split``) with ``scorer`` (then ``calibration``, the
-    model's decision rules, when given) and write the full evaluation into ``out_dir``."""
+    model's decision rules, when given) and write the full evaluation into ``out_dir``, each
+    training source's figures apart when the split spans several (``evaluation.sources``)."""
     start = time.perf_counter()
     predictions = scorer.predict(scored, tta_flip=bool(cfg.train.tta_flip))
     if calibration is not None:
         predictions = calibration.apply(predictions)
     log.info("predicted %d %s faces in %.1f s", len(scored), split, time.perf_counter() - start)
-    return write_evaluation(out_dir, scored, predictions, cfg.evaluation,
-                            age_bin_edges=list(cfg.data.age_bin_edges), history_csv=history_csv, split=split)
+    return write_split_evaluation(out_dir, scored, predictions, cfg.evaluation, list(cfg.data.age_bin_edges),
+                                  history_csv, split)
 
 
 def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
@@ -53,7 +54,7 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     ``evaluation.split=val`` scores the validation split instead, to choose between models
     (e.g. a single model or an ensemble) while the test split stays unseen.
     """
-    from faceattr.data.utkface import prepare_dataset
+    from faceattr.data.prepare import prepare_dataset
     from faceattr.models.families import family
     from faceattr.models.io import ModelInfo, history_of, load_trainable
 
