@@ -7,11 +7,10 @@ generic page. The full composed config stays one flag away: ``COMMAND --cfg job`
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 from pathlib import Path
 
-from faceattr.resources import EXAMPLE_PHOTO
+from faceattr.resources import EXAMPLE_PHOTO, program_name
 
 #: command -> (example arguments, what the example does); the program name is put in front.
 EXAMPLES: dict[str, list[tuple[str, str]]] = {
@@ -65,11 +64,6 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("serve --model_type normal serve.port=8080", "the CNN, another port"),
     ],
 }
-
-
-def program_name() -> str:
-    """How the user started the toolkit: ``python src/main.py`` from a checkout, else ``faceattr``."""
-    return "python src/main.py" if Path(sys.argv[0]).name == "main.py" else "faceattr"
 
 
 def _shown(path: Path) -> str:

@@ -25,6 +25,12 @@ CONF_DIR = SHIPPED_ROOT / "conf"
 EXAMPLE_PHOTO = SHIPPED_ROOT / "examples" / "astronaut.jpg"
 
 
+def program_name() -> str:
+    """How the user started the toolkit, for the commands it suggests: ``python src/main.py`` from
+    a checkout's entry script, else ``faceattr`` (the installed command, ``python -m faceattr``)."""
+    return "python src/main.py" if Path(sys.argv[0]).name == "main.py" else "faceattr"
+
+
 def work_root() -> Path:
     """Where ``outputs/``, ``multirun/``, ``.cache/`` and the web app's data go (``paths.root``):
     the checkout, or for an installed copy the folder the command runs in."""

@@ -26,6 +26,7 @@ import numpy as np
 from faceattr.errors import ConfigError, ModelError
 from faceattr.hashing import file_sha256
 from faceattr.models.io import ModelInfo, trainable_file
+from faceattr.resources import program_name
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,13 @@ def export_problem(model_dir: Path, info: ModelInfo) -> str | None:
     """Why the folder's TensorFlow Lite export can't be used, or None when it is current."""
     export = info.export or {}
     if not export.get("tflite"):
-        return "it has no TensorFlow Lite export (python src/main.py export MODEL_DIR)"
+        return f"it has no TensorFlow Lite export ({program_name()} export MODEL_DIR)"
     path = Path(model_dir) / export["tflite"]
     if not path.is_file():
         return f"{export['tflite']} is missing"
     source = Path(model_dir) / trainable_file(info.model_type)
     if source.is_file() and file_sha256(source) != export.get("source_sha256"):
-        return f"{export['tflite']} is older than {source.name} (re-export: python src/main.py export {model_dir})"
+        return f"{export['tflite']} is older than {source.name} (re-export: {program_name()} export {model_dir})"
     return None
 
 

@@ -48,6 +48,7 @@ from faceattr.errors import ConfigError
 from faceattr.labels import TASKS
 from faceattr.models.families import family
 from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, promote, save_model
+from faceattr.resources import program_name
 
 if TYPE_CHECKING:  # TensorFlow is imported once the members have passed check_members
     import keras
@@ -171,7 +172,7 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
         (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
     kinds = ", ".join(sorted({info.model_type for info in infos}))
     print(f"Ensemble of {len(dirs)} models ({kinds}) saved to {model_dir}")
-    print(f"Evaluate it with: python src/main.py evaluate --model_path {model_dir}")
+    print(f"Evaluate it with: {program_name()} evaluate --model_path {model_dir}")
     if cfg.promote:
         promote(model_dir, Path(cfg.paths.saved_models))
     return summary
