@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from faceattr.errors import FaceAttrError, InputError
 from faceattr.inference.pipeline import FacePipeline
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
-from faceattr.serve.guards import BodyTooLarge, Guard, UploadLimit, allowed_hosts, shown
+from faceattr.serve.guards import BodyTooLarge, Guard, UploadLimit, allowed_hosts, clipped, shown
 from faceattr.serve.jobs import JobBusy, JobRunner, correction_rows, labels_csv
 from faceattr.serve.photos import TooLarge, check_upload, correct_face, process_upload
 from faceattr.serve.runs import RunsBrowser, compare
@@ -70,10 +70,6 @@ class ApiError(Exception):
 NOT_PAGES = ("/api/", "/files/", "/static/", "/runs/file/", "/runs/compare/plot/")
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def wants_page(scope: dict[str, Any]) -> bool:
     """Whether an error should be answered as a page: a browser (Accept: text/html) asking for
     one of the pages, not the API or a file."""
@@ -88,7 +84,7 @@ def validate_label(body: Any) -> dict[str, Any]:
         raise ApiError(422, "body: expected a JSON object with one or more of age, gender, race")
     unknown = sorted(set(body) - {"age", "gender", "race"})
     if unknown:
-        raise ApiError(422, f"{shown(unknown[0])[1:-1]}: unknown field (expected age, gender or race)")
+        raise ApiError(422, f"{clipped(str(unknown[0]))}: unknown field (expected age, gender or race)")
     out: dict[str, Any] = {}
     if "age" in body and body["age"] is None:
         out["age"] = None
@@ -188,8 +184,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(shown(p) if isinstance(p, str) and len(p) > 40 else str(p)
-                         for p in first.get("loc", ()) if p not in ("body", "path", "query"))
+        where = ".".join(clipped(str(p)) for p in first.get("loc", ()) if p not in ("body", "path", "query"))
         return error_response(request, 422, f"{where or 'request'}: {first.get('msg', 'invalid')}")
 
     def usable() -> None:
@@ -232,7 +227,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         sid = need_session(request)
         up = store.upload(sid, upload_id) if UPLOAD_ID.fullmatch(upload_id) else None
         if up is None:
-            raise ApiError(404, f"upload {shown(upload_id)[1:-1]}: not found")
+            raise ApiError(404, f"upload {clipped(upload_id)}: not found")
         return sid, up
 
     # -- the JSON API --------------------------------------------------------------------
@@ -294,7 +289,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         sid = need_csrf(request)
         _, up = own_upload(request, upload_id)
         if not re.fullmatch(r"[0-9]{1,6}", index) or int(index) >= len(up["faces"]):
-            raise ApiError(404, f"upload {upload_id}: no face {shown(index)[1:-1]}")
+            raise ApiError(404, f"upload {upload_id}: no face {clipped(index)}")
         try:
             body = await request.json()
         except ValueError:
@@ -344,7 +339,7 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
         sid = need_session(request)
         row = store.job(sid, job) if UPLOAD_ID.fullmatch(job) else None
         if row is None:
-            raise ApiError(404, f"job {shown(job)[1:-1]}: not found")
+            raise ApiError(404, f"job {clipped(job)}: not found")
         return job_json(row)
 
     @app.get("/api/runs")

@@ -53,6 +53,11 @@ def shown(value: Any) -> str:
     return _short.repr(value)
 
 
+def clipped(text: str, limit: int = 40) -> str:
+    """A name a client sent (an id, a field), cut to ``limit`` characters for a message."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def host_name(header: str) -> str:
     """The name of a Host header without its port, lower case: ``[::1]:80`` -> ``::1``."""
     host = header.strip().lower()
