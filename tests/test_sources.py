@@ -233,6 +233,10 @@ def test_training_on_mixed_labels_reports_each_source(tmp_path, shared_cache):
                 "train.epochs=1", run_dir=run)
     history = pd.read_csv(run / "history.csv")
     assert np.isfinite(history[["loss", "val_loss", "val_age_mae"]].to_numpy()).all()
+    # train --eval: the test split (UTKFace's alone), and the set without a test split on its validation split.
+    assert set(pd.read_csv(run / "predictions.csv")["image"]) <= set(pd.read_csv(run / "split.csv").query(
+        "split == 'test'")["image"])
+    assert json.loads((run / "val" / "sources" / "lab" / "metrics.json").read_text())["n"] == 15
     summary = json.loads((run / "statistics" / "data_summary.json").read_text())
     assert summary["sources"]["lab"]["age_groups"] == 60 and summary["sources"]["lab"]["no_race"] == 12
     # The test split holds UTKFace only (the set has train/val of its own); evaluate its validation split.
