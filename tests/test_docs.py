@@ -168,6 +168,22 @@ def test_readme_figures_agree_with_statistics():
         pytest.skip("no statistics/ metrics")
 
 
+def test_the_quickstart_is_two_commands_and_ci_runs_its_test_command():
+    """Step 1 installs and labels a shipped example photo, step 2 installs and runs the tests with
+    the command .ci/run runs; both are single lines a user pastes."""
+    quickstart = readme_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", quickstart, flags=re.S)
+    steps = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(steps) == 2, steps
+    install_and_run, install_and_test = steps
+    assert "pip install" in install_and_run and " run --img examples/" in install_and_run
+    photo = install_and_run.split(" run --img ", 1)[1].split()[0]
+    assert (ROOT / photo).is_file()
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    test_command = next(line for line in reversed(ci_lines) if line and not line.startswith("#"))
+    assert "pip install" in install_and_test and install_and_test.endswith(f".venv/bin/{test_command}")
+
+
 def test_both_invocations_are_read_as_commands():
     text = "```bash\nfaceattr train a=1  # note\npython src/main.py promote \\\n  outputs/x\nls -l\n```\n"
     assert bash_commands(text) == [["train", "a=1"], ["promote", "outputs/x"]]
