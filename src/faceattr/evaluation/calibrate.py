@@ -53,16 +53,24 @@ def calibrate_command(cfg: Any, run_dir: Path) -> dict:
                                backend=str(cfg.run.backend))
     predictor.calibration = Calibration()  # fit on the raw outputs
     raw = ServedModel(predictor).predict(val, tta_flip=bool(cfg.run.tta_flip))
+    # Each rule is fitted on the faces that carry its label: the race bias on every source's faces
+    # with a race, the age map on exact ages (an age group can't say where inside it the age lies).
     race_true = val["race"].to_numpy(int)
+    with_race = race_true >= 0
     age_true = val["age"].to_numpy(float)
-    bias, tau, race_rows = fit_race_bias(np.asarray(raw["race"]), race_true,
+    exact = ~np.isnan(age_true)
+    if not with_race.any() or not exact.any():
+        raise ModelError(f"{model_dir}: its validation faces need race labels and exact ages to calibrate "
+                         f"({int(with_race.sum())} with a race, {int(exact.sum())} with an exact age)")
+    bias, tau, race_rows = fit_race_bias(np.asarray(raw["race"])[with_race], race_true[with_race],
                                          max_accuracy_drop=float(cfg.calibrate.max_accuracy_drop))
-    knots, share, age_rows = fit_age_map(np.asarray(raw["age"]), age_true,
+    knots, share, age_rows = fit_age_map(np.asarray(raw["age"])[exact], age_true[exact],
                                          max_mae_increase=float(cfg.calibrate.max_mae_increase))
     calibration = Calibration(tuple(round(float(b), 5) for b in bias), knots)
     chosen_race = next(r for r in race_rows if r["tau"] == tau)
     chosen_age = next(r for r in age_rows if r["share"] == share)
-    record = {"model_dir": str(model_dir), "validation_faces": len(val), "backend": predictor.backend,
+    record = {"model_dir": str(model_dir), "validation_faces": len(val), "race_faces": int(with_race.sum()),
+              "exact_age_faces": int(exact.sum()), "backend": predictor.backend,
               "previous": info.calibration, "calibration": calibration.to_dict(),
               "race": {"tau": tau, "candidates": race_rows}, "age": {"share": share, "candidates": age_rows}}
     (Path(run_dir) / "calibration.json").write_text(json.dumps(record, indent=2) + "\n")
