@@ -86,11 +86,6 @@ class PreparedData:
     split_csv: Path
     summary: dict[str, Any]  #: JSON-ready counts, see :func:`summarize`
 
-    @property
-    def index(self) -> DatasetIndex | None:
-        """The first source's UTKFace index record (None when it is a labels.csv source)."""
-        return self.sources[0].utkface
-
 
 def configured_sources(data_cfg: Mapping[str, Any]) -> list[Source]:
     """``data.path`` first (named ``data.name``), then ``data.sources`` in their order."""
@@ -334,9 +329,3 @@ def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any
              len(frame), len(entries), split_csv)
     return PreparedData(frame=frame, sources=entries, age_bin_edges=edges, rebalance=reb, split_csv=split_csv,
                         summary=summarize(entries, frame, reb))
-
-
-def exact_ages(frame: pd.DataFrame) -> bool:
-    """Whether every row of ``frame`` has an exact age (UTKFace-style data)."""
-    return bool(frame["age"].notna().all()) if "age" in frame else False
-
