@@ -175,7 +175,7 @@ def test_one_retrain_job_at_a_time_per_server(tmp_path):
 
 
 def test_extra_labels_join_the_training_split_only(tmp_path):
-    from faceattr.data.utkface import prepare_dataset
+    from faceattr.data.prepare import prepare_dataset
     from faceattr.errors import DataError
 
     archive = tiny_archive(tmp_path / "data", 40)
