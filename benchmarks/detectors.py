@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/detectors.py [--photos DIR] [--out benchmarks/detectors.json]
 
 Each photo holds one labelled person, roughly centred. For every detector
-(``faceattr.inference.detectors.make_detector``: haar; mtcnn, the project's NumPy port, with
-``min_size`` 40 and 20 at ``min_confidence`` 0.9, and min_size 40 at 0.8, the default; and the
-``mtcnn`` package's own TensorFlow code at the default settings) one row:
+(``faceattr.inference.detectors.make_detector``: haar, at its photo and its video settings;
+mtcnn, the project's NumPy port, with ``min_size`` 40 and 20 at ``min_confidence`` 0.9, and
+min_size 40 at 0.8, the default for photos; blazeface, BlazeFace short range through LiteRT, the
+default for video; and the ``mtcnn`` package's own TensorFlow code at the default settings) one row:
 
 - ``missed`` / ``miss_rate``: photos (count / fraction of ``photos``) without a detection whose
   box centre lies in the middle half of the image (x and y within [1/4, 3/4] of width and height),
@@ -13,6 +14,10 @@ Each photo holds one labelled person, roughly centred. For every detector
 - ``landmarks_share``: fraction of all photos whose found (central) face comes with five landmarks.
 - ``ms_mean`` / ``ms_median``: milliseconds per photo of ``detect()`` alone (decoding excluded),
   over every photo, after one untimed warm-up call on the first photo.
+- ``frame_ms_median`` / ``frame_faces``: milliseconds per 640x480 video frame (median) and faces
+  found per frame (mean) on the 90 frames of the video benchmark's two-face clip
+  (``benchmarks/video.make_clip``, written as mp4 and decoded), after one untimed call;
+  ``frame_ms_median_4faces`` / ``frame_faces_4faces``: the same on its four-face clip.
 
 Rows from other sources already in ``--out`` (``benchmarks/detector_candidates.py``) are kept.
 OpenCV and TensorFlow are capped at ``--threads`` threads (default 2). Exits 0 with a one-line
@@ -28,6 +33,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,9 +53,11 @@ SOURCE = "faceattr.inference.detectors"
 #: (detector label, make_detector settings)
 DETECTORS: list[tuple[str, dict[str, Any]]] = [
     ("haar", {"name": "haar"}),
+    ("haar", {"name": "haar", "scale_factor": 1.2}),  # the video settings (conf/detector/haar.yaml)
     ("mtcnn", {"name": "mtcnn", "min_confidence": 0.9, "min_size": 40, "max_side": 1280}),
     ("mtcnn", {"name": "mtcnn", "min_confidence": 0.9, "min_size": 20, "max_side": 1280}),
     ("mtcnn", {"name": "mtcnn", "min_confidence": 0.8, "min_size": 40, "max_side": 1280}),  # the default
+    ("blazeface", {"name": "blazeface", "min_confidence": 0.5}),  # the default for video
     ("mtcnn-package", {"min_confidence": 0.8, "min_size": 40}),  # the package's TensorFlow code, same weights
 ]
 
@@ -114,6 +122,35 @@ def measure(detector: Any, images: list[np.ndarray]) -> dict[str, Any]:
             "ms_median": round(statistics.median(times_ms), 2)}
 
 
+def clip_frames(folder: Path, faces: int, frames: int = 90) -> list[np.ndarray]:
+    """The decoded 640x480 frames of the video benchmark's clip with ``faces`` faces."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.video import make_clip
+
+    clip = make_clip(folder / f"{faces}_faces.mp4", frames, faces=faces)
+    cap = cv2.VideoCapture(str(clip))
+    out = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(frame)
+    cap.release()
+    return out
+
+
+def measure_frames(detector: Any, frames: list[np.ndarray]) -> tuple[float, float]:
+    """(median ms per frame, mean faces found per frame) of ``detector.detect`` over ``frames``."""
+    detector.detect(frames[0])  # warm-up, untimed
+    times_ms, found = [], []
+    for frame in frames:
+        t0 = time.perf_counter()
+        found.append(len(detector.detect(frame)))
+        times_ms.append((time.perf_counter() - t0) * 1000.0)
+    return round(statistics.median(times_ms), 2), round(statistics.fmean(found), 2)
+
+
 def save_rows(out: Path, rows: list[dict[str, Any]], source: str) -> None:
     """Write ``rows`` into ``out``, replacing earlier rows of ``source`` and keeping the others."""
     kept = [r for r in json.loads(out.read_text()) if r.get("source") != source] if out.is_file() else []
@@ -141,12 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     if not images or any(im is None for im in images):
         print(f"error: no photos, or an unreadable one, in {args.photos}", file=sys.stderr)
         return 1
+    with tempfile.TemporaryDirectory(prefix="faceattr-frames-") as tmp:
+        clips = {faces: clip_frames(Path(tmp), faces) for faces in (2, 4)}
     machine = f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f} at start, {dt.date.today()}"
     rows = []
     for label, settings in DETECTORS:
         detector = PackageMTCNN(settings["min_confidence"], settings["min_size"]) if label == "mtcnn-package" \
             else make_detector(settings)
         result = measure(detector, images)
+        for faces, frames in clips.items():
+            ms, found = measure_frames(detector, frames)
+            suffix = "" if faces == 2 else f"_{faces}faces"
+            result.update({f"frame_ms_median{suffix}": ms, f"frame_faces{suffix}": found})
         row = {"detector": label, "settings": {**settings, "threads": args.threads}, **result,
                "source": SOURCE, "machine": machine}
         print(json.dumps(row))

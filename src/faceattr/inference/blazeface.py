@@ -200,8 +200,8 @@ class BlazeFaceDetector:
 
     ``min_confidence``: least score kept (mediapipe's default 0.5). ``threads``: interpreter
     threads (1: the network is ~0.2 GFLOP, threads cost more than they bring on small inputs).
-    Made for faces that fill a good part of the picture (a face narrower than about a sixth of
-    the image's longer side is often missed): webcams, portraits, the loosely cropped photos of
+    Made for faces that fill a good part of the picture (a face narrower than about an eighth of
+    the image's longer side, 75-80 px in a 640x480 frame, is missed): webcams, portraits, the loosely cropped photos of
     fairface-dev; crowds are MTCNN's. Not thread-safe: one detector per thread.
     """
 
