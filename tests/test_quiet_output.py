@@ -1,5 +1,5 @@
 """Quiet by default: a training raises no library warnings, ``run`` says what it did in plain words
-and where (absolute paths), and ``-v`` lets the libraries speak."""
+and where (absolute paths) without LiteRT's start-up line, and ``-v`` lets the libraries speak."""
 
 from __future__ import annotations
 
@@ -34,7 +34,22 @@ def test_run_counts_in_words_and_prints_a_relative_output_in_full(tmp_path):
     assert f"Predictions: {tmp_path / 'preds.json'}" in lines and (tmp_path / "preds.json").is_file()
     log = (tmp_path / "run" / "app.log").read_text()
     assert "summary: images=1 read=1 faces=1" in log and "=None" not in log
-    assert "Warning" not in res.stderr, res.stderr
+    assert "Warning" not in res.stderr and "XNNPACK" not in res.stderr, res.stderr
+    verbose = main_py("run", "--img", ROOT / "examples" / "astronaut.jpg", "--no-display", "--no-annotate", "-v",
+                      f"hydra.run.dir={tmp_path / 'run_v'}", cwd=tmp_path, check=True)
+    assert "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." in verbose.stderr  # LiteRT's own line
+
+
+def test_only_the_known_native_startup_line_is_dropped():
+    """What native code writes to stderr meanwhile is passed on; the line is dropped once only."""
+    code = ("import os; from faceattr.verbosity import native_startup_lines_dropped as quiet\n"
+            "line = b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n'\n"
+            "with quiet('lib'): os.write(2, line + b'E0001 a real problem\\n')\n"
+            "with quiet('lib'): os.write(2, line)\n")
+    env = {k: v for k, v in os.environ.items() if k != "FACEATTR_VERBOSE"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT / "src", env=env)
+    assert res.stderr == "E0001 a real problem\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
 
 
 def _warn_from_a_library(verbose: bool) -> subprocess.CompletedProcess:

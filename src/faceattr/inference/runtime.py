@@ -27,6 +27,7 @@ from faceattr.errors import ConfigError, ModelError
 from faceattr.hashing import file_sha256
 from faceattr.models.io import ModelInfo, trainable_file
 from faceattr.resources import program_name
+from faceattr.verbosity import native_startup_lines_dropped
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class LiteRunner:
 
     def _resize(self, shape: tuple[int, ...]) -> None:
         self._interp.resize_tensor_input(self._input, list(shape), strict=False)
-        self._interp.allocate_tensors()
+        with native_startup_lines_dropped("litert"):  # its XNNPACK line, once per process
+            self._interp.allocate_tensors()
         # The converter names outputs after their graph op; the last axis tells them apart:
         # age (N, 1), gender (N, 2), race (N, 5). Checked here so a foreign file fails clearly.
         by_width = {int(d["shape"][-1]): d["index"] for d in self._interp.get_output_details()}
