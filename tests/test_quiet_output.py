@@ -1,5 +1,6 @@
 """Quiet by default: a training raises no library warnings, ``run`` says what it did in plain words
-and where (absolute paths) without LiteRT's start-up line, and ``-v`` lets the libraries speak."""
+and where (absolute paths) without LiteRT's or TensorFlow's start-up lines, and ``-v`` lets the
+libraries speak."""
 
 from __future__ import annotations
 
@@ -66,3 +67,19 @@ def test_verbose_shows_what_the_libraries_say():
     quiet, verbose = _warn_from_a_library(False), _warn_from_a_library(True)
     assert quiet.stdout.strip() == "2" and "old API" not in quiet.stderr
     assert verbose.stdout.strip() == "0" and "DeprecationWarning: old API" in verbose.stderr
+
+
+def _import_tensorflow(verbose: bool) -> str:
+    """stderr of a process set quiet or verbose that then imports TensorFlow."""
+    code = f"from faceattr.verbosity import set_verbosity; set_verbosity({verbose}); import keras, tensorflow"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FACEATTR_VERBOSE")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=ROOT / "src", env=env).stderr
+
+
+def test_tensorflow_starts_without_its_native_notices_unless_verbose():
+    """TensorFlow's oneDNN notice and absl's preamble ignore TF_CPP_MIN_LOG_LEVEL; they are
+    dropped as TensorFlow is first imported, and shown with -v."""
+    quiet, verbose = _import_tensorflow(False), _import_tensorflow(True)
+    assert "oneDNN custom operations are on" in verbose and "absl::InitializeLog" in verbose
+    assert "oneDNN" not in quiet and "absl::InitializeLog" not in quiet, quiet

@@ -20,7 +20,7 @@ from faceattr.cli_help import command_help, overview, program_name
 from faceattr.config import CONF_DIR, compose_config, register
 from faceattr.errors import FaceAttrError
 from faceattr.models.families.names import family_names
-from faceattr.verbosity import set_verbosity
+from faceattr.verbosity import is_verbose, set_verbosity
 
 COMMANDS = {
     "run": "label the faces in images (--img) or a video/camera (--video)",
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except FaceAttrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    set_verbosity(any(flag in ("-v", "--verbose") for flag in sugar))  # before TensorFlow loads
+    # Before TensorFlow loads; FACEATTR_VERBOSE=1 (set by a verbose command for those it starts) too.
+    set_verbosity(any(flag in ("-v", "--verbose") for flag in sugar) or is_verbose())
     sys.argv = [sys.argv[0], *hydra_flags, *overrides, f"command={command}"]
     from faceattr.app import hydra_entry
 
