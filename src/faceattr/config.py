@@ -108,7 +108,7 @@ class DataConfig:
     align: bool = False  # put `path`'s photos onto the chip template (true for photos that are not chips)
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # more labelled sets, by name
     # Photo folders never to train on (evaluation sets): a training photo byte-identical to one is left out.
-    held_out: list[str] = field(default_factory=lambda: ["${paths.root}/../shared/data/external/fairface-dev"])
+    held_out: list[str] = field(default_factory=lambda: ["${project_root:}/../shared/data/external/fairface-dev"])
     align_pad: float = rule(0.25, ge=0.0, le=2.0)  # fraction of a photo's side padded on each edge before detection
     align_workers: int | None = rule(None, ge=1)  # processes aligning photos (null = one per CPU)
     limit: int | None = rule(None, ge=1)  # use at most N images of each source, chosen deterministically (null = all)
@@ -407,15 +407,20 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
 }
 
 
+def register_resolvers() -> None:
+    """The resolvers the schema's defaults use (``${project_root:}``, ``${shipped_root:}``); idempotent."""
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(work_root()))
+    if not OmegaConf.has_resolver("shipped_root"):
+        OmegaConf.register_new_resolver("shipped_root", lambda: str(SHIPPED_ROOT))
+
+
 def register() -> None:
     """Register the resolvers and the schema with OmegaConf and Hydra (idempotent: the schema is
     stored once per process, as turning the dataclasses into configs costs ~0.1 s a call)."""
     from hydra.core.config_store import ConfigStore
 
-    if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(work_root()))
-    if not OmegaConf.has_resolver("shipped_root"):
-        OmegaConf.register_new_resolver("shipped_root", lambda: str(SHIPPED_ROOT))
+    register_resolvers()
     store = ConfigStore.instance()
     if "schema.yaml" in store.repo:
         return
@@ -521,6 +526,7 @@ def settings(schema: type, values: Mapping[str, Any] | None = None, where: str =
     model's stored training config written before a key existed. Unknown keys are refused;
     ``where`` (e.g. ``"rebalance."``) prefixes the keys named in errors.
     """
+    register_resolvers()  # defaults such as data.held_out's name the project's folder
     base = OmegaConf.structured(schema)
     if isinstance(values, DictConfig):  # a node of a composed config: its interpolations need its root
         values = OmegaConf.to_container(values, resolve=True)

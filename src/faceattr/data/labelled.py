@@ -14,9 +14,9 @@ reported when they are aligned (``inference.chips``), where they are skipped and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from faceattr.data.labels_csv import labels_path, read_labels
+from faceattr.data.utkface import content_hashes
 from faceattr.errors import InputError
 from faceattr.labels import age_to_bin
 
@@ -67,14 +68,15 @@ def age_midpoint(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.where(np.isinf(hi), lo + OPEN_GROUP_SPAN / 2, (lo + hi) / 2)
 
 
-def index_labelled(folder: Path, name: str, age_bin_edges: list[float]) -> pd.DataFrame:
+def index_labelled(folder: Path, name: str, age_bin_edges: list[float], cache_dir: Path | None = None) -> pd.DataFrame:
     """The rows of the source ``name`` whose ``labels.csv`` is in ``folder`` (or is ``folder``).
 
     Columns: ``image`` (``<name>/<file>``, unique across sources), ``path`` (the photo), ``age``
     (exact years or NaN), ``age_lo``/``age_hi`` (years; ``age_hi`` inf for an open group; NaN
     without an age), ``gender``/``race`` (class indices, -1 where not labelled), ``age_bin`` (of the
     exact age or the interval's midpoint; 0 without an age), ``sha1`` (of the photo's bytes),
-    ``source`` (``name``) and ``own_split`` (the CSV's ``split``, or None).
+    ``source`` (``name``) and ``own_split`` (the CSV's ``split``, or None). ``cache_dir`` keeps
+    the photos' content hashes between runs (``utkface.content_hashes``).
     """
     csv_path = labels_path(folder)
     raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
@@ -91,12 +93,15 @@ def index_labelled(folder: Path, name: str, age_bin_edges: list[float]) -> pd.Da
             if text and text not in SPLIT_NAMES:
                 raise InputError(f"{csv_path}: row {i + 2}: split {value!r} is not one of {', '.join(SPLIT_NAMES)}")
             own_split[i] = text or None
-    sha1 = []
+    files = []
     for i, path in enumerate(labels["path"]):
         p = Path(path)
         if not p.is_file():
             raise InputError(f"{csv_path}: row {i + 2}: {labels['file'].iloc[i]}: no such image file")
-        sha1.append(hashlib.sha1(p.read_bytes()).hexdigest())
+        st = p.stat()
+        files.append((os.path.relpath(p, csv_path.parent), st.st_size, st.st_mtime_ns))
+    hashes = content_hashes(csv_path.parent, files, cache_dir)  # cached by name, size and time
+    sha1 = [hashes[name][0] for name, _, _ in files]
     lo, hi = labels["age_lo"].to_numpy(float), labels["age_hi"].to_numpy(float)
     mid = age_midpoint(lo, hi)
     frame = pd.DataFrame({

@@ -39,6 +39,7 @@ from faceattr.data.utkface import (
     SPLITS,
     DatasetIndex,
     check_split_disjoint,
+    content_hashes,
     index_images,
     limit_training,
     rebalance,
@@ -114,7 +115,7 @@ def index_source(source: Source, extract_dir: Path, edges: list[float], limit: i
     source, else its files are read as UTKFace chips."""
     folder = resolve_image_folder(Path(source.path), extract_dir)
     if (folder / LABELS_FILE).is_file():
-        frame = index_labelled(folder, source.name, edges)
+        frame = index_labelled(folder, source.name, edges, cache_dir=extract_dir)
         if limit is not None and int(limit) < len(frame):
             frame = frame.iloc[stratified_sample(frame, int(limit), np.random.default_rng(seed))]
         return SourceIndex(source, frame.reset_index(drop=True), folder, "labels")
@@ -215,7 +216,11 @@ def align_source(entry: SourceIndex, frame: pd.DataFrame, data_cfg: Mapping[str,
     out = frame[keep].copy()
     chips = [r for r in results if r.chip is not None]
     out["path"] = [str(r.chip) for r in chips]
-    out["sha1"] = [hashlib.sha1(Path(r.chip).read_bytes()).hexdigest() for r in chips]
+    folder = Path(chips[0].chip).parent if chips else Path(".")  # every chip of one setting is in one folder
+    stats = [Path(r.chip).stat() for r in chips]
+    files = [(Path(r.chip).name, st.st_size, st.st_mtime_ns) for r, st in zip(chips, stats, strict=True)]
+    hashes = content_hashes(folder, files, Path(str(data_cfg["extract_dir"])))  # cached by name, size and time
+    out["sha1"] = [hashes[name][0] for name, _, _ in files]
     out["chip"] = [r.status for r in chips]
     return out.reset_index(drop=True)
 

@@ -122,8 +122,8 @@ def _hash_file(path: Path) -> tuple[str, bool]:
     return hashlib.sha1(data).hexdigest(), data[:3] == _JPEG_MAGIC
 
 
-def _content_hashes(folder: Path, files: list[tuple[str, int, int]], cache_dir: Path | None) -> dict[str, tuple]:
-    """``{name: (sha1, is_jpeg)}`` for ``files`` = [(name, size, mtime_ns)].
+def content_hashes(folder: Path, files: list[tuple[str, int, int]], cache_dir: Path | None) -> dict[str, tuple]:
+    """``{name: (sha1, is_jpeg)}`` for ``files`` = [(name relative to ``folder``, size, mtime_ns)].
 
     Hashes are cached in ``cache_dir/sha1-<folder hash>.csv`` keyed by name, size and
     modification time, so only new or changed files are read on later runs.
@@ -222,7 +222,7 @@ def index_images(
         st = entry.stat()
         parsed[entry.name] = labels
         files.append((entry.name, st.st_size, st.st_mtime_ns))
-    hashes = _content_hashes(folder, files, cache_dir)
+    hashes = content_hashes(folder, files, cache_dir)
 
     rows = []
     for name, _, _ in files:

@@ -129,12 +129,12 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     if cfg.train.eval:
         test = frame[frame.split == "test"]
         summary["test"] = evaluate_split(trainer, test, cfg, run_dir, run_dir / "history.csv")
-        untested = sorted(set(frame["source"]) - set(test["source"]))
-        if untested:  # a source with no test split of its own (FairFace's train/val) is reported on its val split
-            val = frame[(frame.split == "val") & frame["source"].isin(untested)]
+        # A source with no test split of its own (FairFace's train/val) is reported on its val split.
+        val = frame[(frame.split == "val") & ~frame["source"].isin(set(test["source"]))]
+        if len(val):
             summary["val"] = evaluate_split(trainer, val, cfg, run_dir / "val", None, split="val")
-            log.info("%s: no test split; their validation split's evaluation is in %s", ", ".join(untested),
-                     run_dir / "val")
+            log.info("%s: no test split; their validation split's evaluation is in %s",
+                     ", ".join(sorted(set(val["source"]))), run_dir / "val")
     # The model keeps its training record when promoted; the run folder's copy, written last,
     # marks the run finished, and its backups are no longer needed.
     for folder in (model_dir, run_dir):
