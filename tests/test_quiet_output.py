@@ -53,6 +53,13 @@ def test_only_the_known_native_startup_line_is_dropped():
     assert res.stderr == "E0001 a real problem\nINFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
 
 
+def test_counts_are_said_in_the_singular_or_the_plural():
+    from faceattr.inference.outputs import counted
+
+    assert [counted(n, "frame") for n in (0, 1, 2)] == ["0 frames", "1 frame", "2 frames"]
+    assert counted(1, "person", "people") == "1 person" and counted(3, "person", "people") == "3 people"
+
+
 def _warn_from_a_library(verbose: bool) -> subprocess.CompletedProcess:
     """A process set quiet or verbose that then gets a DeprecationWarning raised inside a library."""
     code = ("import warnings; from faceattr.verbosity import set_verbosity; "

@@ -39,7 +39,7 @@ import numpy as np
 from faceattr.errors import ConfigError, InputError
 from faceattr.inference.annotate import BOX_COLOUR, MISSED_COLOUR, draw_face, draw_fps, format_label
 from faceattr.inference.display import QUIT_KEYS, close_windows, show, want_display
-from faceattr.inference.outputs import output_path
+from faceattr.inference.outputs import counted, output_path
 from faceattr.inference.pipeline import FacePipeline
 from faceattr.inference.predictor import FacePrediction
 from faceattr.inference.tracking import IoUTracker
@@ -382,10 +382,11 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
         raise worker.error
     elapsed = time.perf_counter() - t_start
     skipped = process.totals.skipped
-    summary = (f"Video {name}: {read} frame(s) read, {written} written"
-               f"{f' to {out_path}' if out_path else ''}; model ran on {worker.processed} frame(s) "
+    beyond = f"; {counted(skipped, 'face')} beyond run.max_faces={process.max_faces} skipped" if skipped else ""
+    summary = (f"Video {name}: {counted(read, 'frame')} read, {written} written"
+               f"{f' to {out_path}' if out_path else ''}; model ran on {counted(worker.processed, 'frame')} "
                f"at {worker.fps:.1f} fps; {read / elapsed if elapsed > 0 else 0.0:.1f} frames/s overall"
-               f"{f'; {skipped} face(s) beyond run.max_faces={process.max_faces} skipped' if skipped else ''}"
+               f"{beyond}"
                f"{' (interrupted)' if interrupted else ''}")
     log.info("summary: source=%s read=%d written=%d processed=%d model_fps=%.2f output=%s", name, read, written,
              worker.processed, worker.fps, out_path)
