@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from faceattr.inference.detectors import Detection
+from faceattr.inference.detection import Detection
 from faceattr.models.preprocessing import resize_face
 
 

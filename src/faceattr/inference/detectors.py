@@ -18,7 +18,6 @@ downscaled to ``max_side`` for detection.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,32 +28,12 @@ from omegaconf import OmegaConf
 from faceattr.config import DetectorConfig
 from faceattr.config import settings as config_settings
 from faceattr.errors import ConfigError, InputError, ModelError
+from faceattr.inference.detection import LANDMARK_NAMES as LANDMARK_NAMES  # re-exported
+from faceattr.inference.detection import Detection
 
 log = logging.getLogger(__name__)
 
-#: Order of the five landmarks (image left/right, i.e. "left_eye" is the one further left).
-LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
-
-
-@dataclass
-class Detection:
-    """One face: box in original-image pixels, a score in [0, 1], optional landmarks.
-
-    ``landmarks``: (5, 2) float32 (x, y) pixels in ``LANDMARK_NAMES`` order, or None.
-    """
-
-    x: int
-    y: int
-    w: int
-    h: int
-    score: float = 1.0
-    landmarks: np.ndarray | None = None
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """``(x, y, w, h)`` in pixels."""
-        return (self.x, self.y, self.w, self.h)
 
 
 class Detector(Protocol):
