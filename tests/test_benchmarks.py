@@ -224,6 +224,19 @@ def test_video_section_runs_the_run_video_loop_with_its_hook(tmp_path, parts, ti
     assert d["model_faces_per_frame"] < d["faces_per_frame"]
 
 
+def test_detector_benchmark_times_frames_of_the_video_clips(tmp_path):
+    """benchmarks/detectors.py's frame figures: the video section's clips, decoded, every face
+    found by the default video detector and by Haar."""
+    detectors = importlib.import_module("benchmarks.detectors")
+    from faceattr.inference.detectors import make_detector
+
+    frames = detectors.clip_frames(tmp_path, faces=4, frames=4)
+    assert len(frames) == 4 and frames[0].shape == (480, 640, 3)
+    for settings in ({"name": "blazeface", "min_confidence": 0.5}, {"name": "haar", "scale_factor": 1.2}):
+        ms, found = detectors.measure_frames(make_detector(settings), frames)
+        assert ms > 0 and found == 4.0, settings
+
+
 def test_video_config_is_what_run_video_is_given(tmp_path, parts):
     cfg = parts.video.video_config(tmp_path / "a b.mp4", tmp_path / "o'ut.mp4", True)
     assert cfg.run.video == str(tmp_path / "a b.mp4") and cfg.run.output == str(tmp_path / "o'ut.mp4")
