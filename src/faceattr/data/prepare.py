@@ -190,10 +190,12 @@ def split_source(entry: SourceIndex, split_cfg: Mapping[str, Any], seed: int) ->
     return split_index(frame, split_cfg, seed)
 
 
-def align_source(entry: SourceIndex, frame: pd.DataFrame, data_cfg: Mapping[str, Any],
-                 cache_dir: Path, template: Any = None) -> pd.DataFrame:
+def align_source(entry: SourceIndex, frame: pd.DataFrame, data_cfg: Mapping[str, Any], cache_dir: Path) -> pd.DataFrame:
     """``frame`` (the source's split rows) with each photo replaced by its chip (``inference.chips``):
-    ``path`` and ``sha1`` become the chip's; photos that could not be used are left out and recorded."""
+    ``path`` and ``sha1`` become the chip's; photos that could not be used are left out and recorded.
+
+    The photos are framed as ``run`` frames a face with its default detector (MTCNN, its schema
+    settings) on the shipped models' chip template (UTKFace's)."""
     # The face pipeline is imported here: only sources of photos need the detector.
     from faceattr.inference.chips import AlignSettings, align_photos, count_states
     from faceattr.inference.detectors import detector_settings
@@ -201,7 +203,7 @@ def align_source(entry: SourceIndex, frame: pd.DataFrame, data_cfg: Mapping[str,
     detector = detector_settings({"name": "mtcnn"})
     align = AlignSettings(pad=float(data_cfg["align_pad"]), min_confidence=float(detector["min_confidence"]),
                           min_size=int(detector["min_size"]), margin=float(detector["margin"]),
-                          shift_y=float(detector["shift_y"]), **({"template": template} if template else {}))
+                          shift_y=float(detector["shift_y"]))
     workers = data_cfg["align_workers"]
     results = align_photos(list(zip(frame["sha1"], frame["path"], strict=True)), Path(str(data_cfg["extract_dir"])),
                            align, workers=None if workers is None else int(workers), weights_dir=str(cache_dir),
