@@ -52,8 +52,17 @@ class UsageError(FaceAttrError):
 
 
 def _quote(value: str) -> str:
-    """Quote a string for Hydra's override grammar (paths with spaces, commas, brackets)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """Quote a path for Hydra's override grammar so that it is taken literally.
+
+    Spaces, commas and brackets are safe inside quotes; on top of that ``${`` is escaped
+    (OmegaConf would read it as a variable: ``a${x}.jpg`` or ``${oc.env:HOME}``), with any
+    backslashes right before it doubled, and backslashes before a quote or at the end of the
+    value are doubled for Hydra's quoted strings. Any other backslash stands as it is.
+    """
+    escaped = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", escaped)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    return "'" + escaped + "'"
 
 
 def _flag_parser(command: str) -> argparse.ArgumentParser:

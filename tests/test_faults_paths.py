@@ -1,0 +1,65 @@
+"""Paths given to flags are taken literally, whatever characters they hold (``${``, quotes,
+backslashes, commas)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import main_py
+from faceattr.cli import flags_to_overrides
+from faceattr.config import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
+SHIPPED_NORMAL = ROOT / "saved_model" / "normal"
+ODD_PATHS = [
+    "photos/a${x}b.jpg", "res_${oc.env:HOSTNAME,x}.csv", "${", "$${a}}", "a\\${x}.jpg", "x\\\\\\${y}",
+    "a\\b.jpg", "trailing\\", "it's.jpg", "x\\'y", "a,b [c] {d}.jpg", "ä ö/ü ${z",
+]
+
+
+def small_photo(path: Path) -> Path:
+    """A small real photo (the astronaut, shrunk) written with cv2 (which handles any path)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = cv2.resize(cv2.imread(str(ASTRONAUT)), (160, 160), interpolation=cv2.INTER_AREA)
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def shipped_normal() -> list[str]:
+    if not (SHIPPED_NORMAL / "model.tflite").is_file():
+        pytest.skip("needs the shipped saved_model/normal/model.tflite")
+    return ["--model_type", "normal"]
+
+
+@pytest.mark.parametrize("path", ODD_PATHS)
+def test_flag_paths_reach_the_config_unchanged(path):
+    overrides = flags_to_overrides("run", ["--img", path, path, "--output", path])
+    cfg = compose_config([*overrides, "command=run"])
+    assert list(cfg.run.img) == [path, path]
+    assert cfg.run.output == path
+    overrides = flags_to_overrides("evaluate", ["--labels", path, "--model_path", path, "--data_path", path])
+    cfg = compose_config([*overrides, "command=evaluate"])
+    assert (cfg.evaluation.labels, cfg.model_path, cfg.data.path) == (path, path, path)
+
+
+def test_dollar_brace_in_img_and_output_is_a_plain_file_name(tmp_path):
+    model = shipped_normal()
+    photo = small_photo(tmp_path / "photos" / "a${x}b.jpg")
+    output = tmp_path / "res_${oc.env:HOSTNAME,x}.csv"
+    res = main_py("run", "--img", photo, "--output", output, *model, "--no-display", "--no-annotate",
+                  "detector=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    assert output.is_file(), sorted(p.name for p in tmp_path.iterdir())
+    assert not (tmp_path / "res_x.csv").exists()
+    with output.open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and rows[0]["image"] == str(photo)
+
