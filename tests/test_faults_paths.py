@@ -1,9 +1,10 @@
 """Paths given to flags are taken literally, whatever characters they hold (``${``, quotes,
-backslashes, commas)."""
+backslashes, commas), and files are written in UTF-8 whatever the locale says."""
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import cv2
@@ -63,3 +64,16 @@ def test_dollar_brace_in_img_and_output_is_a_plain_file_name(tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and rows[0]["image"] == str(photo)
 
+
+def test_non_ascii_path_under_the_c_locale_is_written_in_utf8(tmp_path):
+    model = shipped_normal()
+    photo = small_photo(tmp_path / "фото" / "José_ü.jpg")
+    output = tmp_path / "préds.csv"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    res = main_py("run", "--img", photo, "--output", output, *model, "--no-display", "detector=none",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    rows = list(csv.DictReader(output.open(encoding="utf-8")))
+    assert [r["image"] for r in rows] == [str(photo)]
+    assert not [p for p in tmp_path.rglob("*.tmp")]

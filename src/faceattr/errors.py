@@ -29,3 +29,8 @@ class InputError(FaceAttrError):
 
 class ConfigError(FaceAttrError):
     """A configuration value is invalid."""
+
+
+class WriteError(FaceAttrError):
+    """A file or folder cannot be written (no space, read-only, no permission, in use by another
+    command); the message names the path and what to change."""

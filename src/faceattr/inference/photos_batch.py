@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from faceattr import writes
 from faceattr.errors import ConfigError, InputError
 from faceattr.inference.annotate import annotate
 from faceattr.inference.display import QUIT_KEYS, close_windows, show, want_display
@@ -102,17 +102,15 @@ def face_row(path: Path, index: int, face: FaceCrop, pred: FacePrediction) -> di
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    """Write face rows as CSV or JSON (by suffix), atomically: a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix.lower() == ".json":
-        tmp.write_text(json.dumps([{k: r[k] for k in COLUMNS} for r in rows], indent=2) + "\n")
-    else:
-        with tmp.open("w", newline="") as fh:
+    """Write face rows as CSV or JSON (by suffix) in UTF-8, through ``writes.replacing``: a crash
+    or a full disk leaves no half file and no temporary (one line naming ``path``)."""
+    with writes.replacing(path) as tmp, writes.open_text(tmp) as fh:
+        if path.suffix.lower() == ".json":
+            fh.write(json.dumps([{k: r[k] for k in COLUMNS} for r in rows], indent=2, ensure_ascii=False) + "\n")
+        else:
             writer = csv.DictWriter(fh, fieldnames=list(COLUMNS), extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> dict:
