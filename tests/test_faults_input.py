@@ -238,7 +238,7 @@ def test_lambda_layer_cli_is_one_error_line(tmp_path, tiny_model_dir):
     assert "config=" not in res.stderr and "Exception encountered" not in res.stderr  # Keras' many-line report
 
 
-def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, monkeypatch):
+def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, monkeypatch, tiny_model_dir):
     import faceattr.models.io as models_io
 
     monkeypatch.setattr(models_io.time, "strftime", lambda fmt, *a: "20260101-120000")  # all in one second
@@ -248,7 +248,8 @@ def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, mon
     for k in range(1, 4):
         run = tmp_path / f"run{k}"
         run.mkdir()
-        io.write_info(run, io.ModelInfo(model_type="normal", input_size=TINY_SIZE))
+        for f in tiny_model_dir.iterdir():  # a model that loads: promote checks it does
+            (run / f.name).write_bytes(f.read_bytes())
         (run / "mine.txt").write_text(f"version {k}")
         io.promote(run, shipped)
     backups = sorted((shipped / ".previous").iterdir())

@@ -62,13 +62,13 @@ def hydra_app(cfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:
             return None  # one failed job of a sweep is reported; the others go on
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        line = "interrupted"
+    except KeyboardInterrupt as exc:
+        line = "interrupted" if _exit_code(exc) == 130 else "terminated"
         if cfg.command == "train":  # the same command with its folder goes on from the last backup
             key, folder = (("hydra.sweep.dir", Path(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN
                            else ("hydra.run.dir", run_dir))
             line += f"; to resume, run: {command_line({key: _override_value(_shown(folder))})}"
-        _interrupted(line)
+        _interrupted(line, _exit_code(exc))
     print(f"Results written to {run_dir}")
     # A number lets optimising sweepers (e.g. Optuna) minimise validation/test loss.
     if isinstance(result, dict) and isinstance(result.get("objective"), float):
@@ -86,8 +86,8 @@ def hydra_entry() -> None:
         if _report_finished_training():
             return
         hydra_app()
-    except KeyboardInterrupt:
-        _interrupted("interrupted")
+    except KeyboardInterrupt as exc:
+        _interrupted("interrupted" if _exit_code(exc) == 130 else "terminated", _exit_code(exc))
 
 
 def command_line(overrides: dict[str, str | None]) -> str:
@@ -141,13 +141,18 @@ def _report_finished_training() -> bool:
     return True
 
 
-def _interrupted(line: str) -> None:
-    """Ctrl-C: the one line (and into the run's log file), then exit code 130."""
+def _exit_code(exc: KeyboardInterrupt) -> int:
+    """130 for Ctrl-C; a signal turned into an interrupt says its own (SIGTERM: 143, ``writes.Terminated``)."""
+    return int(getattr(exc, "exit_code", 130))
+
+
+def _interrupted(line: str, exit_code: int = 130) -> None:
+    """Ctrl-C (or SIGTERM): the one line (and into the run's log file), then exit code 130 (143)."""
     if sys.stdout.isatty():
         print(flush=True)  # off the progress bar's line
     _log_to_file(logging.WARNING, line)
     print(line, file=sys.stderr, flush=True)
-    sys.exit(130)
+    sys.exit(exit_code)
 
 
 def _log_to_file(level: int, message: str) -> None:

@@ -7,6 +7,11 @@
 - :func:`exclusive`: a lock file beside the target (``fcntl`` lock, released by the kernel
   when the holder dies) stops a second command writing the same target, in one line naming
   the holder.
+- :func:`swap_in`: a whole folder (a model) replaces another with one atomic exchange of
+  names where the file system allows it (``renameat2(RENAME_EXCHANGE)``), so a reader sees
+  the old folder or the new one, never a mixture; Ctrl-C and SIGTERM wait for the swap.
+- :func:`terminate_as_interrupt`: SIGTERM raises :class:`Terminated` (a ``KeyboardInterrupt``,
+  exit code 143) where it lands, so the same clean-ups run as for Ctrl-C.
 - :func:`write_error`: an ``OSError`` met while writing becomes one line naming the path and
   what to change (:class:`faceattr.errors.WriteError`).
 
@@ -17,10 +22,14 @@ Text is written as UTF-8 whatever the locale says; file names that the locale co
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
+import shutil
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,28 +111,131 @@ def lock_path(target: Path) -> Path:
 def exclusive(target: Path | str, what: str = "command") -> Iterator[None]:
     """Hold the lock of ``target`` for the ``with`` block, or refuse in one line naming the holder.
 
-    The lock file stays (holding only the holder's pid and command line); the lock itself is
-    the kernel's and ends with the holder, so a killed writer never blocks the next one.
+    The lock is the kernel's (``flock`` on ``.<name>.lock`` beside ``target``, which holds the
+    holder's pid and command line) and ends with the holder, so a killed writer never blocks the
+    next one; the holder removes the file when done, so nothing is left behind.
     """
     target = Path(target)
     lock = lock_path(target)
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(lock, "a+", encoding=ENCODING, errors=ENCODING_ERRORS)  # noqa: SIM115 (held for the block)
-    except OSError as exc:
-        raise write_error(target, exc) from None
-    try:
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(lock, "a+", encoding=ENCODING, errors=ENCODING_ERRORS)  # noqa: SIM115 (held for the block)
+        except OSError as exc:
+            raise write_error(target, exc) from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
+            fh.close()
             raise WriteError(f"{target}: in use by another {what} ({holder}); wait for it to finish "
                              "or choose another path") from None
+        try:
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino:
+                break  # the file we locked is still the lock file (its last holder did not remove it meanwhile)
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
         fh.flush()
         yield
     finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still held: the next writer locks a new file
         fh.close()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so clean-ups run; exit code 143 (128 + 15)."""
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Terminated` instead of ending the process at once
+    (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (a few renames), then arrive as usual."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder``, and the folders themselves, to disk."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            with open(Path(root) / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_folder(Path(root))
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap the names ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, changing nothing, where the system or file system cannot; raises ``OSError``
+    for any other failure."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def swap_in(new: Path, target: Path, backup: Path | None) -> None:
+    """Put the folder ``new`` at ``target``; what was at ``target`` moves to ``backup`` (its
+    parent made), or is removed when ``backup`` is None. Signals wait for the renames.
+
+    Where :func:`exchange` works a reader of ``target`` sees the old folder or the new one and
+    never a gap; elsewhere two renames leave ``target`` missing for an instant, never mixed.
+    """
+    new, target = Path(new), Path(target)
+    if backup is not None:
+        backup.parent.mkdir(parents=True, exist_ok=True)
+    with signals_held():
+        if not target.exists():
+            os.rename(new, target)
+        elif exchange(new, target):  # ``new`` now names the previous folder
+            if backup is not None:
+                os.rename(new, backup)
+        else:
+            os.rename(target, backup if backup is not None else temporary_beside(target))
+            os.rename(new, target)
+        fsync_folder(target.parent)
+    if backup is None:
+        for leftover in (new, temporary_beside(target)):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -174,5 +174,5 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
     print(f"Ensemble of {len(dirs)} models ({kinds}) saved to {model_dir}")
     print(f"Evaluate it with: {program_name()} evaluate --model_path {model_dir}")
     if cfg.promote:
-        promote(model_dir, Path(cfg.paths.saved_models))
+        promote(model_dir, Path(cfg.paths.saved_models), Path(cfg.paths.cache))
     return summary

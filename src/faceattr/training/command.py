@@ -142,5 +142,5 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     print(f"Model saved to {model_dir}")
     if cfg.promote:
-        promote(model_dir, Path(cfg.paths.saved_models))
+        promote(model_dir, Path(cfg.paths.saved_models), Path(cfg.paths.cache))
     return summary
