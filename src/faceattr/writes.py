@@ -25,6 +25,8 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
+import math
 import os
 import shutil
 import signal
@@ -32,6 +34,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from faceattr.errors import WriteError
 
@@ -94,6 +97,25 @@ def write_text(path: Path | str, text: str) -> None:
     """Write ``text`` to ``path`` as UTF-8 through :func:`replacing`: never half a file."""
     with replacing(path) as tmp, open(tmp, "w", encoding=ENCODING, errors=ENCODING_ERRORS, newline="") as fh:
         fh.write(text)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts, lists, tuples; numpy scalars
+    too) replaced by None: what JSON can hold."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if getattr(value, "dtype", None) is not None and getattr(value, "ndim", None) == 0 and value.dtype.kind == "f":
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(value: Any, indent: int = 2) -> str:
+    """``value`` as JSON that every reader accepts (never ``NaN`` or ``Infinity``: see :func:`finite`)."""
+    return json.dumps(finite(value), indent=indent, allow_nan=False, ensure_ascii=False, default=str) + "\n"
 
 
 def open_text(path: Path, mode: str = "w"):

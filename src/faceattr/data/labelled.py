@@ -80,12 +80,8 @@ def index_labelled(folder: Path, name: str, age_bin_edges: list[float], cache_di
     """
     csv_path = labels_path(folder)
     raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
-    labels = read_labels(csv_path)
+    labels = read_labels(csv_path)  # refuses a photo listed twice (labels_csv.duplicate_rows), as evaluate does
     _fill_age_groups(labels, raw, csv_path)
-    dup = labels["file"].duplicated()
-    if dup.any():
-        row = int(np.flatnonzero(dup.to_numpy())[0])
-        raise InputError(f"{csv_path}: row {row + 2}: {labels['file'].iloc[row]} is listed twice")
     own_split: list[str | None] = [None] * len(labels)
     if "split" in raw:
         for i, value in enumerate(raw["split"]):

@@ -9,11 +9,14 @@ Columns (a header row; any other columns are kept but unused):
 - ``race``: ``white``/``black``/``asian``/``indian``/``others`` (or UTKFace's codes 0-4).
 
 Every label cell may be empty: that photo is then left out of that task's figures only.
+Ages are finite numbers of years from 0 to ``MAX_AGE`` (an open group leaves ``age_hi`` empty);
+each photo is listed once (``duplicate_rows``: the same path twice is refused, naming both rows).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,9 @@ from faceattr.labels import GENDERS, RACES
 LABELS_FILE = "labels.csv"
 #: Columns of ``read_labels``'s frame.
 COLUMNS = ("file", "path", "age", "age_lo", "age_hi", "gender", "race")
+#: The oldest age (years) a label may give: above the oldest recorded human age, so a larger
+#: value is a typing or unit error (months, days, 1e6), not a person.
+MAX_AGE = 130.0
 
 
 def _codes(column: pd.Series, names: tuple[str, ...], where: Path, what: str) -> np.ndarray:
@@ -50,10 +56,37 @@ def _ages(frame: pd.DataFrame, column: str, where: Path) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise InputError(f"{where}: row {row + 2}: {column} {frame[column].iloc[row]!r} is not a number of years")
+    if np.isinf(values).any():
+        row = int(np.flatnonzero(np.isinf(values))[0])
+        raise InputError(f"{where}: row {row + 2}: {column} {frame[column].iloc[row]!r} is not a finite number of "
+                         "years (an open age group leaves age_hi empty)")
     if (values < 0).any():
         row = int(np.flatnonzero(values < 0)[0])
         raise InputError(f"{where}: row {row + 2}: {column} {values[row]:g} is negative")
+    if (values > MAX_AGE).any():
+        row = int(np.flatnonzero(values > MAX_AGE)[0])
+        raise InputError(f"{where}: row {row + 2}: {column} {values[row]:g} is above {MAX_AGE:g} years")
     return values
+
+
+def duplicate_rows(files: list[str], paths: list[str], where: Path) -> None:
+    """Refuse a labels file that lists one photo twice: an ``InputError`` naming the file, the
+    rows (CSV line numbers, the header being line 1) and the photo as written (``files``).
+    ``paths``: each row's resolved photo path, in file order (``a.jpg`` and ``./a.jpg`` are one
+    photo). Shared by every reader of the format."""
+    first_row: dict[str, int] = {}
+    repeats: list[tuple[int, int, str]] = []
+    for i, (file, path) in enumerate(zip(files, paths, strict=True)):
+        key = os.path.normpath(str(path))
+        if key in first_row:
+            repeats.append((first_row[key], i + 2, str(file)))
+        else:
+            first_row[key] = i + 2
+    if repeats:
+        earlier, row, file = repeats[0]
+        more = (f"; {len(repeats) - 1} more repeated row(s): {', '.join(str(r) for _, r, _ in repeats[1:6])}"
+                if len(repeats) > 1 else "")
+        raise InputError(f"{where}: row {row}: {file} is listed twice (also row {earlier}){more}")
 
 
 def labels_path(path: str | Path) -> Path:
@@ -94,9 +127,11 @@ def read_labels(path: str | Path) -> pd.DataFrame:
         row = int(np.flatnonzero(hi < lo)[0])
         raise InputError(f"{csv_path}: row {row + 2}: age_hi {hi[row]:g} is below age_lo {lo[row]:g}")
     folder = csv_path.parent
+    paths = [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"].astype(str)]
+    duplicate_rows(frame["file"].astype(str).tolist(), paths, csv_path)
     return pd.DataFrame({
         "file": frame["file"].astype(str),
-        "path": [str(p if Path(p).is_absolute() else folder / p) for p in frame["file"].astype(str)],
+        "path": paths,
         "age": age, "age_lo": lo, "age_hi": hi,
         "gender": _codes(frame.get("gender", pd.Series([None] * len(frame))), GENDERS, csv_path, "gender"),
         "race": _codes(frame.get("race", pd.Series([None] * len(frame))), RACES, csv_path, "race"),

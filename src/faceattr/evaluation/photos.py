@@ -13,7 +13,6 @@ where exact ages exist.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from faceattr import writes
 from faceattr.config import EvaluationConfig, settings
 from faceattr.data.labels_csv import read_labels
 from faceattr.errors import InputError
@@ -221,9 +221,8 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
         metrics["race_macro_f1"] = compute_metrics(y_true, y_pred)["race_macro_f1"]
     if eval_cfg.plots and pipeline is not None:
         write_face_grids(out_dir, table, pipeline, int(eval_cfg.grid_faces), formats, dpi)
-    (out_dir / "metrics.json").write_text(json.dumps(
-        {**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()},
-         "split": "labels", "labels": source}, indent=2) + "\n")
+    writes.write_text(out_dir / "metrics.json", writes.json_text(  # null for NaN or infinity
+        {**metrics, "split": "labels", "labels": source}))
     log.info("labelled photos (n=%d): no face %.1f%%, age interval error %.2f y (inside %.0f%%), MAE %s, "
              "gender %.1f%%, race %.1f%% (balanced %.1f%%)", metrics["n"], 100 * metrics["no_face_rate"],
              metrics["age_interval_error"], 100 * metrics["age_inside_share"],
@@ -309,6 +308,9 @@ def evaluate_photos(cfg: Any, run_dir: Path, pipeline=None) -> dict[str, Any]:
     log.info("evaluating on %d labelled photos of %s", len(labels), source)
     pipeline = pipeline or FacePipeline.from_config(cfg)
     table = predict_photos(pipeline, labels, batch=max(CHUNK, int(cfg.run.batch_size)))
+    if not table["read"].any():
+        raise InputError(f"{source}: none of its {len(table)} photo(s) could be read (the reason for each is "
+                         "printed above); nothing was scored")
     metrics = write_photo_evaluation(run_dir, table, cfg.evaluation, source, pipeline)
     print(f"{metrics['n']} photo(s): face found in {metrics['n_read'] - metrics['n_no_face']}, "
           f"no face in {metrics['n_no_face']} ({metrics['no_face_rate']:.1%}), unreadable {metrics['n_unreadable']}")

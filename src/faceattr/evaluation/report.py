@@ -7,7 +7,6 @@ and the model's predictions on them; ``metrics.json`` names the split beside ``n
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from faceattr import writes
 from faceattr.config import EvaluationConfig, settings
 from faceattr.evaluation import fairness, plots
 from faceattr.evaluation.metrics import (
@@ -111,7 +111,7 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
 
     metrics = compute_metrics(y_true, y_pred)
     record = {**_json_safe(metrics), "split": split}  # val when choosing between models
-    (out_dir / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    writes.write_text(out_dir / "metrics.json", writes.json_text(record))  # null for NaN or infinity
     for task in ("gender", "race"):
         classification_report_frame(task, y_true[task], y_pred[task]).to_csv(
             out_dir / f"report_{task}.csv", index=False, float_format="%.6g")

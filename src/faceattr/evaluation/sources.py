@@ -17,7 +17,6 @@ A split of one source with exact ages is written exactly as before.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from faceattr import writes
 from faceattr.evaluation.metrics import predicted_classes
 from faceattr.evaluation.photos import interval_error, write_photo_evaluation
 from faceattr.evaluation.report import write_evaluation
@@ -119,7 +119,7 @@ def write_split_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapp
         metrics["sources"][name] = _headline({**found, "n": int(rows.sum())})
     metrics["mix"] = _headline(mix_metrics(frame, predictions))
     record = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    (out_dir / "metrics.json").write_text(json.dumps({**record, "split": split}, indent=2) + "\n")
+    writes.write_text(out_dir / "metrics.json", writes.json_text({**record, "split": split}))  # valid JSON
     for name, m in metrics["sources"].items():
         log.info("%s split, %s (n=%d): %s", split, name, m["n"], ", ".join(
             f"{k} {v:.3f}" for k, v in m.items() if k != "n" and isinstance(v, float)))
