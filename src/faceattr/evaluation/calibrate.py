@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from faceattr.data.split_file import read_split
 from faceattr.errors import ModelError
 from faceattr.labels import RACES
 from faceattr.models.calibration import Calibration, fit_age_map, fit_race_bias
@@ -32,7 +33,7 @@ def validation_rows(cfg: Any, model_dir: Path, run_dir: Path) -> pd.DataFrame:
     split_csv = model_dir / "split.csv"
     if not split_csv.is_file():
         raise ModelError(f"{model_dir}: no split.csv, so its validation faces are unknown; cannot calibrate")
-    names = set(pd.read_csv(split_csv).query("split == 'val'")["image"])
+    names = set(read_split(model_dir, "val")["image"])  # checked: a damaged file is one line
     frame = prepare_dataset(cfg.data, cfg.rebalance, run_dir).frame
     val = frame[frame["image"].isin(names)]
     if val.empty:

@@ -18,6 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from faceattr.config import model_settings
+from faceattr.data.split_file import read_split
 from faceattr.errors import ModelError
 from faceattr.evaluation.served import Predictions
 from faceattr.evaluation.sources import write_split_evaluation
@@ -68,11 +69,12 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     eval_cfg = cfg.copy()
     with open_dict(eval_cfg):
         eval_cfg.model = model_cfg  # the saved model's own settings, whatever --model_type says
+    split_csv = model_dir / "split.csv"
+    # Checked before the data is touched: a damaged file is one line.
+    split_names = set(read_split(model_dir, split)["image"]) if split_csv.is_file() else None
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
     frame = prepared.frame
-    split_csv = model_dir / "split.csv"
-    if split_csv.is_file():
-        split_names = set(pd.read_csv(split_csv).query("split == @split")["image"])
+    if split_names is not None:
         scored = frame[frame["image"].isin(split_names)]
         if len(scored) < len(split_names):
             log.warning("%d of the model's %d %s images are not in %s", len(split_names) - len(scored),

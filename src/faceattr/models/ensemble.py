@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.errors import ConfigError
 from faceattr.labels import TASKS
 from faceattr.models.families import family
@@ -122,7 +123,7 @@ def _split(model_dir: Path) -> pd.Series:
     path = Path(model_dir) / "split.csv"
     if not path.is_file():
         raise ConfigError(f"ensemble: {path} missing; without it the members' test splits can't be compared")
-    return pd.read_csv(path).set_index("image")["split"].sort_index()
+    return read_split(Path(model_dir)).set_index("image")["split"].sort_index()  # checked: damage is one line
 
 
 def ensemble_command(cfg, run_dir: Path) -> dict:
@@ -161,6 +162,7 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
         "feature_seconds": round(sum(s.get("feature_seconds", 0.0) for s in summaries), 1),
         "feature_images_extracted": sum(s.get("feature_images_extracted", 0) for s in summaries),
         "member_summaries": summaries,
+        RECORD_KEY: split_record(model_dir / SPLIT_FILE),  # read_split knows a damaged copy by it
     }
     if any(s.get("resumed") for s in summaries):
         summary["resumed"] = True  # a member's train_seconds count its last command only

@@ -24,6 +24,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr.data.prepare import prepare_dataset
+from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.data.stats import write_statistics
 from faceattr.errors import ConfigError
 from faceattr.evaluation.model_dir import evaluate_split
@@ -46,7 +47,7 @@ def check_init_split(init_dir: Path, frame: pd.DataFrame) -> None:
     if not split_csv.is_file():
         raise ConfigError(f"train.init_from: {split_csv} missing; without the starting model's split "
                           "its training images can't be kept out of this run's val/test split")
-    seen = set(pd.read_csv(split_csv).query("split == 'train'")["image"])
+    seen = set(read_split(Path(init_dir), "train")["image"])  # checked: a damaged file is one line
     held_out = frame[frame.split.isin(["val", "test"])]
     leaked = held_out[held_out["image"].isin(seen)]
     if len(leaked):
@@ -116,6 +117,7 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
         "epochs_run": int(len(history)),
         "best_val_loss": float(history["val_loss"].min()),
         "objective": search_objective(history),  # fixed loss weights: comparable across trials
+        RECORD_KEY: split_record(model_dir / SPLIT_FILE),  # read_split knows a damaged copy by it
     }
     if init_from:
         summary["init_from"] = str(init_from)  # train_seconds and epochs_run count this run only
