@@ -48,7 +48,10 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: The columns the split (and ``limit``) is stratified on.
 STRATA: tuple[str, ...] = ("age_bin", "gender", "race")
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_CACHE_COLUMNS = ["image", "size", "mtime_ns", "sha1", "jpeg"]
+_JPEG_SCAN, _JPEG_END = b"\xff\xda", b"\xff\xd9"  # start-of-scan and end-of-image markers
+_CACHE_COLUMNS = ["image", "size", "mtime_ns", "sha1", "problem"]
+#: Bumped when what ``content_hashes`` records changes, so an older cache is read again from the files.
+_CACHE_VERSION = 2
 
 
 class Labels(NamedTuple):
@@ -116,26 +119,43 @@ def parse_name(name: str) -> Labels | str:
 # ----------------------------------------------------------------------------- indexing
 
 
-def _hash_file(path: Path) -> tuple[str, bool]:
-    """(SHA-1 hex digest of the bytes, whether they start like a JPEG)."""
+def jpeg_problem(data: bytes) -> str:
+    """Why the bytes ``data`` are not a whole JPEG ("" when they are), without decoding them.
+
+    A JPEG starts with the SOI marker and ends its last scan with an EOI marker; in the image
+    data an 0xFF byte is always followed by 0x00, so a file cut short (a copy or download that
+    stopped) has no EOI after its last start-of-scan. The training pipeline would fail on it
+    mid-epoch, far from the file's name.
+    """
+    if data[:3] != _JPEG_MAGIC:
+        return "not a JPEG (bad magic bytes)"
+    if data.rfind(_JPEG_END) < max(data.rfind(_JPEG_SCAN), 0):
+        return "truncated JPEG (its image data stops before the end-of-image marker)"
+    return ""
+
+
+def _hash_file(path: Path) -> tuple[str, str]:
+    """(SHA-1 hex digest of the bytes, ``jpeg_problem`` of them: "" for a whole JPEG)."""
     data = path.read_bytes()
-    return hashlib.sha1(data).hexdigest(), data[:3] == _JPEG_MAGIC
+    return hashlib.sha1(data).hexdigest(), jpeg_problem(data)
 
 
 def content_hashes(folder: Path, files: list[tuple[str, int, int]], cache_dir: Path | None) -> dict[str, tuple]:
-    """``{name: (sha1, is_jpeg)}`` for ``files`` = [(name relative to ``folder``, size, mtime_ns)].
+    """``{name: (sha1, problem)}`` for ``files`` = [(name relative to ``folder``, size, mtime_ns)];
+    ``problem`` is ``jpeg_problem`` of the bytes ("" for a whole JPEG).
 
-    Hashes are cached in ``cache_dir/sha1-<folder hash>.csv`` keyed by name, size and
+    Hashes are cached in ``cache_dir/sha1-v<version>-<folder hash>.csv`` keyed by name, size and
     modification time, so only new or changed files are read on later runs.
     """
     cache_file = None
-    known: dict[tuple[str, int, int], tuple[str, bool]] = {}
+    known: dict[tuple[str, int, int], tuple[str, str]] = {}
     if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"sha1-{hashlib.sha1(str(folder).encode()).hexdigest()[:10]}.csv"
+        digest = hashlib.sha1(str(folder).encode()).hexdigest()[:10]
+        cache_file = Path(cache_dir) / f"sha1-v{_CACHE_VERSION}-{digest}.csv"
         if cache_file.is_file():
             try:
-                old = pd.read_csv(cache_file, dtype={"image": str, "sha1": str}, keep_default_na=False)
-                known = {(n, int(s), int(m)): (h, bool(j)) for n, s, m, h, j in
+                old = pd.read_csv(cache_file, dtype={"image": str, "sha1": str, "problem": str}, keep_default_na=False)
+                known = {(n, int(s), int(m)): (h, str(j)) for n, s, m, h, j in
                          zip(*(old[c] for c in _CACHE_COLUMNS), strict=True)}
             except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
                 log.warning("%s: unreadable hash cache, hashing again (%s)", cache_file, exc)
@@ -197,7 +217,8 @@ def index_images(
     """Parse, hash and deduplicate the images directly in ``folder``.
 
     Hidden files (``.*``) and sub-folders are ignored; other files whose names don't parse
-    or whose bytes aren't a JPEG are skipped, each logged as one warning with its reason.
+    or whose bytes aren't a whole JPEG (``jpeg_problem``: wrong magic bytes, cut short) are
+    skipped, each logged as one warning with its reason.
     ``limit`` keeps that many images (after deduplication), chosen by ``seed`` in
     proportion to the (age bin, gender, race) strata; the choice doesn't depend on the
     filesystem's order. ``cache_dir`` keeps content hashes between runs (None: no cache).
@@ -226,9 +247,9 @@ def index_images(
 
     rows = []
     for name, _, _ in files:
-        sha1, is_jpeg = hashes[name]
-        if not is_jpeg:
-            skipped.append((name, "not a JPEG (bad magic bytes)"))
+        sha1, problem = hashes[name]
+        if problem:  # found here, by name, not by TensorFlow in the middle of an epoch
+            skipped.append((name, problem))
             continue
         rows.append((name, str(folder / name), *parsed[name], sha1))
     skipped.sort()
