@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from faceattr import writes
 from faceattr.config import CONF_DIR, register, validate
 from faceattr.errors import FaceAttrError
 from faceattr.training.state import finished_message, finished_summary
@@ -62,6 +63,15 @@ def hydra_app(cfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:
             return None  # one failed job of a sweep is reported; the others go on
         sys.exit(exc.exit_code)
+    except OSError as exc:  # no space, read-only, no permission, met outside the writes that say so themselves
+        if exc.errno not in writes.WRITE_ERRNOS:
+            raise
+        message = str(writes.write_error(exc.filename or run_dir, exc))
+        _log_to_file(logging.ERROR, message)
+        print(f"error: {message}", file=sys.stderr)
+        if hc.mode == RunMode.MULTIRUN:
+            return None
+        sys.exit(2)
     except KeyboardInterrupt as exc:
         line = "interrupted" if _exit_code(exc) == 130 else "terminated"
         if cfg.command == "train":  # the same command with its folder goes on from the last backup

@@ -211,6 +211,24 @@ def _validate_overrides(overrides: list[str]) -> None:
     compose_config(plain)  # one line (ConfigError) for an unknown key or group, or a bad value
 
 
+def _run_folder_check(overrides: list[str], hydra_flags: list[str]) -> None:
+    """Refuse in one line, before Hydra makes the run folder, when its first folder that exists
+    (``outputs/`` or the current folder by default) takes no new files: a read-only or full
+    current folder. Names the folder and the setting that moves the run elsewhere."""
+    from faceattr.inference.outputs import write_problem
+
+    sweep = any(f in ("-m", "--multirun") for f in hydra_flags)
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
+    value = given[-1].strip("'\"") if given else ("multirun" if sweep else "outputs")
+    fixed = value.split("${", 1)[0] or "."  # the part before any ${now:...}: folders that must exist or be made
+    folder = Path(fixed).expanduser()
+    problem = write_problem(folder, folder=True)
+    if problem is not None:
+        raise UsageError(f"{folder.absolute()}: the run folder cannot be written there ({problem}); "
+                         f"run from a writable folder or set {key}=<a writable folder>")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python src/main.py``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -232,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         register()
         if not any(f in ("-h", "--help", "--hydra-help", "-sc", "--shell-completion") for f in hydra_flags):
             _validate_overrides(overrides + [f"command={command}"])
+            if not any(f in ("--cfg", "-c", "--info", "-i") for f in hydra_flags):
+                _run_folder_check(overrides, hydra_flags)
     except FaceAttrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

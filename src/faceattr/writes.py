@@ -51,6 +51,10 @@ _ADVICE = {
 }
 
 
+#: The errors a write meets that the user fixes by making room or writing elsewhere.
+WRITE_ERRNOS = frozenset(_ADVICE)
+
+
 def write_error(path: Path | str, exc: OSError) -> WriteError:
     """``exc``, met while writing ``path``, as one line: the path, the problem, what to change."""
     what = _ADVICE.get(exc.errno) or (exc.strerror or str(exc)).lower()
@@ -73,19 +77,22 @@ def temporary_beside(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def replacing(path: Path | str) -> Iterator[Path]:
+def replacing(path: Path | str, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; write it fully inside the ``with`` block. On a
-    clean exit it is fsynced and renamed over ``path``; on any exception it is removed and
-    ``path`` is untouched. An ``OSError`` becomes a :class:`WriteError` naming ``path``."""
+    clean exit it is fsynced (``durable``; False for many small files that a rerun remakes, such
+    as annotated copies) and renamed over ``path``; on any exception it is removed and ``path``
+    is untouched. An ``OSError`` becomes a :class:`WriteError` naming ``path``."""
     path = Path(path)
     tmp = temporary_beside(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-        fsync_folder(path.parent)
+        if durable:
+            fsync_folder(path.parent)
     except OSError as exc:
         raise write_error(path, exc) from None
     finally:
@@ -160,15 +167,17 @@ def exclusive(target: Path | str, what: str = "command") -> Iterator[None]:
             pass
         fh.close()
     try:
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
-        fh.flush()
+        with contextlib.suppress(OSError):  # who holds it, for the next one's message; a full disk leaves it out
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
+            fh.flush()
         yield
     finally:
         with contextlib.suppress(OSError):
             lock.unlink()  # while still held: the next writer locks a new file
-        fh.close()
+        with contextlib.suppress(OSError):  # (a holder line that a full disk refused)
+            fh.close()
 
 
 class Terminated(KeyboardInterrupt):

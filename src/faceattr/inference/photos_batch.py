@@ -88,7 +88,8 @@ def write_image(path: Path, image_bgr: np.ndarray) -> None:
     ok, buf = cv2.imencode(path.suffix, image_bgr)
     if not ok:
         raise InputError(f"{path}: cannot encode the image")
-    path.write_bytes(buf.tobytes())  # via Python, so non-ASCII paths work everywhere
+    with writes.replacing(path, durable=False) as tmp:  # a full disk: one line, no half image left
+        tmp.write_bytes(buf.tobytes())  # via Python, so non-ASCII paths work everywhere
 
 
 def face_row(path: Path, index: int, face: FaceCrop, pred: FacePrediction) -> dict:
@@ -181,37 +182,50 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
                     close_windows()
         pending.clear()
 
-    with tqdm(paths, desc="images", unit="img", disable=len(paths) <= 3, file=sys.stderr) as bar:
-        for path in bar:
-            try:
-                image = read_image(path)
-            except InputError as exc:
-                if single:
-                    raise  # the command's one error line
-                stats.errors.append(str(exc))
-                log.warning("%s", exc)
-                report(f"error: {exc}", sys.stderr)
-                continue
-            stats.read += 1
-            faces = get_pipeline().crops(image)
-            if not faces:
-                stats.no_face.append(str(path))
-                log.info("%s: no face found", path)
-                report(f"{path}: no face found")
-                continue
-            stats.faces += len(faces)
-            pending.append(_Pending(path, image, faces))
-            # Faces of several images share a model call; big photos are flushed sooner so a batch of
-            # 24-megapixel images doesn't pile up gigabytes while waiting for batch_size faces.
-            if (sum(len(p.faces) for p in pending) >= get_pipeline().predictor.batch_size
-                    or sum(p.image.nbytes for p in pending) >= PENDING_BYTES):
+    with writes.exclusive(out_path, "run"), writes.terminate_as_interrupt():  # a second run to this file: one line
+        if out_path.exists() and not overwrite:  # written by a run that ended while this one started
+            raise InputError(f"{out_path}: already exists; choose another --output or set run.overwrite=true")
+        try:
+            with tqdm(paths, desc="images", unit="img", disable=len(paths) <= 3, file=sys.stderr) as bar:
+                for path in bar:
+                    try:
+                        image = read_image(path)
+                    except InputError as exc:
+                        if single:
+                            raise  # the command's one error line
+                        stats.errors.append(str(exc))
+                        log.warning("%s", exc)
+                        report(f"error: {exc}", sys.stderr)
+                        continue
+                    stats.read += 1
+                    faces = get_pipeline().crops(image)
+                    if not faces:
+                        stats.no_face.append(str(path))
+                        log.info("%s: no face found", path)
+                        report(f"{path}: no face found")
+                        continue
+                    stats.faces += len(faces)
+                    pending.append(_Pending(path, image, faces))
+                    # Faces of several images share a model call; big photos are flushed sooner so a batch of
+                    # 24-megapixel images doesn't pile up gigabytes while waiting for batch_size faces.
+                    if (sum(len(p.faces) for p in pending) >= get_pipeline().predictor.batch_size
+                            or sum(p.image.nbytes for p in pending) >= PENDING_BYTES):
+                        flush()
                 flush()
-        flush()
-    if display:
-        close_windows()
-    if stats.read == 0:
-        raise InputError(f"none of the {stats.images} inputs could be read ({len(stats.errors)} errors above)")
-    write_rows(stats.rows, out_path)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was done, say so, then stop as asked
+            with writes.signals_held():
+                if stats.rows:
+                    write_rows(stats.rows, out_path)
+                    report(f"stopped: the {counted(len(stats.rows), 'face')} labelled so far "
+                           f"(of {counted(stats.images, 'image')}) are in {out_path}", sys.stderr)
+                else:
+                    report("stopped before any face was labelled; nothing written", sys.stderr)
+            raise
+        if display:
+            close_windows()
+        if stats.read == 0:
+            raise InputError(f"none of the {stats.images} inputs could be read ({len(stats.errors)} errors above)")
+        write_rows(stats.rows, out_path)
     # app.log gets a compact record (only the outputs written); the console gets the readable summary.
     written = {"output": out_path, "annotated": annotated_dir if annotate_images else None,
                "face_crops": faces_dir if save_faces else None}

@@ -1,0 +1,170 @@
+"""What the toolkit writes, under real faults: a full disk (a small tmpfs), a read-only current
+folder, a second run writing the same file, SIGTERM in the middle of a folder of photos.
+Always one line naming the path, no traceback, no temporary left behind, nothing half-written."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from conftest import main_py
+from faceattr import writes
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
+SHIPPED_NORMAL = ROOT / "saved_model" / "normal"
+
+
+def shipped_normal() -> list[str]:
+    if not (SHIPPED_NORMAL / "model.tflite").is_file():
+        pytest.skip("needs the shipped saved_model/normal/model.tflite")
+    return ["--model_type", "normal"]
+
+
+def photos(folder: Path, n: int, size: int = 160) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    image = cv2.resize(cv2.imread(str(ASTRONAUT)), (size, size), interpolation=cv2.INTER_AREA)
+    for i in range(n):
+        image[0, 0] = (i % 256, i // 256, 7)  # every photo its own bytes
+        assert cv2.imwrite(str(folder / f"p{i:04d}.jpg"), image)
+    return folder
+
+
+def tmpfs(folder: Path, size: str, readonly: bool = False) -> Path:
+    """A real tmpfs of ``size`` at ``folder`` (root only); the caller unmounts it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    opts = f"size={size}" + (",ro" if readonly else "")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    return folder
+
+
+@pytest.fixture
+def mounts():
+    made: list[Path] = []
+    yield made
+    for folder in made:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def fill(folder: Path, leave: int) -> None:
+    """Fill the file system of ``folder`` until about ``leave`` bytes are free."""
+    with open(folder / "filler.bin", "wb") as fh:
+        try:
+            while os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize > leave:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+        except OSError:
+            pass
+
+
+def one_error_line(res) -> str:
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, res.stderr[-3000:]
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith((".tmp", ".lock", ".partial")))
+
+
+# ------------------------------------------------------------------------------ (4) full disk
+@pytest.mark.parametrize("what", ["predictions", "annotated"])
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path, mounts, what):
+    model = shipped_normal()
+    full = tmpfs(tmp_path / "full", "2m")
+    mounts.append(full)
+    inputs = photos(tmp_path / "in", 12, size=400)
+    if what == "predictions":
+        fill(full, 0)
+        args = ["--no-annotate"]
+    else:
+        fill(full, 300_000)  # room for a few annotated copies, not twelve
+        args = [f"run.annotated_dir={full / 'annotated'}"]
+    res = main_py("run", "--img", inputs, "--output", full / "preds.csv", *model, *args, "--no-display",
+                  "detector=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=300)
+    line = one_error_line(res)
+    assert f"{full}/" in line and "no space left on the device" in line, line
+    assert not (full / "preds.csv").exists()
+    assert leftovers(full) == []
+    if what == "annotated":  # every annotated copy there is whole
+        for p in (full / "annotated").iterdir():
+            assert cv2.imread(str(p)) is not None, p.name
+
+
+def test_replacing_leaves_the_old_file_when_the_disk_fills(tmp_path, mounts):
+    full = tmpfs(tmp_path / "full", "1m")
+    mounts.append(full)
+    target = full / "metrics.json"
+    target.write_text("the old figures\n")
+    fill(full, 0)
+    with pytest.raises(writes.WriteError, match=f"{target}: cannot be written: no space left"):
+        writes.write_text(target, "x" * 2_000_000)
+    assert target.read_text() == "the old figures\n" and leftovers(full) == []
+
+
+# ------------------------------------------------------------------------------ (11) read-only folder
+def test_a_read_only_current_folder_is_one_line(tmp_path, mounts):
+    model = shipped_normal()
+    readonly = tmpfs(tmp_path / "ro", "1m", readonly=True)
+    mounts.append(readonly)
+    photo = photos(tmp_path / "in", 1) / "p0000.jpg"
+    res = main_py("run", "--img", photo, *model, "--no-display", "detector=none", cwd=readonly, timeout=300)
+    line = one_error_line(res)
+    assert str(readonly / "outputs") in line and "hydra.run.dir=" in line, line
+
+
+# ------------------------------------------------------------------------------ (3) two writers
+def test_a_second_run_to_the_same_output_is_refused_naming_the_first(tmp_path):
+    model = shipped_normal()
+    inputs = photos(tmp_path / "in", 3)
+    output = tmp_path / "preds.csv"
+    with writes.exclusive(output, "run"):  # this process is the first run
+        res = main_py("run", "--img", inputs, "--output", output, *model, "--no-display", "--no-annotate",
+                      "detector=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=300)
+    line = one_error_line(res)
+    assert f"{output}: in use by another run (pid {os.getpid()}" in line
+    assert not output.exists() and leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ (14) SIGTERM mid-folder
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_folder_keeps_what_was_done(tmp_path, sig, code):
+    model = shipped_normal()
+    inputs = photos(tmp_path / "in", 1500, size=96)
+    output = tmp_path / "preds.csv"
+    annotated = tmp_path / "run" / "annotated"
+    cmd = [sys.executable, str(ROOT / "src" / "main.py"), "run", "--img", inputs, "--output", output, *model,
+           "--no-display", "detector=none", "run.batch_size=8", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if annotated.is_dir() and len(os.listdir(annotated)) >= 24:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err
+    with output.open(encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert 24 <= len(rows) < 1500
+    assert len({r["image"] for r in rows}) == len(rows)  # whole rows, one per photo (one face each)
+    stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
+    assert stopped == [f"stopped: the {len(rows)} faces labelled so far (of 1500 images) are in {output}"]
+    assert leftovers(tmp_path) == []
