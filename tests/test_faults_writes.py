@@ -168,3 +168,15 @@ def test_a_signal_mid_folder_keeps_what_was_done(tmp_path, sig, code):
     stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
     assert stopped == [f"stopped: the {len(rows)} faces labelled so far (of 1500 images) are in {output}"]
     assert leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ (13) two trainings
+def test_a_second_train_into_a_run_folder_in_use_is_one_line(tmp_path, fake_data):
+    run = tmp_path / "run"
+    with writes.exclusive(run, "train"):  # this process is the first training
+        res = main_py("train", "--data_path", fake_data, "debug=smoke", f"hydra.run.dir={run}", cwd=tmp_path,
+                      timeout=300)
+    line = one_error_line(res)
+    assert f"{run}: in use by another train (pid {os.getpid()}" in line
+    assert not (run / "model").exists() and not (run / "backup").exists()
+    assert leftovers(tmp_path) == []

@@ -23,6 +23,7 @@ import keras
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from faceattr import writes
 from faceattr.data.prepare import prepare_dataset
 from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.data.stats import write_statistics
@@ -78,8 +79,15 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     """``python src/main.py train``: train, save to ``<run dir>/model``, optionally evaluate/promote.
 
     A run folder whose training finished is left as it is (its summary comes back); an
-    unfinished one resumes from its backups (``training.backup``).
+    unfinished one resumes from its backups (``training.backup``). A second ``train`` into a
+    run folder in use is refused in one line naming the first (``writes.exclusive``).
     """
+    with writes.exclusive(Path(run_dir), "train"):
+        return _train(cfg, Path(run_dir))
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
+    """The body of ``train_command``, with the run folder held."""
     finished = finished_summary(run_dir)
     if finished is not None:  # e.g. a sweep run again: its finished jobs are not trained twice
         log.info("%s", finished_message(run_dir, finished))
