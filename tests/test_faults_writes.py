@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from conftest import main_py
@@ -180,3 +181,42 @@ def test_a_second_train_into_a_run_folder_in_use_is_one_line(tmp_path, fake_data
     assert f"{run}: in use by another train (pid {os.getpid()}" in line
     assert not (run / "model").exists() and not (run / "backup").exists()
     assert leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ (2) SIGTERM mid-video
+def write_clip(path: Path, frames: int, fps: float = 10.0) -> Path:
+    face = cv2.resize(cv2.imread(str(ASTRONAUT)), (64, 64), interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (128, 96))
+    assert writer.isOpened()
+    for i in range(frames):
+        frame = np.full((96, 128, 3), 90, np.uint8)
+        frame[16:80, (i % 64):(i % 64) + 64] = face
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_sigterm_mid_video_leaves_a_video_that_opens(tmp_path):
+    model = shipped_normal()
+    clip = write_clip(tmp_path / "clip.mp4", 200)  # 20 s played at its own 10 fps
+    output = tmp_path / "out.mp4"
+    cmd = [sys.executable, str(ROOT / "src" / "main.py"), "run", "--video", clip, "--output", output, *model,
+           "--no-display", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not list(tmp_path.glob(".out.*.partial.mp4")):
+        time.sleep(0.05)
+    time.sleep(2.0)  # some frames written
+    assert proc.poll() is None, "the video ended before it could be stopped"
+    assert not output.exists()  # only the temporary while it is written
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err and "(interrupted)" in out
+    cap = cv2.VideoCapture(str(output))
+    frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, _ = cap.read()
+    cap.release()
+    assert ok and 0 < frames < 200, frames
+    assert not list(tmp_path.glob(".out.*"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -36,6 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from faceattr import writes
 from faceattr.errors import ConfigError, InputError
 from faceattr.inference.annotate import BOX_COLOUR, MISSED_COLOUR, draw_face, draw_fps, format_label
 from faceattr.inference.display import QUIT_KEYS, close_windows, show, want_display
@@ -309,11 +311,15 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
         fps_in = 30.0
     height, width = frame.shape[:2]
     writer = None
+    # The video is written beside its target under a temporary name (same suffix: it picks the
+    # container) and renamed into place once finalised, so out.mp4 is never a file without its index.
+    partial = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial{out_path.suffix}") if out_path else None
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*VIDEO_CODECS[out_path.suffix.lower()]),
+        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*VIDEO_CODECS[out_path.suffix.lower()]),
                                  fps_in, (width, height))
         if not writer.isOpened():
+            partial.unlink(missing_ok=True)
             cap.release()
             raise InputError(f"{out_path}: cannot be written as a video "
                              f"(codec {VIDEO_CODECS[out_path.suffix.lower()]} unavailable)")
@@ -324,60 +330,67 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
     worker = InferenceWorker(process, threaded=not sync)
     worker.start()
     read = written = 0
-    interrupted = False
+    interrupted = terminated = False
     loop_fps = 0.0
     t_start = t_prev = time.perf_counter()
     log.info("Video %s: %dx%d at %.1f fps%s%s", name, width, height, fps_in,
              f", writing {out_path}" if out_path else "", ", every frame through the model (run.sync)" if sync else "")
-    try:
-        while frame is not None:
-            read += 1
-            worker.submit(frame.copy())  # the worker's own copy: capture may reuse its buffer
-            tracks = worker.latest
-            drawn = draw_tracks(frame, tracks)
-            now = time.perf_counter()
-            dt, t_prev = now - t_prev, now
-            if dt > 0:  # smoothed, so the number is readable
-                loop_fps = 1.0 / dt if loop_fps == 0.0 else 0.9 * loop_fps + 0.1 / dt
-            draw_fps(drawn, f"{loop_fps:.1f} fps | model {worker.fps:.1f} fps")
-            if writer is not None:
-                if drawn.shape[:2] != (height, width):
-                    drawn = cv2.resize(drawn, (width, height), interpolation=cv2.INTER_AREA)
-                writer.write(drawn)
-                written += 1
-            if on_frame is not None:
-                on_frame(FrameStats(read, written, time.perf_counter() - t_start, loop_fps, worker.processed,
-                                    worker.fps, process.totals, tuple(tracks)))
-            if not live and (display or not sync):
-                # Play a file at its own frame rate, like a camera: decoding runs far ahead of
-                # any model, and unpaced, the model would see a handful of frames of the file.
-                delay = t_start + read / fps_in - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            if display:
-                key = show(drawn, 1)
-                if key is None:
-                    display = False
-                elif key in QUIT_KEYS:
-                    log.info("Stopped by the user after %d frames", read)
+    with writes.terminate_as_interrupt():  # SIGTERM stops like Ctrl-C: the video is finalised
+        try:
+            while frame is not None:
+                read += 1
+                worker.submit(frame.copy())  # the worker's own copy: capture may reuse its buffer
+                tracks = worker.latest
+                drawn = draw_tracks(frame, tracks)
+                now = time.perf_counter()
+                dt, t_prev = now - t_prev, now
+                if dt > 0:  # smoothed, so the number is readable
+                    loop_fps = 1.0 / dt if loop_fps == 0.0 else 0.9 * loop_fps + 0.1 / dt
+                draw_fps(drawn, f"{loop_fps:.1f} fps | model {worker.fps:.1f} fps")
+                if writer is not None:
+                    if drawn.shape[:2] != (height, width):
+                        drawn = cv2.resize(drawn, (width, height), interpolation=cv2.INTER_AREA)
+                    writer.write(drawn)
+                    written += 1
+                if on_frame is not None:
+                    on_frame(FrameStats(read, written, time.perf_counter() - t_start, loop_fps, worker.processed,
+                                        worker.fps, process.totals, tuple(tracks)))
+                if not live and (display or not sync):
+                    # Play a file at its own frame rate, like a camera: decoding runs far ahead of
+                    # any model, and unpaced, the model would see a handful of frames of the file.
+                    delay = t_start + read / fps_in - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                if display:
+                    key = show(drawn, 1)
+                    if key is None:
+                        display = False
+                    elif key in QUIT_KEYS:
+                        log.info("Stopped by the user after %d frames", read)
+                        break
+                if worker.error is not None or (max_frames is not None and read >= max_frames):
                     break
-            if worker.error is not None or (max_frames is not None and read >= max_frames):
-                break
-            ok, frame = cap.read()
-            if not ok:
-                frame = None
-                if live:
-                    log.warning("%s: no frame delivered after frame %d; stopping", name, read)
-    except KeyboardInterrupt:
-        interrupted = True
-        log.info("Interrupted after %d frames", read)
-    finally:
-        worker.stop()
-        cap.release()
-        if writer is not None:
-            writer.release()
-        if display:
-            close_windows()
+                ok, frame = cap.read()
+                if not ok:
+                    frame = None
+                    if live:
+                        log.warning("%s: no frame delivered after frame %d; stopping", name, read)
+        except KeyboardInterrupt as exc:
+            interrupted = True
+            terminated = isinstance(exc, writes.Terminated)
+            log.info("%s after %d frames", "Terminated" if terminated else "Interrupted", read)
+        finally:
+            with writes.signals_held():  # the video is finalised and renamed whatever arrives now
+                worker.stop()
+                cap.release()
+                if writer is not None:
+                    writer.release()
+                    if written:  # finalised (its index written): a playable video of the frames so far
+                        os.replace(partial, out_path)
+                    else:
+                        partial.unlink(missing_ok=True)
+                if display:
+                    close_windows()
     if worker.error is not None:
         raise worker.error
     elapsed = time.perf_counter() - t_start
@@ -391,6 +404,8 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
     log.info("summary: source=%s read=%d written=%d processed=%d model_fps=%.2f output=%s", name, read, written,
              worker.processed, worker.fps, out_path)
     print(summary)
+    if terminated:
+        raise writes.Terminated()  # after the summary: exit 143, what was written is kept
     return {"mode": "video", "source": name, "frames_read": read, "frames_written": written,
             "frames_processed": worker.processed, "model_fps": worker.fps,
             "fps": read / elapsed if elapsed > 0 else 0.0, "faces_skipped": skipped,
