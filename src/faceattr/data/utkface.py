@@ -39,6 +39,7 @@ import pandas as pd
 
 from faceattr.config import RebalanceConfig, settings
 from faceattr.errors import ConfigError, DataError
+from faceattr.inference.images import jpeg_is_complete
 from faceattr.labels import AGE_RANGE, DEFAULT_AGE_BIN_EDGES, GENDERS, RACES, age_to_bin
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: The columns the split (and ``limit``) is stratified on.
 STRATA: tuple[str, ...] = ("age_bin", "gender", "race")
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_JPEG_SCAN, _JPEG_END = b"\xff\xda", b"\xff\xd9"  # start-of-scan and end-of-image markers
 _CACHE_COLUMNS = ["image", "size", "mtime_ns", "sha1", "problem"]
 #: Bumped when what ``content_hashes`` records changes, so an older cache is read again from the files.
 _CACHE_VERSION = 2
@@ -122,14 +122,13 @@ def parse_name(name: str) -> Labels | str:
 def jpeg_problem(data: bytes) -> str:
     """Why the bytes ``data`` are not a whole JPEG ("" when they are), without decoding them.
 
-    A JPEG starts with the SOI marker and ends its last scan with an EOI marker; in the image
-    data an 0xFF byte is always followed by 0x00, so a file cut short (a copy or download that
-    stopped) has no EOI after its last start-of-scan. The training pipeline would fail on it
-    mid-epoch, far from the file's name.
+    A file cut short (a copy or download that stopped) never reaches its end-of-image marker
+    (``inference.images.jpeg_is_complete``, the check ``run`` makes too); the training pipeline
+    would fail on it mid-epoch, far from the file's name.
     """
     if data[:3] != _JPEG_MAGIC:
         return "not a JPEG (bad magic bytes)"
-    if data.rfind(_JPEG_END) < max(data.rfind(_JPEG_SCAN), 0):
+    if not jpeg_is_complete(data):
         return "truncated JPEG (its image data stops before the end-of-image marker)"
     return ""
 

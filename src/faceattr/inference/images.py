@@ -84,7 +84,7 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return out
 
 
-def _jpeg_is_complete(data: bytes) -> bool:
+def jpeg_is_complete(data: bytes) -> bool:
     """Whether a JPEG's main image reaches its end-of-image marker.
 
     The header segments (EXIF with its own thumbnail JPEG inside, tables) are skipped by their
@@ -249,7 +249,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if not data:
         raise InputError(f"{path}: empty file")
     # Older OpenCV versions decode a truncated file into a partly grey image without an error.
-    if data.startswith(JPEG_SOI) and not _jpeg_is_complete(data):
+    if data.startswith(JPEG_SOI) and not jpeg_is_complete(data):
         raise InputError(f"{path}: truncated JPEG (the image data ends early)")
     if data.startswith(PNG_SIGNATURE) and PNG_IEND not in data[-64:]:
         raise InputError(f"{path}: truncated PNG (no end chunk)")
