@@ -77,3 +77,28 @@ def test_non_ascii_path_under_the_c_locale_is_written_in_utf8(tmp_path):
     rows = list(csv.DictReader(output.open(encoding="utf-8")))
     assert [r["image"] for r in rows] == [str(photo)]
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_gif_and_jfif_in_a_folder_are_read_and_extra_frames_are_said_once(tmp_path):
+    import io
+
+    from PIL import Image
+
+    model = shipped_normal()
+    folder = tmp_path / "in"
+    rgb = cv2.cvtColor(cv2.resize(cv2.imread(str(ASTRONAUT)), (96, 96)), cv2.COLOR_BGR2RGB)
+    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb), Image.fromarray(rgb[::-1].copy())]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    small_photo(folder / "b.jfif")
+    (folder / "a.gif").write_bytes(buf.getvalue())
+    buf = io.BytesIO()
+    frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:2])
+    (folder / "c.tif").write_bytes(buf.getvalue())
+    res = main_py("run", "--img", folder, *model, "--no-display", "--no-annotate", "detector=none",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "run" / "predictions.csv").open(encoding="utf-8")))
+    assert [Path(r["image"]).name for r in rows] == ["a.gif", "b.jfif", "c.tif"]
+    said = [line for line in (res.stdout + res.stderr).splitlines() if "only the first is used" in line]
+    assert len(said) == 2 and "a.gif: 3 frames or pages" in said[0] and "c.tif: 2 frames or pages" in said[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import io
 import logging
 import os
 import stat
@@ -23,8 +24,10 @@ from faceattr.errors import InputError
 log = logging.getLogger(__name__)
 
 #: Suffixes (lower case) taken from a folder; a file named explicitly is tried whatever its suffix.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
-                            ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".sr", ".ras"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
+                            ".gif", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".sr", ".ras"})
+#: How files that may hold several frames or pages begin (GIF, TIFF either byte order).
+MULTI_FRAME_MAGIC = (b"GIF87a", b"GIF89a", b"II*\0", b"MM\0*")
 _GLOB_CHARS = set("*?[")
 JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 PNG_SIGNATURE, PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
@@ -107,6 +110,20 @@ def jpeg_is_complete(data: bytes) -> bool:
             continue
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
     return False
+
+
+def frame_count(data: bytes) -> int:
+    """Frames (an animated GIF) or pages (a TIFF) in the file ``data``; 1 for other formats or
+    when they can't be counted. Reads the file's structure only (Pillow), no pixels of later frames."""
+    if not data.startswith(MULTI_FRAME_MAGIC):
+        return 1
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return max(1, int(getattr(img, "n_frames", 1)))
+    except Exception:  # Pillow missing or the structure unreadable: OpenCV decides below
+        return 1
 
 
 def _to_bgr8(img: np.ndarray) -> np.ndarray:
@@ -263,6 +280,9 @@ def read_image(path: str | Path) -> np.ndarray:
         img = None
     if img is None or img.size == 0:
         raise InputError(f"{path}: not an image or unreadable")
+    frames = frame_count(data)
+    if frames > 1:  # said once per file: the others are not looked at
+        log.warning("%s: %d frames or pages; only the first is used", path, frames)
     img = _to_bgr8(img)
     if data.startswith(PNG_SIGNATURE):
         img = apply_orientation(img, png_orientation(data))
