@@ -99,3 +99,13 @@ def test_evaluate_refuses_a_split_cut_at_a_row_end(tmp_path, tiny_model, fake_da
                   "evaluation.plots=false",
                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=300)
     assert "lists 9 images, but the model was trained with 11" in one_error_line(res)
+
+
+def test_a_truncated_keras_file_says_so(tmp_path, tiny_model):
+    folder = damaged(tiny_model, tmp_path / "model", SPLIT.encode())
+    keras_file = folder / "model.keras"
+    keras_file.write_bytes(keras_file.read_bytes()[: keras_file.stat().st_size * 2 // 3])
+    with pytest.raises(ModelError) as err:
+        io.load_model(folder)
+    message = str(err.value)
+    assert message.startswith(f"{keras_file}: damaged or cut short") and "not found" not in message.lower()

@@ -197,6 +197,12 @@ def save_keras(model_dir: Path, info: ModelInfo, keras_model: keras.Model, file_
 def load_keras_file(path: Path) -> keras.Model:
     if not path.is_file():
         raise ModelError(f"{path}: model weights missing")
+    try:  # a .keras file is a zip archive; one cut short has no central directory at its end
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise ModelError(f"{path}: damaged or cut short (not a whole .keras archive: {exc}); "
+                         "copy or train the model again") from None
     # Refused from the file's config alone, before TensorFlow is imported (no toolkit model has one).
     if lambdas := lambda_layers(path):
         raise ModelError(f"{path}: the model file uses a Lambda layer ({', '.join(lambdas)}), "
