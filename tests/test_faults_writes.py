@@ -220,3 +220,25 @@ def test_sigterm_mid_video_leaves_a_video_that_opens(tmp_path):
     cap.release()
     assert ok and 0 < frames < 200, frames
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_a_video_cut_short_says_so(tmp_path):
+    model = shipped_normal()
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (96, 64))
+    face = cv2.resize(cv2.imread(str(ASTRONAUT)), (64, 64), interpolation=cv2.INTER_AREA)
+    for i in range(40):
+        frame = np.full((64, 96, 3), 90, np.uint8)
+        frame[:, (i % 32):(i % 32) + 64] = face
+        writer.write(frame)
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    for clip, warned in ((whole, False), (cut, True)):
+        res = main_py("run", "--video", clip, *model, "--no-display", "run.sync=true", "detector=none",
+                      f"hydra.run.dir={tmp_path / clip.stem}", cwd=tmp_path, timeout=300)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+        said = [line for line in (res.stdout + res.stderr).splitlines() if "may be cut short" in line]
+        assert len(said) == int(warned), res.stdout[-2000:]
+        if warned:
+            assert f"{cut}: the video ends at frame " in said[0] and "of the 40 its header announces" in said[0]

@@ -306,6 +306,7 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
         cap.release()
         raise
     fps_in = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    frames_announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # a file's header; 0 or -1 for a camera
     if not 0.5 <= fps_in <= 1000.0:  # cameras often report 0
         log.info("%s reports %.3g fps; using 30", name, fps_in)
         fps_in = 30.0
@@ -375,6 +376,9 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
                     frame = None
                     if live:
                         log.warning("%s: no frame delivered after frame %d; stopping", name, read)
+                    elif read < 0.95 * frames_announced - 1:  # decoders may round the count a little
+                        log.warning("%s: the video ends at frame %d of the %d its header announces; the file "
+                                    "may be cut short or damaged", name, read, frames_announced)
         except KeyboardInterrupt as exc:
             interrupted = True
             terminated = isinstance(exc, writes.Terminated)
