@@ -242,3 +242,28 @@ def test_a_video_cut_short_says_so(tmp_path):
         assert len(said) == int(warned), res.stdout[-2000:]
         if warned:
             assert f"{cut}: the video ends at frame " in said[0] and "of the 40 its header announces" in said[0]
+
+
+def test_export_onto_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(tmp_path, mounts):
+    """A real CNN model folder on a tmpfs with no room for its TensorFlow Lite file."""
+    from omegaconf import OmegaConf
+
+    from faceattr.models import io
+    from faceattr.models.cnn import build_cnn
+
+    full = tmpfs(tmp_path / "full", "4m")
+    mounts.append(full)
+    heads_cfg = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta": 5.0,
+                 "age_mode": "regression", "loss_weights": {"age": 0.1, "gender": 1.0, "race": 1.0}}
+    cfg = OmegaConf.create({"name": "normal", "input_size": 32, "filters": [8, 16], "convs_per_stage": 1,
+                            "residual": True, "dropout": 0.0, "heads": heads_cfg})
+    model_dir = full / "model"
+    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=32), build_cnn(cfg))
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    fill(full, 0)
+    res = main_py("export", model_dir, f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache={tmp_path / 'cache'}",
+                  cwd=tmp_path, timeout=600)
+    line = one_error_line(res)
+    assert str(model_dir) in line and "no space left on the device" in line, line
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    assert leftovers(full) == []

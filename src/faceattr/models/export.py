@@ -22,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from faceattr import writes
 from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
 from faceattr.models.io import ModelInfo, load_model, trainable_file, write_info
@@ -57,9 +57,8 @@ def export_tflite(model_dir: Path, cache_dir: Path | None = None, quantization: 
         blob = converter.convert()
     log.debug("converter output:\n%s", chatter.getvalue())
     target = model_dir / TFLITE_FILE
-    partial = target.with_suffix(".tflite.partial")
-    partial.write_bytes(blob)
-    os.replace(partial, target)  # a reader never sees half a file
+    with writes.replacing(target) as partial:  # a reader never sees half a file; a full disk leaves none
+        partial.write_bytes(blob)
     info: ModelInfo = loaded.info
     info.export = {
         "tflite": TFLITE_FILE,

@@ -19,6 +19,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from faceattr import writes
 from faceattr.errors import ModelError
 from faceattr.labels import AGE_UNIT, GENDERS, RACES
 from faceattr.models.families.names import FAMILIES, is_family
@@ -284,5 +285,5 @@ def store_weights_as(keras_file: Path, dtype: str = STORAGE_DTYPE) -> None:
 
 
 def write_info(model_dir: Path, info: ModelInfo) -> None:
-    """(Re)write ``model_info.json``."""
-    (Path(model_dir) / MODEL_INFO).write_text(json.dumps(asdict(info), indent=2, default=str))
+    """(Re)write ``model_info.json`` (``writes.write_text``: whole or not at all)."""
+    writes.write_text(Path(model_dir) / MODEL_INFO, json.dumps(asdict(info), indent=2, default=str))
