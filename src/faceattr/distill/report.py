@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from faceattr import writes
 from faceattr.evaluation.model_dir import evaluate_model_dir
 from faceattr.inference.predictor import Predictor
 from faceattr.models.io import ModelInfo, trainable_file
@@ -92,5 +93,5 @@ def write_report(run_dir: Path, rows: list[dict], extra: Mapping) -> dict:
         cells.append(f"{row['latency_ms']:.1f} ({row['backend']})")
         cells.append(f"{row['tflite_mb'] if row['tflite_mb'] is not None else '-'} / {row['keras_mb']}")
         lines.append("| " + " | ".join(cells) + " |")
-    (run_dir / "distill_report.md").write_text("\n".join(lines) + "\n")
+    writes.write_text(run_dir / "distill_report.md", "\n".join(lines) + "\n")  # UTF-8 whatever the locale
     return report
