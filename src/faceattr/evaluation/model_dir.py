@@ -71,14 +71,23 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         eval_cfg.model = model_cfg  # the saved model's own settings, whatever --model_type says
     split_csv = model_dir / "split.csv"
     # Checked before the data is touched: a damaged file is one line.
-    split_names = set(read_split(model_dir, split)["image"]) if split_csv.is_file() else None
+    saved = read_split(model_dir) if split_csv.is_file() else None
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
     frame = prepared.frame
-    if split_names is not None:
+    if saved is not None:
+        split_names = set(saved.loc[saved["split"] == split, "image"])
         scored = frame[frame["image"].isin(split_names)]
         if len(scored) < len(split_names):
             log.warning("%d of the model's %d %s images are not in %s", len(split_names) - len(scored),
                         len(split_names), split, cfg.data.path)
+        # A source the model never trained on (none of its faces is in the model's split.csv, e.g.
+        # FairFace for a UTKFace model) is scored on its own split of the current data: unseen faces.
+        known = frame["image"].isin(set(saved["image"]))
+        unseen = sorted(set(frame["source"]) - set(frame.loc[known, "source"]))
+        if unseen:
+            scored = pd.concat([scored, frame[frame["source"].isin(unseen) & (frame.split == split)]])
+            log.info("%s: not in %s (the model never trained on it); scored on its %s split", ", ".join(unseen),
+                     split_csv, split)
     else:
         log.warning("%s has no split.csv: using the split of the current data config", model_dir)
         scored = frame[frame.split == split]
