@@ -267,3 +267,16 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(tmp
     assert str(model_dir) in line and "no space left on the device" in line, line
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
     assert leftovers(full) == []
+
+
+def test_train_onto_a_full_disk_is_one_line_before_any_work(tmp_path, mounts, fake_data):
+    """Keras' HDF5 checkpoints on a full disk print pages of h5py errors, or crash; the run
+    folder's room is checked before the data is touched."""
+    small = tmpfs(tmp_path / "small", "3m")
+    mounts.append(small)
+    res = main_py("train", "--data_path", fake_data, "debug=smoke", "model=normal", "model.input_size=32",
+                  "model.filters=[8,16]", f"hydra.run.dir={small / 'run'}", f"paths.cache={tmp_path / 'cache'}",
+                  cwd=tmp_path, timeout=600)
+    line = one_error_line(res)
+    assert f"{small / 'run'}: " in line and "MB free on its disk" in line and "hydra.run.dir=" in line, line
+    assert not (small / "run" / "checkpoints").exists() and not (small / "run" / "statistics").exists()

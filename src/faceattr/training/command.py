@@ -27,7 +27,7 @@ from faceattr import writes
 from faceattr.data.prepare import prepare_dataset
 from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.data.stats import write_statistics
-from faceattr.errors import ConfigError
+from faceattr.errors import ConfigError, WriteError
 from faceattr.evaluation.model_dir import evaluate_split
 from faceattr.models.families import Trainer, family
 from faceattr.models.io import ModelInfo, promote
@@ -75,6 +75,28 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> Trainer:
     return model_family.trainer_from(cfg, init_dir, info)
 
 
+#: Room a training run folder needs beyond its model's share: statistics, plots, logs, history (bytes).
+ROOM_MARGIN = 20_000_000
+#: Bytes per model parameter a run writes: the best checkpoint (float32), two backup slots of the
+#: model and its Adam state (4 float32 each), the saved model (float16) and its export, rounded up.
+ROOM_PER_PARAMETER = 48
+
+
+def check_room(run_dir: Path, parameters: int = 0) -> None:
+    """Refuse to train, in one line, when the disk of ``run_dir`` lacks the room the run will write
+    (``ROOM_MARGIN`` + ``ROOM_PER_PARAMETER`` per parameter): Keras' HDF5 checkpoints fail on a
+    full disk with pages of errors, or a crash, far into the training."""
+    probe = Path(run_dir)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = ROOM_MARGIN + ROOM_PER_PARAMETER * int(parameters)
+    if free < need:
+        raise WriteError(f"{run_dir}: {free / 1e6:.1f} MB free on its disk; training writes about "
+                         f"{need / 1e6:.0f} MB there (checkpoints, backups, the model, plots); free some space "
+                         "or set hydra.run.dir=<a folder on a disk with room>")
+
+
 def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     """``python src/main.py train``: train, save to ``<run dir>/model``, optionally evaluate/promote.
 
@@ -98,6 +120,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         raise ConfigError("train.init_from: this experiment continues a trained model; "
                           "give its folder, e.g. train.init_from=outputs/train/<date>/<time>/model")
     family(str(cfg.model.name))  # an unknown family is one line before the data is touched
+    check_room(run_dir)  # a full disk is one line before the data is touched, too
     keras.utils.set_random_seed(int(cfg.seed))
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
     check_resumable(run_dir / "backup", backup_fingerprint(cfg, run_dir))  # before features and training
@@ -105,6 +128,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
                      dpi=int(cfg.evaluation.dpi), plots=bool(cfg.train.data_plots))
     frame = prepared.frame
     trainer = make_trainer(cfg, frame)
+    model = getattr(trainer, "model", None)
+    check_room(run_dir, model.count_params() if hasattr(model, "count_params") else 0)
     backup_root = run_dir / "backup"
     resumed = backup_root.is_dir() and any(has_backup(folder) for folder in backup_root.iterdir())
     start = time.perf_counter()
