@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from faceattr import writes
 from faceattr.data.labelled import age_midpoint
 from faceattr.data.prepare import PreparedData, prepare_dataset
 from faceattr.data.utkface import SPLITS
@@ -155,7 +156,7 @@ def write_statistics(prepared: PreparedData, out_dir: Path, formats: Sequence[st
     if plots:
         with plt.rc_context(_STYLE):
             summary["plots"] = _plot_all(prepared, out_dir, tuple(formats), int(dpi))
-    (out_dir / "data_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    writes.write_text(out_dir / "data_summary.json", json.dumps(summary, indent=2, default=str))
     log.info("dataset statistics written to %s", out_dir)
     return summary
 

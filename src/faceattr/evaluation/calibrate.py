@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from faceattr import writes
 from faceattr.data.split_file import read_split
 from faceattr.errors import ModelError
 from faceattr.labels import RACES
@@ -74,7 +75,7 @@ def calibrate_command(cfg: Any, run_dir: Path) -> dict:
               "exact_age_faces": int(exact.sum()), "backend": predictor.backend,
               "previous": info.calibration, "calibration": calibration.to_dict(),
               "race": {"tau": tau, "candidates": race_rows}, "age": {"share": share, "candidates": age_rows}}
-    (Path(run_dir) / "calibration.json").write_text(json.dumps(record, indent=2) + "\n")
+    writes.write_text(Path(run_dir) / "calibration.json", json.dumps(record, indent=2) + "\n")
     write_info(model_dir, replace(info, calibration=calibration.to_dict()))
     base_race, base_age = race_rows[0], age_rows[0]
     print(f"Race: tau {tau:g}; validation accuracy {base_race['accuracy']:.1%} -> {chosen_race['accuracy']:.1%}, "

@@ -7,21 +7,17 @@ rerun into its folder changes nothing and says how to train the model further.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from faceattr import writes
 
 SUMMARY = "train_summary.json"
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file
+    (``writes.write_text``, the toolkit's one write discipline)."""
+    writes.write_text(path, text)
 
 
 def finished_summary(run_dir: Path) -> dict | None:
