@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from faceattr.commands.promote import promote
 from faceattr.errors import ConfigError, ModelError
 from faceattr.inference.images import read_image
 from faceattr.models import io
@@ -251,7 +252,7 @@ def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, mon
         for f in tiny_model_dir.iterdir():  # a model that loads: promote checks it does
             (run / f.name).write_bytes(f.read_bytes())
         (run / "mine.txt").write_text(f"version {k}")
-        io.promote(run, shipped)
+        promote(run, shipped)
     backups = sorted((shipped / ".previous").iterdir())
     assert [b.name for b in backups] == ["normal-20260101-120000", "normal-20260101-120000-1",
                                          "normal-20260101-120000-2"]

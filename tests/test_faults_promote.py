@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from faceattr import writes
+from faceattr.commands.promote import promote
 from faceattr.models import io
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def test_a_truncated_model_is_refused_and_the_shipped_model_stays(tmp_path, tiny
 def test_a_good_model_is_swapped_in_whole_and_the_previous_kept(tmp_path, tiny_run, shipped):
     run = copy_run(tiny_run, tmp_path / "run")
     before = snapshot(shipped / "normal")
-    target = io.promote(run, shipped)
+    target = promote(run, shipped)
     assert snapshot(target) == snapshot(run)
     backups = list((shipped / ".previous").iterdir())
     assert len(backups) == 1 and snapshot(backups[0]) == before

@@ -36,7 +36,7 @@ HANDLERS = {
     "evaluate": "faceattr.evaluation.model_dir:evaluate_command",
     "stats": "faceattr.data.stats:stats_command",
     "compare": "faceattr.evaluation.sweep:compare_command",
-    "promote": "faceattr.models.io:promote_command",
+    "promote": "faceattr.commands.promote:promote_command",
     "export": "faceattr.models.export:export_command",
     "ensemble": "faceattr.models.ensemble:ensemble_command",
     "calibrate": "faceattr.evaluation.calibrate:calibrate_command",

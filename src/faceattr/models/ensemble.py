@@ -44,11 +44,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from faceattr.commands.promote import promote
 from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.errors import ConfigError
 from faceattr.labels import TASKS
 from faceattr.models.families import family
-from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, promote, save_model
+from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, save_model
 from faceattr.resources import program_name
 
 if TYPE_CHECKING:  # TensorFlow is imported once the members have passed check_members
@@ -103,11 +104,7 @@ def check_members(dirs: list[Path]) -> list[ModelInfo]:
             same = "given twice" if str(first) == str(folder) else f"the same model folder as {first}"
             raise ConfigError(f"ensemble: {folder}: {same}; give each member once")
     infos = [ModelInfo.read(d) for d in dirs]
-    splits = [_split(d) for d in dirs]
-    for folder, split in zip(dirs[1:], splits[1:], strict=True):
-        if not split.equals(splits[0]):
-            raise ConfigError(f"ensemble: {folder}/split.csv differs from {dirs[0]}/split.csv; members must "
-                              "share one split (same data and data.split.seed) or a test face may have been trained on")
+    merged_split(dirs)  # before any model loads: members that disagree on a face's split are refused
     lead = trunk_member(infos)
     if lead is None:  # models that take the image alone: one image size
         for folder, info in zip(dirs[1:], infos[1:], strict=True):
@@ -119,11 +116,33 @@ def check_members(dirs: list[Path]) -> list[ModelInfo]:
     return infos
 
 
-def _split(model_dir: Path) -> pd.Series:
+def _split(model_dir: Path) -> pd.DataFrame:
     path = Path(model_dir) / "split.csv"
     if not path.is_file():
         raise ConfigError(f"ensemble: {path} missing; without it the members' test splits can't be compared")
-    return read_split(Path(model_dir)).set_index("image")["split"].sort_index()  # checked: damage is one line
+    return read_split(Path(model_dir))  # checked: damage is one line
+
+
+def merged_split(dirs: list[Path]) -> pd.DataFrame:
+    """The ensemble's ``split.csv`` rows: every face any member lists, in the split its members agree on.
+
+    Members must put each face they share in the same split (same data and ``data.split.seed``),
+    or a face one member was tested on may have been trained on by another. A face only some
+    members list is one the others never saw (e.g. a member trained on FairFace beside UTKFace, with
+    one trained on UTKFace alone), so it keeps its split.
+    """
+    merged = _split(dirs[0])
+    for folder in dirs[1:]:
+        split = _split(folder)
+        both = merged.merge(split, on="image", suffixes=("", "_other"))
+        clash = both[both["split"] != both["split_other"]]
+        if len(clash):
+            raise ConfigError(f"ensemble: {folder}/split.csv puts {len(clash)} face(s) in another split than "
+                              f"{dirs[0]}/split.csv (e.g. {clash['image'].iloc[0]}: {clash['split_other'].iloc[0]} "
+                              f"vs {clash['split'].iloc[0]}); members must share one split (same data and "
+                              "data.split.seed) or a test face may have been trained on")
+        merged = pd.concat([merged, split[~split["image"].isin(set(merged["image"]))]], ignore_index=True)
+    return merged.sort_values("image").reset_index(drop=True)
 
 
 def ensemble_command(cfg, run_dir: Path) -> dict:
@@ -143,7 +162,7 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
                                "combine": "mean"})
     model_dir = Path(run_dir) / "model"
     save_model(model_dir, info, model)
-    (model_dir / "split.csv").write_bytes((dirs[0] / "split.csv").read_bytes())
+    merged_split(dirs).to_csv(model_dir / "split.csv", index=False)
     # The members' training curves stay with the ensemble (``evaluate`` plots them); a member that
     # is an ensemble itself passes its members' on as ``history_member<i>_<j>.csv``.
     for i, folder in enumerate(dirs):

@@ -24,13 +24,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr import writes
+from faceattr.commands.promote import promote
 from faceattr.data.prepare import prepare_dataset
 from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.data.stats import write_statistics
 from faceattr.errors import ConfigError, WriteError
 from faceattr.evaluation.model_dir import evaluate_split
 from faceattr.models.families import Trainer, family
-from faceattr.models.io import ModelInfo, promote
+from faceattr.models.io import ModelInfo
 from faceattr.training.backup import check_resumable, has_backup
 from faceattr.training.loop import backup_fingerprint, join_histories, search_objective
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
