@@ -227,9 +227,21 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fak
         pd.testing.assert_frame_equal(kept, pd.read_csv(member / "history.csv"))
         assert (ev / f"training_curves_member{i}.png").stat().st_size > 0
     # A member trained on another split may have trained on this one's test faces: refused in one line.
-    with pytest.raises(ConfigError, match="split.csv differs"):
+    with pytest.raises(ConfigError, match="split.csv puts 1 face.s. in another split than"):
         run_command("ensemble", members(runs[0], runs[2]), f"paths.cache={shared_cache}", run_dir=tmp_path / "bad")
     assert not (tmp_path / "bad" / "model").exists()
+    # A member that also lists faces the others never saw (trained on a second source) agrees on the
+    # shared ones: the ensemble's split is the union.
+    from faceattr.models.ensemble import merged_split
+
+    wider = tmp_path / "wider" / "model"
+    shutil.copytree(cnn_run / "model", wider)
+    own = pd.read_csv(wider / "split.csv")
+    more = pd.DataFrame({"image": ["lab/a.jpg", "lab/b.jpg"], "split": ["train", "val"], "copies": [1, 1]})
+    pd.concat([own, more]).to_csv(wider / "split.csv", index=False)
+    (wider / "train_summary.json").unlink()  # its record of the split's length is the narrower split's
+    union = merged_split([cnn_run / "model", wider])
+    assert len(union) == len(own) + 2 and union.set_index("image").loc["lab/b.jpg", "split"] == "val"
 
 
 @pytest.mark.slow
