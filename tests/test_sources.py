@@ -236,7 +236,7 @@ def test_training_on_mixed_labels_reports_each_source(tmp_path, shared_cache):
     # train --eval: the test split (UTKFace's alone), and the set without a test split on its validation split.
     assert set(pd.read_csv(run / "predictions.csv")["image"]) <= set(pd.read_csv(run / "split.csv").query(
         "split == 'test'")["image"])
-    assert json.loads((run / "val" / "sources" / "lab" / "metrics.json").read_text())["n"] == 15
+    assert json.loads((run / "val" / "metrics.json").read_text())["n"] == 15  # the set alone: its report
     summary = json.loads((run / "statistics" / "data_summary.json").read_text())
     assert summary["sources"]["lab"]["age_groups"] == 60 and summary["sources"]["lab"]["no_race"] == 12
     # The test split holds UTKFace only (the set has train/val of its own); evaluate its validation split.
@@ -248,3 +248,26 @@ def test_training_on_mixed_labels_reports_each_source(tmp_path, shared_cache):
     assert metrics["sources"]["lab"]["age_interval_error"] is not None and metrics["age_mae"] is not None
     lab_metrics = json.loads((tmp_path / "eval" / "sources" / "lab" / "metrics.json").read_text())
     assert lab_metrics["n_race"] == 15 - 3 and lab_metrics["n_age_interval"] == 15  # rows 0, 20, 40 have no race
+
+
+@pytest.mark.slow
+def test_a_model_is_scored_on_a_source_it_never_trained_on(tmp_path, cnn_run, fake_data, shared_cache):
+    """A UTKFace-only model evaluated with a labelled set beside it: the set's own validation split
+    is scored (the model never saw it), beside the model's own validation faces."""
+    import json
+
+    from conftest import run_command, smoke
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    rows = list(LABELS)
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        cv2.imwrite(str(lab / f"c{i}.jpg"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        rows.append(f"c{i}.jpg,,30-39,,,female,asian,{'val' if i < 5 else 'train'}")
+    (lab / "labels.csv").write_text("\n".join(rows) + "\n")
+    run_command("evaluate", *smoke(fake_data, shared_cache), f"+data.sources={{lab:{{path:'{lab}',align:false}}}}",
+                f"model_path={cnn_run / 'model'}", "evaluation.split=val", run_dir=tmp_path / "eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    own_val = pd.read_csv(cnn_run / "model" / "split.csv").query("split == 'val'")
+    assert metrics["sources"]["lab"]["n"] == 5 and metrics["sources"]["utkface"]["n"] == len(own_val)

@@ -12,7 +12,8 @@ the smaller or harder one. ``write_split_evaluation`` writes:
 - ``metrics.json`` at ``out_dir`` gains ``sources`` (each source's headline figures) and ``mix``
   (gender and race accuracy, and the age interval error, over every labelled face of the split).
 
-A split of one source with exact ages is written exactly as before.
+A split of one source is written as that source's report alone: with exact ages, exactly as
+before sources existed.
 """
 
 from __future__ import annotations
@@ -99,8 +100,10 @@ def write_split_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapp
     predictions = {k: np.asarray(v) for k, v in predictions.items()}
     names = list(dict.fromkeys(frame["source"])) if "source" in frame else []
     full = _full_labels(frame)
-    if len(names) <= 1 and full.all():
-        return write_evaluation(out_dir, frame, predictions, eval_cfg, age_bin_edges, history_csv, split)
+    if len(names) <= 1:  # one source: its report alone
+        if full.all():
+            return write_evaluation(out_dir, frame, predictions, eval_cfg, age_bin_edges, history_csv, split)
+        return write_photo_evaluation(out_dir, photo_table(frame, predictions), eval_cfg, split)
     out_dir = Path(out_dir)
     if full.any():
         metrics: dict[str, Any] = dict(write_evaluation(out_dir, frame[full], _subset(predictions, full), eval_cfg,
