@@ -181,6 +181,25 @@ def test_race_bias_lifts_a_rare_class_on_validation_predictions():
     assert bias[4] > bias[0] == 0.0
 
 
+def test_race_bias_holds_the_accuracy_of_every_source():
+    """Two sources: the rare class is common in one (where lifting it pays) and rare in the other
+    (where it costs). Over the mix the accuracy rises; within the second source it falls, so a
+    rule held per source lifts the rare class less."""
+    rng = np.random.default_rng(1)
+    y = np.concatenate([np.zeros(500, int), np.full(500, 4), np.zeros(950, int), np.full(50, 4)])
+    groups = np.array(["photos"] * 1000 + ["chips"] * 1000, dtype=object)
+    logits = rng.normal(0, 1, (2000, 5))
+    logits[:, 0] += 1.5
+    logits[y == 4, 4] += 1.6
+    probs = adjust_probabilities(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), np.zeros(5))
+    _, tau_mix, rows = fit_race_bias(probs, y, max_accuracy_drop=0.003)
+    _, tau_each, rows_each = fit_race_bias(probs, y, max_accuracy_drop=0.003, groups=groups)
+    chosen = next(r for r in rows_each if r["tau"] == tau_each)
+    assert tau_each < tau_mix
+    assert chosen["accuracy_chips"] >= rows_each[0]["accuracy_chips"] - 0.003
+    assert next(r for r in rows_each if r["tau"] == tau_mix)["accuracy_chips"] < rows_each[0]["accuracy_chips"] - 0.003
+
+
 def test_age_map_removes_the_pull_toward_the_middle():
     rng = np.random.default_rng(0)
     true = rng.uniform(1, 90, 4000)

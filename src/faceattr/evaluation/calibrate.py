@@ -64,8 +64,10 @@ def calibrate_command(cfg: Any, run_dir: Path) -> dict:
     if not with_race.any() or not exact.any():
         raise ModelError(f"{model_dir}: its validation faces need race labels and exact ages to calibrate "
                          f"({int(with_race.sum())} with a race, {int(exact.sum())} with an exact age)")
+    # The accuracy may drop by at most calibrate.max_accuracy_drop within each training source.
     bias, tau, race_rows = fit_race_bias(np.asarray(raw["race"])[with_race], race_true[with_race],
-                                         max_accuracy_drop=float(cfg.calibrate.max_accuracy_drop))
+                                         max_accuracy_drop=float(cfg.calibrate.max_accuracy_drop),
+                                         groups=val["source"].to_numpy()[with_race])
     knots, share, age_rows = fit_age_map(np.asarray(raw["age"])[exact], age_true[exact],
                                          max_mae_increase=float(cfg.calibrate.max_mae_increase))
     calibration = Calibration(tuple(round(float(b), 5) for b in bias), knots)

@@ -88,15 +88,20 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
 
 
 def fit_race_bias(probs: np.ndarray, y: np.ndarray, taus: Sequence[float] = tuple(np.arange(0, 1.01, 0.1)),
-                  max_accuracy_drop: float = 0.003) -> tuple[np.ndarray, float, list[dict]]:
+                  max_accuracy_drop: float = 0.003,
+                  groups: np.ndarray | None = None) -> tuple[np.ndarray, float, list[dict]]:
     """Logit adjustment for the race head, chosen on validation predictions.
 
     ``probs``: (N, C) validation probabilities; ``y``: (N,) true classes. The prior is the class
     share in ``y`` (the validation split is stratified like the training split). Of the ``taus``
     whose accuracy is at most ``max_accuracy_drop`` below the unadjusted one, the one with the
-    best balanced accuracy wins (ties: the smaller). Returns (bias (C,), tau, one row per tau).
+    best balanced accuracy wins (ties: the smaller). ``groups`` (N,), e.g. each face's training
+    source: the accuracy may drop by no more than that within every group, so a gain on one
+    source can't pay for a loss on another. Returns (bias (C,), tau, one row per tau).
     """
     y = np.asarray(y).astype(int)
+    groups = np.asarray(groups if groups is not None else np.zeros(len(y)), dtype=object)
+    names = sorted(set(groups)) if len(set(groups)) > 1 else []
     c = probs.shape[1]
     prior = np.bincount(y, minlength=c).astype(np.float64) / len(y)
     prior = np.where(prior > 0, prior, prior.max())  # a class absent from y is not boosted
@@ -105,11 +110,12 @@ def fit_race_bias(probs: np.ndarray, y: np.ndarray, taus: Sequence[float] = tupl
     for tau in taus:
         pred = adjust_probabilities(probs, -tau * log_prior).argmax(axis=1)
         rows.append({"tau": round(float(tau), 4), "accuracy": float(np.mean(pred == y)),
+                     **{f"accuracy_{g}": float(np.mean(pred[groups == g] == y[groups == g])) for g in names},
                      "balanced_accuracy": balanced_accuracy(y, pred, c),
                      **{f"recall_{k}": float(np.mean(pred[y == k] == k)) if np.any(y == k) else float("nan")
                         for k in range(c)}})
-    base = rows[0]["accuracy"]
-    allowed = [r for r in rows if r["accuracy"] >= base - max_accuracy_drop]
+    keys = ["accuracy", *(f"accuracy_{g}" for g in names)]
+    allowed = [r for r in rows if all(r[k] >= rows[0][k] - max_accuracy_drop for k in keys)]
     best = max(allowed, key=lambda r: (round(r["balanced_accuracy"], 6), -r["tau"]))
     bias = -best["tau"] * log_prior
     return bias - bias[0], best["tau"], rows  # offsets relative to the first class (softmax ignores a shift)
