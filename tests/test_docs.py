@@ -157,6 +157,13 @@ def test_readme_figures_agree_with_statistics():
                            f"{100 * m['race_accuracy']:.1f} %", f"{100 * m['race_balanced_accuracy']:.1f} %"):
                 assert figure in text, f"{test}: {figure} not in README.md"
                 checked += 1
+        val = ROOT / "statistics" / "fairface-val" / model / "sources" / "fairface" / "metrics.json"
+        if val.is_file():  # FairFace's validation photos, a training source's own split
+            m = json.loads(val.read_text())
+            for figure in (f"{m['age_interval_error']:.2f} y outside", f"{100 * m['gender_accuracy']:.1f} %",
+                           f"{100 * m['race_accuracy']:.1f} %", f"{100 * m['race_balanced_accuracy']:.1f} %"):
+                assert figure in text, f"{val}: {figure} not in README.md"
+                checked += 1
         photos = ROOT / "statistics" / "fairface-dev" / model / "metrics.json"
         if photos.is_file():
             m = json.loads(photos.read_text())
