@@ -190,6 +190,16 @@ def main_py(*args: Any, timeout: int = 600, cwd: Path = ROOT, check: bool = Fals
     return res
 
 
+def one_error_line(res: subprocess.CompletedProcess) -> str:
+    """The CLI contract for a command that cannot go on: exit code 2, no traceback, and exactly one
+    ``error:`` line, which is returned."""
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, res.stderr[-3000:]
+    return lines[0]
+
+
 def cli(*args: Any) -> int:
     """``python src/main.py ARGS`` in this process (``faceattr.cli.main``): Hydra's own machinery
     (``-m`` sweeps, sweepers, callbacks) without a new interpreter. Returns the exit code.

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import one_error_line
 from faceattr.commands.promote import promote
 from faceattr.errors import ConfigError, ModelError
 from faceattr.inference.images import read_image
@@ -43,13 +44,10 @@ def error_lines(res: subprocess.CompletedProcess) -> list[str]:
 
 def assert_one_error(res: subprocess.CompletedProcess, *fragments: str) -> str:
     """rc 2, no traceback, and exactly one ``error:`` line holding every fragment."""
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
-    lines = error_lines(res)
-    assert len(lines) == 1, res.stderr[-3000:]
+    line = one_error_line(res)
     for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+        assert fragment in line, line
+    return line
 
 
 def small_photo(path: Path) -> Path:

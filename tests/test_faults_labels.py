@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import main_py
+from conftest import main_py, one_error_line
 from faceattr import writes
 from faceattr.data.labelled import index_labelled
 from faceattr.data.labels_csv import read_labels
@@ -39,14 +39,6 @@ def labelled(folder: Path, rows: list[str], header: str = "file,age,gender,race"
         cv2.imwrite(str(folder / name), np.full((16, 16, 3), 100 + len(name), np.uint8))
     (folder / "labels.csv").write_text("\n".join([header, *rows]) + "\n")
     return folder
-
-
-def one_error_line(res) -> str:
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, res.stderr[-3000:]
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------ (6) ages

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import main_py
+from conftest import main_py, one_error_line
 from faceattr.data.split_file import RECORD_KEY, read_split, split_record
 from faceattr.errors import ModelError
 from faceattr.models import io
@@ -70,14 +70,6 @@ def test_a_split_cut_at_a_row_end_is_caught_by_its_record(tmp_path, tiny_model):
     with pytest.raises(ModelError, match=r"split.csv: lists 3 images, but the model was trained with 11"):
         read_split(folder)
     assert len(read_split(tiny_model, "test")) == 3  # the whole file reads
-
-
-def one_error_line(res) -> str:
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, res.stderr[-3000:]
-    return lines[0]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "calibrate", "ensemble"])

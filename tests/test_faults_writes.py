@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import main_py
+from conftest import main_py, one_error_line
 from faceattr import writes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,14 +68,6 @@ def fill(folder: Path, leave: int) -> None:
                 fh.flush()
         except OSError:
             pass
-
-
-def one_error_line(res) -> str:
-    assert "Traceback" not in res.stderr, res.stderr[-3000:]
-    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
-    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, res.stderr[-3000:]
-    return lines[0]
 
 
 def leftovers(folder: Path) -> list[str]:

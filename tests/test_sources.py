@@ -206,6 +206,17 @@ def test_fairface_photos_onto_the_template(tmp_path):
                           for f in originals["file"]}
 
 
+def _chip_set(folder: Path, rows: list[str], seed: int) -> Path:
+    """A labelled set of random 32 px chips ``c<i>.jpg``, one per row (``rows``: the labels.csv cells
+    after ``file``); the folder."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(len(rows)):
+        cv2.imwrite(str(folder / f"c{i}.jpg"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    (folder / "labels.csv").write_text("\n".join([*LABELS, *(f"c{i}.jpg,{r}" for i, r in enumerate(rows))]) + "\n")
+    return folder
+
+
 @pytest.mark.slow
 def test_training_on_mixed_labels_reports_each_source(tmp_path, shared_cache):
     """A tiny CNN trained on UTKFace-named chips beside a labelled set of chips with age groups and
@@ -216,17 +227,13 @@ def test_training_on_mixed_labels_reports_each_source(tmp_path, shared_cache):
 
     utk = tmp_path / "UTKFace"
     make_fake_utkface(utk, 80)
-    lab = tmp_path / "lab"
-    lab.mkdir()
-    rows = list(LABELS)
-    rng = np.random.default_rng(3)
+    rows = []
     for i in range(60):
-        cv2.imwrite(str(lab / f"c{i}.jpg"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
         gender = "" if i % 7 == 0 else ["male", "female"][i % 2]
         race = "" if i % 5 == 0 else ["white", "black", "asian", "indian", "others"][i % 5]
         group = ["0-2", "20-29", "70+"][i % 3]
-        rows.append(f"c{i}.jpg,,{group},,,{gender},{race},{'val' if i % 4 == 0 else 'train'}")
-    (lab / "labels.csv").write_text("\n".join(rows) + "\n")
+        rows.append(f",{group},,,{gender},{race},{'val' if i % 4 == 0 else 'train'}")
+    lab = _chip_set(tmp_path / "lab", rows, seed=3)
     run = tmp_path / "run"
     source = f"+data.sources={{lab:{{path:'{lab}',align:false}}}}"
     run_command("train", *TINY_CNN, *smoke(utk, shared_cache), "train.eval=true", "data.limit=null", source,
@@ -258,14 +265,8 @@ def test_a_model_is_scored_on_a_source_it_never_trained_on(tmp_path, cnn_run, fa
 
     from conftest import run_command, smoke
 
-    lab = tmp_path / "lab"
-    lab.mkdir()
-    rows = list(LABELS)
-    rng = np.random.default_rng(5)
-    for i in range(12):
-        cv2.imwrite(str(lab / f"c{i}.jpg"), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-        rows.append(f"c{i}.jpg,,30-39,,,female,asian,{'val' if i < 5 else 'train'}")
-    (lab / "labels.csv").write_text("\n".join(rows) + "\n")
+    rows = [f",30-39,,,female,asian,{'val' if i < 5 else 'train'}" for i in range(12)]
+    lab = _chip_set(tmp_path / "lab", rows, seed=5)
     run_command("evaluate", *smoke(fake_data, shared_cache), f"+data.sources={{lab:{{path:'{lab}',align:false}}}}",
                 f"model_path={cnn_run / 'model'}", "evaluation.split=val", run_dir=tmp_path / "eval")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
