@@ -238,9 +238,9 @@ def test_lambda_layer_cli_is_one_error_line(tmp_path, tiny_model_dir):
 
 
 def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, monkeypatch, tiny_model_dir):
-    import faceattr.models.io as models_io
+    import faceattr.commands.promote as promoting
 
-    monkeypatch.setattr(models_io.time, "strftime", lambda fmt, *a: "20260101-120000")  # all in one second
+    monkeypatch.setattr(promoting.time, "strftime", lambda fmt, *a: "20260101-120000")  # all in one second
     shipped = tmp_path / "saved_model"
     (shipped / "normal").mkdir(parents=True)
     (shipped / "normal" / "mine.txt").write_text("version 0")
