@@ -205,6 +205,24 @@ def test_targets_mix_teacher_and_labels():
     assert soften(np.array([[0.9, 0.1]]), 2.0)[0] == pytest.approx([0.75, 0.25])
 
 
+def test_targets_take_age_groups_and_missing_labels():
+    from faceattr.distill.student import mix_targets
+
+    nan = np.nan
+    frame = pd.DataFrame({"split": ["train", "train", "val"], "labelled": [True, True, True],
+                          "age": [nan, 40.0, nan], "age_lo": [20.0, 40.0, nan], "age_hi": [29.0, 40.0, nan],
+                          "gender": [1, 0, -1], "race": [-1, 3, 2]})
+    teacher = {"age": np.array([35.0, 30.0, nan]), "gender": np.array([[0.5, 0.5], [0.9, 0.1], [nan] * 2]),
+               "race": np.full((3, 5), 0.2)}
+    out = mix_targets(frame, teacher, alpha=0.25, temperature=1.0)
+    # An age group: the truth is the nearest age inside it to the teacher's (29 for 35 in 20-29).
+    assert out["age"][0, 0] == pytest.approx(0.25 * 35 + 0.75 * 29)
+    assert out["age"][1, 0] == pytest.approx(0.25 * 30 + 0.75 * 40)
+    assert np.isnan(out["age"][2, 0])  # validation without an age: no loss
+    assert out["race"][0] == pytest.approx([0.2] * 5)  # no race: the teacher alone, no class made up
+    assert out["gender"][2] == pytest.approx([0.0, 0.0])  # validation without a gender: no target
+
+
 def test_teacher_without_split_csv_is_refused(setup, tmp_path):
     teacher = tmp_path / "no_split"
     shutil.copytree(setup["teacher"], teacher)

@@ -45,23 +45,38 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
 def mix_targets(frame: pd.DataFrame, teacher: Mapping[str, np.ndarray], alpha: float,
                 temperature: float) -> dict[str, np.ndarray]:
     """Targets for every row of ``frame`` (columns ``split``, ``labelled``, ``age``, ``gender``,
-    ``race``); ``teacher`` holds ``age`` (N,), ``gender`` (N, 2), ``race`` (N, 5) in frame order
-    (rows outside the training split are not read and may be NaN).
+    ``race``, and ``age_lo``/``age_hi`` where ages are groups; -1 or NaN where a label is missing:
+    the teacher alone then, on the training split); ``teacher`` holds ``age`` (N,), ``gender``
+    (N, 2), ``race`` (N, 5) in frame order (rows outside the training split are not read and may be NaN).
 
     Returns ``age`` float32 (N, 1) years, ``gender`` (N, 2), ``race`` (N, 5) float32 probabilities.
     """
     n = len(frame)
     train = (frame["split"] == "train").to_numpy()
     labelled = frame["labelled"].to_numpy(bool)
-    weight = np.where(train, np.where(labelled, float(alpha), 1.0), 0.0).astype(np.float32)
-    true_age = np.where(labelled, frame["age"].to_numpy(np.float32), 0.0)
+
+    def weights(has_label: np.ndarray) -> np.ndarray:  # the teacher's share: alpha where a label exists, else all
+        return np.where(train, np.where(has_label, float(alpha), 1.0), 0.0).astype(np.float32)
+
+    # Age: an exact age, or for an age group the nearest age inside it to the teacher's (what the
+    # interval loss would pull toward); a face without an age is NaN outside training (no loss).
     t_age = np.where(train, np.nan_to_num(np.asarray(teacher["age"], np.float32)), 0.0)
-    out = {"age": (weight * t_age + (1 - weight) * true_age).astype(np.float32)[:, None]}
+    lo = frame["age_lo"].to_numpy(np.float32) if "age_lo" in frame else frame["age"].to_numpy(np.float32)
+    hi = frame["age_hi"].to_numpy(np.float32) if "age_hi" in frame else lo
+    has_age = labelled & ~np.isnan(lo)
+    true_age = np.where(has_age, np.clip(t_age, lo, hi), np.nan)
+    true_age = np.where(has_age & frame["age"].notna().to_numpy(), frame["age"].to_numpy(np.float32), true_age)
+    w = weights(has_age)
+    age = np.where(w == 1.0, t_age, w * t_age + (1 - w) * np.nan_to_num(true_age))
+    out = {"age": np.where(~train & ~has_age, np.nan, age).astype(np.float32)[:, None]}
     for task, classes in (("gender", GENDERS), ("race", RACES)):
+        codes = frame[task].to_numpy(int)
+        has_label = labelled & (codes >= 0)  # -1: not labelled, the teacher alone
         one_hot = np.zeros((n, len(classes)), np.float32)
-        one_hot[np.flatnonzero(labelled), frame[task].to_numpy(int)[labelled]] = 1.0
+        one_hot[np.flatnonzero(has_label), codes[has_label]] = 1.0
+        w = weights(has_label)
         probs = np.nan_to_num(np.asarray(teacher[task], np.float32), nan=1.0 / len(classes))
-        out[task] = (weight[:, None] * soften(probs, temperature) + (1 - weight[:, None]) * one_hot).astype(np.float32)
+        out[task] = (w[:, None] * soften(probs, temperature) + (1 - w[:, None]) * one_hot).astype(np.float32)
     return out
 
 
