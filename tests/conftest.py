@@ -190,6 +190,21 @@ def main_py(*args: Any, timeout: int = 600, cwd: Path = ROOT, check: bool = Fals
     return res
 
 
+def save_tiny_cnn(model_dir: Path, size: int) -> Path:
+    """A real (untrained) two-stage CNN saved as a model folder at ``model_dir`` for ``size`` px faces."""
+    from omegaconf import OmegaConf
+
+    from faceattr.models.cnn import build_cnn
+    from faceattr.models.io import ModelInfo, save_model
+
+    heads_cfg = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta": 5.0,
+                 "age_mode": "regression", "loss_weights": {"age": 0.1, "gender": 1.0, "race": 1.0}}
+    cfg = OmegaConf.create({"name": "normal", "input_size": size, "filters": [8, 16], "convs_per_stage": 1,
+                            "residual": True, "dropout": 0.0, "heads": heads_cfg})
+    save_model(model_dir, ModelInfo(model_type="normal", input_size=size), build_cnn(cfg))
+    return model_dir
+
+
 def one_error_line(res: subprocess.CompletedProcess) -> str:
     """The CLI contract for a command that cannot go on: exit code 2, no traceback, and exactly one
     ``error:`` line, which is returned."""

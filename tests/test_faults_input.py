@@ -14,9 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
-from conftest import one_error_line
+from conftest import one_error_line, save_tiny_cnn
 from faceattr.commands.promote import promote
 from faceattr.errors import ConfigError, ModelError
 from faceattr.inference.images import read_image
@@ -85,14 +84,7 @@ def scale_pixels(t):
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A real (untrained) CNN model folder with a ``split.csv``, as training leaves it."""
-    from faceattr.models.cnn import build_cnn
-
-    heads_cfg = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta": 5.0,
-                 "age_mode": "regression", "loss_weights": {"age": 0.1, "gender": 1.0, "race": 1.0}}
-    cfg = OmegaConf.create({"name": "normal", "input_size": TINY_SIZE, "filters": [8, 16], "convs_per_stage": 1,
-                            "residual": True, "dropout": 0.0, "heads": heads_cfg})
-    model_dir = tmp_path_factory.mktemp("tiny") / "model"
-    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
+    model_dir = save_tiny_cnn(tmp_path_factory.mktemp("tiny") / "model", TINY_SIZE)
     (model_dir / "split.csv").write_text("image,split\na.jpg,train\nb.jpg,val\nc.jpg,test\n")
     return model_dir
 

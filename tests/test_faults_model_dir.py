@@ -9,9 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from conftest import main_py, one_error_line
+from conftest import main_py, one_error_line, save_tiny_cnn
 from faceattr.data.split_file import RECORD_KEY, read_split, split_record
 from faceattr.errors import ModelError
 from faceattr.models import io
@@ -24,14 +23,7 @@ SPLIT = "image,split,copies\n" + "".join(f"{i}_0_0_2017{i:09d}.jpg.chip.jpg,{s},
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     """A real (untrained) CNN model folder with a whole ``split.csv`` and its record."""
-    from faceattr.models.cnn import build_cnn
-
-    heads_cfg = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta": 5.0,
-                 "age_mode": "regression", "loss_weights": {"age": 0.1, "gender": 1.0, "race": 1.0}}
-    cfg = OmegaConf.create({"name": "normal", "input_size": TINY_SIZE, "filters": [8, 16], "convs_per_stage": 1,
-                            "residual": True, "dropout": 0.0, "heads": heads_cfg})
-    model_dir = tmp_path_factory.mktemp("split") / "model"
-    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
+    model_dir = save_tiny_cnn(tmp_path_factory.mktemp("split") / "model", TINY_SIZE)
     (model_dir / "split.csv").write_text(SPLIT)
     (model_dir / "train_summary.json").write_text(json.dumps({RECORD_KEY: split_record(model_dir / "split.csv")}))
     return model_dir

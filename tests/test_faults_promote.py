@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
+from conftest import save_tiny_cnn
 from faceattr import writes
 from faceattr.commands.promote import promote
-from faceattr.models import io
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SIZE = 32
@@ -41,14 +40,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 def tiny_run(tmp_path_factory) -> Path:
     """A real (untrained) CNN model folder without a TensorFlow Lite export: loading it as
     ``run`` would imports TensorFlow (a few seconds: time for a signal to land)."""
-    from faceattr.models.cnn import build_cnn
-
-    heads_cfg = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta": 5.0,
-                 "age_mode": "regression", "loss_weights": {"age": 0.1, "gender": 1.0, "race": 1.0}}
-    cfg = OmegaConf.create({"name": "normal", "input_size": TINY_SIZE, "filters": [8, 16], "convs_per_stage": 1,
-                            "residual": True, "dropout": 0.0, "heads": heads_cfg})
-    model_dir = tmp_path_factory.mktemp("promote") / "model"
-    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
+    model_dir = save_tiny_cnn(tmp_path_factory.mktemp("promote") / "model", TINY_SIZE)
     (model_dir / "split.csv").write_text("image,split\na.jpg,train\nb.jpg,val\nc.jpg,test\n")
     return model_dir
 
