@@ -215,6 +215,22 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fak
     for key in ("age", "gender", "race"):
         np.testing.assert_allclose(got[key], (np.asarray(one[key]) + np.asarray(two[key])) / 2, atol=1e-5)
     assert (out / "model" / "model.tflite").is_file()
+    # Weighted (ensemble.weights, scaled to sum to 1): the outputs are the weighted mean, and the
+    # export serves it.
+    weighted = tmp_path / "weighted"
+    run_command("ensemble", members(runs[0], runs[1] / "model"), "ensemble.weights=[3,1]",
+                f"paths.cache={shared_cache}", "export.tflite=true", run_dir=weighted)
+    assert json.loads((weighted / "model" / "model_info.json").read_text())["ensemble"]["weights"] == [0.75, 0.25]
+    got = load(weighted).predict_on_batch(faces)
+    for key in ("age", "gender", "race"):
+        np.testing.assert_allclose(got[key], 0.75 * np.asarray(one[key]) + 0.25 * np.asarray(two[key]), atol=1e-5)
+    from faceattr.inference.runtime import open_runner
+
+    runner, _ = open_runner(weighted / "model", "tflite", shared_cache)
+    np.testing.assert_allclose(runner(faces)["race"], got["race"], atol=0.02)  # int8 weights
+    with pytest.raises(ConfigError, match="one positive weight per member"):
+        run_command("ensemble", members(runs[0], runs[1] / "model"), "ensemble.weights=[1]",
+                    f"paths.cache={shared_cache}", run_dir=tmp_path / "bad_weights")
     # It evaluates on the members' test split, as any model folder.
     ev = tmp_path / "ev"
     run_command("evaluate", f"model_path={out / 'model'}", *smoke(fake_data, shared_cache), "evaluation.plots=true",

@@ -368,6 +368,8 @@ class CompareConfig:
 @dataclass
 class EnsembleConfig:
     members: list[str] = field(default_factory=list)  # model folders (or training runs) to average
+    # One weight per member (scaled to sum to 1), e.g. [0.6, 0.4]; null: the plain mean.
+    weights: list[float] | None = None
 
 
 @dataclass

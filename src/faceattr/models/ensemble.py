@@ -61,8 +61,10 @@ log = logging.getLogger(__name__)
 MEMBER_HISTORY_PREFIX = "history_member"
 
 
-def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.Model:
-    """One model whose outputs are the members' mean outputs.
+def average_models(members: list[keras.Model], name: str = "ensemble",
+                   weights: list[float] | None = None) -> keras.Model:
+    """One model whose outputs are the members' mean outputs (weighted by ``weights``, see
+    :func:`mean_outputs`).
 
     The members take the same input (e.g. images (N, S, S, 3), or FaceNet features) and return
     ``age`` (N, 1) years, ``gender`` (N, 2) and ``race`` (N, 5) probabilities; so does the result.
@@ -73,18 +75,36 @@ def average_models(members: list[keras.Model], name: str = "ensemble") -> keras.
     inputs = keras.Input(tuple(first.shape[1:]), name=first.name.split(":")[0] or "inputs")
     # Nested models are saved under their names, so each member gets its own (output: the dict).
     outputs = [keras.Model(m.inputs, m.output, name=f"member_{i}")(inputs) for i, m in enumerate(members)]
-    return keras.Model(inputs, mean_outputs(outputs), name=name)
+    return keras.Model(inputs, mean_outputs(outputs, weights), name=name)
 
 
 def _load_all(dirs: list[Path], infos: list[ModelInfo]) -> list[keras.Model]:
     return [load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]
 
 
-def mean_outputs(outputs: list[dict]) -> dict:
-    """The members' output dicts (``age``, ``gender``, ``race`` tensors) averaged task by task."""
+def mean_outputs(outputs: list[dict], weights: list[float] | None = None) -> dict:
+    """The members' output dicts (``age``, ``gender``, ``race`` tensors) averaged task by task;
+    with ``weights`` (one per member, summing to 1) their weighted mean, which keeps the class
+    probabilities summing to 1."""
     from keras import layers
 
-    return {key: layers.Average(name=key)([out[key] for out in outputs]) for key in TASKS}
+    from faceattr.models.layers import WeightedMean
+
+    if weights is None:
+        return {key: layers.Average(name=key)([out[key] for out in outputs]) for key in TASKS}
+    return {key: WeightedMean(weights, name=key)([out[key] for out in outputs]) for key in TASKS}
+
+
+def member_weights(cfg_weights: list[float] | None, n: int) -> list[float] | None:
+    """``ensemble.weights`` checked and scaled to sum to 1; None for the plain mean (also when all are equal)."""
+    if cfg_weights is None:
+        return None
+    weights = [float(w) for w in cfg_weights]
+    if len(weights) != n or any(not w > 0 for w in weights):
+        raise ConfigError(f"ensemble.weights: give one positive weight per member ({n}), got {weights}")
+    if len(set(weights)) == 1:
+        return None
+    return [w / sum(weights) for w in weights]
 
 
 def trunk_member(infos: list[ModelInfo]) -> int | None:
@@ -150,16 +170,17 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
 
     The members are checked (``check_members``) before TensorFlow is imported."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
+    weights = member_weights(cfg.ensemble.weights, len(dirs))
     infos = check_members(dirs)
     trunk = trunk_member(infos)
     if trunk is not None:  # one shared trunk feeds the members (e.g. FaceNet tops)
-        model, lead = family(infos[trunk].model_type).ensemble(dirs, infos, Path(cfg.paths.cache))
+        model, lead = family(infos[trunk].model_type).ensemble(dirs, infos, Path(cfg.paths.cache), weights)
     else:
-        model, lead = average_models(_load_all(dirs, infos)), 0
+        model, lead = average_models(_load_all(dirs, infos), weights=weights), 0
     first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
                      ensemble={"members": [str(d) for d in dirs], "member_types": [i.model_type for i in infos],
-                               "combine": "mean"})
+                               "combine": "mean", **({"weights": [round(w, 6) for w in weights]} if weights else {})})
     model_dir = Path(run_dir) / "model"
     save_model(model_dir, info, model)
     merged_split(dirs).to_csv(model_dir / "split.csv", index=False)

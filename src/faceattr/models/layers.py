@@ -60,3 +60,22 @@ class AreaResize(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "size": self.size}
+
+
+@keras.saving.register_keras_serializable(package="faceattr")
+class WeightedMean(keras.layers.Layer):
+    """The weighted mean of same-shaped tensors, ``sum_i w_i x_i`` with ``member_weights`` (one per
+    input, summing to 1): an ensemble whose members count unequally (``ensemble.weights``)."""
+
+    def __init__(self, member_weights: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.member_weights = [float(w) for w in member_weights]
+
+    def call(self, inputs):
+        out = inputs[0] * self.member_weights[0]
+        for w, x in zip(self.member_weights[1:], inputs[1:], strict=True):
+            out = out + x * w
+        return out
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "member_weights": self.member_weights}

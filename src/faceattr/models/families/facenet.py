@@ -307,7 +307,8 @@ class FaceNetFamily(ModelFamily):
                 raise ConfigError(f"ensemble: {folder} takes {_spec(info)['features']} features, {lead_dir} "
                                   f"{_spec(lead)['features']}; frozen-backbone members must share the feature kind")
 
-    def ensemble(self, dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None) -> tuple[keras.Model, int]:
+    def ensemble(self, dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None,
+                 weights: list[float] | None = None) -> tuple[keras.Model, int]:
         """The members' FaceNet tops averaged, all fed from the earliest cut among them; returns the
         model and the index of the member whose cut (and so whose trunk and cached features) it takes.
 
@@ -332,7 +333,8 @@ class FaceNetFamily(ModelFamily):
                 if info.model_type == self.name}
         lead = min(cuts, key=cuts.get)
         if len(cuts) == len(infos) and len(set(cuts.values())) == 1:
-            return average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]), lead
+            return average_models([load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)],
+                                  weights=weights), lead
         size = infos[lead].input_size
         tops = {i: load_trainable(dirs[i], infos[i]) for i in cuts}
         features = keras.Input(tuple(tops[lead].inputs[0].shape[1:]), name="features")
@@ -356,7 +358,7 @@ class FaceNetFamily(ModelFamily):
                     x = bridged[(cut, kind)]
             outputs.append(keras.Model(member.inputs, member.output, name=f"member_{i}")(x))
         inputs = features if len(cuts) == len(infos) else [features, image]
-        return keras.Model(inputs, mean_outputs(outputs), name="ensemble"), lead
+        return keras.Model(inputs, mean_outputs(outputs, weights), name="ensemble"), lead
 
 
 FAMILY = FaceNetFamily()
