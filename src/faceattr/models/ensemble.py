@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 from faceattr.commands.promote import promote
 from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
@@ -170,7 +171,7 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
 
     The members are checked (``check_members``) before TensorFlow is imported."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
-    weights = member_weights(cfg.ensemble.weights, len(dirs))
+    weights = member_weights(OmegaConf.select(cfg, "ensemble.weights"), len(dirs))  # absent: the plain mean
     infos = check_members(dirs)
     trunk = trunk_member(infos)
     if trunk is not None:  # one shared trunk feeds the members (e.g. FaceNet tops)
