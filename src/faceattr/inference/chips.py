@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
@@ -187,8 +188,12 @@ def align_photos(photos: Sequence[tuple[str, str]], cache_dir: Path, settings: A
                  len(unique) - len(todo), folder)
         new_file = not manifest.is_file()
         workers = max(1, min(int(workers or os.cpu_count() or 1), len(todo)))
+        # Spawned, not forked: the calling process may hold TensorFlow's threads (train, tests), and a
+        # child forked from those can die or hang.
+        context = multiprocessing.get_context("spawn")
         with open(manifest, "a", newline="") as fh, \
-                ProcessPoolExecutor(workers, initializer=_Worker.setup, initargs=(settings, weights_dir)) as pool:
+                ProcessPoolExecutor(workers, mp_context=context, initializer=_Worker.setup,
+                                    initargs=(settings, weights_dir)) as pool:
             writer = csv.DictWriter(fh, fieldnames=_FIELDS)
             if new_file:
                 writer.writeheader()
