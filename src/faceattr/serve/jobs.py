@@ -40,6 +40,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from faceattr.config import model_schema
 from faceattr.errors import FaceAttrError, InputError
 from faceattr.models.info import ModelInfo
 from faceattr.resources import toolkit_command, work_root
@@ -117,9 +118,7 @@ def model_overrides(family: str, stored: dict[str, Any]) -> list[str]:
     schema still has (nested ones as dotted keys), so the retrained model is built as it was."""
     from omegaconf import OmegaConf
 
-    from faceattr.config import MODEL_SCHEMAS
-
-    schema = OmegaConf.structured(MODEL_SCHEMAS[family])
+    schema = OmegaConf.structured(model_schema(family))
     out: list[str] = []
 
     def walk(prefix: str, node: dict[str, Any]) -> None:

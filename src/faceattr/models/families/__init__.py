@@ -7,19 +7,19 @@ how a ``train.init_from`` model is checked and continued, and how an ensemble fe
 outside this package asks the registry (``family(info.model_type)``, ``family(cfg.model.name)``)
 instead of comparing names.
 
-``FAMILY_MODULES`` (``families.names``) is plain data (name -> module path), so
-``faceattr.config``, the CLI and ``models.info`` read the names without importing any family;
-``family(name)`` imports the module on first use. Family modules import TensorFlow only inside
-their methods, so finding a family (e.g. for its ``trainable_file`` while ``run`` serves the
-TensorFlow Lite file) stays cheap.
+The registry's table is ``faceattr.config.MODEL_FAMILIES``: one row per family (name, schema,
+module, accepted aliases), plain data at config's floor, so the config schema, the CLI and
+``models.info`` read the names without importing any family; ``family(name)`` imports the
+module on first use. Family modules import TensorFlow only inside their methods, so finding a
+family (e.g. for its ``trainable_file`` while ``run`` serves the TensorFlow Lite file) stays cheap.
 
 Layers: ``models.info`` (model folder files) < the families < ``models.io`` (load and save by
 ``model_type``); ``models.cnn``, ``models.facenet``, ``facenet_graph``, ``heads`` and ``layers``
 are the building blocks the family modules use.
 
 Add a family: a module defining a :class:`ModelFamily` subclass and ``FAMILY = <instance>``,
-its line in ``FAMILY_MODULES`` (or :func:`register_family` at run time), its schema in
-``faceattr.config.MODEL_SCHEMAS`` and ``conf/model/<name>.yaml`` (see docs/model_families.md).
+its row in ``faceattr.config.MODEL_FAMILIES`` beside its schema (or :func:`register_family` at
+run time), and ``conf/model/<name>.yaml`` (see docs/model_families.md).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from faceattr.config import MODEL_FAMILIES, FamilyEntry, family_entry, family_names
 from faceattr.errors import ConfigError
-from faceattr.models.families.names import FAMILIES, FAMILY_MODULES, family_names, is_family
 
 if TYPE_CHECKING:
     import keras
@@ -42,8 +42,7 @@ if TYPE_CHECKING:
 
     from faceattr.models.info import ModelInfo
 
-__all__ = ["FAMILIES", "FAMILY_MODULES", "InputSpec", "ModelFamily", "Trainer", "family", "family_names",
-           "is_family", "register_family"]
+__all__ = ["InputSpec", "ModelFamily", "Trainer", "family", "family_names", "register_family"]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,8 @@ class ModelFamily(ABC):
     """One kind of model. Subclasses set ``name`` and implement :meth:`build` and :meth:`trainer`;
     the defaults suit a model that takes the face image itself (the from-scratch CNN)."""
 
-    #: ``model.name`` and ``model_info.json``'s ``model_type``.
+    #: ``model.name`` and ``model_info.json``'s ``model_type``: its row's name in
+    #: ``faceattr.config.MODEL_FAMILIES``.
     name: ClassVar[str]
     #: The Keras file in a model folder that holds what training produced.
     trainable_file: ClassVar[str] = "model.keras"
@@ -151,9 +151,10 @@ class ModelFamily(ABC):
         raise NotImplementedError(f"{self.name} models take the face image; they need no shared trunk")
 
 
-def register_family(name: str, module: str) -> None:
-    """Make ``module`` (a module path defining ``FAMILY``) the family of ``model.name=name``."""
-    FAMILY_MODULES[name] = module
+def register_family(name: str, module: str, schema: type | None = None) -> None:
+    """Make ``module`` (a module path defining ``FAMILY``) the family of ``model.name=name``: a row
+    added to (or replacing one of) the table ``faceattr.config.MODEL_FAMILIES``."""
+    MODEL_FAMILIES[name] = FamilyEntry(name, schema, module)
     _loaded.pop(name, None)
 
 
@@ -161,16 +162,18 @@ _loaded: dict[str, ModelFamily] = {}
 
 
 def family(name: str) -> ModelFamily:
-    """The family of ``model.name`` / ``model_type`` ``name`` (its module imported on first use).
+    """The family of ``model.name`` / ``model_type`` ``name``, or of one of its aliases (its
+    module imported on first use).
 
     Raises:
         ConfigError: no family has that name.
     """
-    if name not in _loaded:
-        if not is_family(name):
-            raise ConfigError(f"model.name: unknown model {name!r} ({'|'.join(sorted(FAMILY_MODULES))})")
-        found = importlib.import_module(FAMILY_MODULES[name]).FAMILY
-        if found.name != name:
-            raise ConfigError(f"model.name: {FAMILY_MODULES[name]} defines the family {found.name!r}, not {name!r}")
-        _loaded[name] = found
-    return _loaded[name]
+    entry = family_entry(name)
+    if entry is None:
+        raise ConfigError(f"model.name: unknown model {name!r} ({'|'.join(sorted(family_names()))})")
+    if entry.name not in _loaded:
+        found = importlib.import_module(entry.module).FAMILY
+        if found.name != entry.name:
+            raise ConfigError(f"model.name: {entry.module} defines the family {found.name!r}, not {entry.name!r}")
+        _loaded[entry.name] = found
+    return _loaded[entry.name]
