@@ -43,7 +43,7 @@ MAIN = ROOT / "src" / "main.py"
 #: The real dataset, one level above the project (skip tests that need it when absent).
 SHARED_TARBALL = ROOT.parent / "shared/data/UTKFace.tar.gz"
 #: A CNN small enough to train in seconds on 32 px faces (the CNN family's keys).
-TINY_CNN = ("model=normal", "model.input_size=32", "model.filters=[8,16]", "model.heads.hidden_units=[16]")
+TINY_CNN = ("model=cnn", "model.input_size=32", "model.filters=[8,16]", "model.heads.hidden_units=[16]")
 #: Hydra's job log format (app.log in every run folder).
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
@@ -199,9 +199,9 @@ def save_tiny_cnn(model_dir: Path, size: int) -> Path:
 
     heads_cfg = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta": 5.0,
                  "age_mode": "regression", "loss_weights": {"age": 0.1, "gender": 1.0, "race": 1.0}}
-    cfg = OmegaConf.create({"name": "normal", "input_size": size, "filters": [8, 16], "convs_per_stage": 1,
+    cfg = OmegaConf.create({"name": "cnn", "input_size": size, "filters": [8, 16], "convs_per_stage": 1,
                             "residual": True, "dropout": 0.0, "heads": heads_cfg})
-    save_model(model_dir, ModelInfo(model_type="normal", input_size=size), build_cnn(cfg))
+    save_model(model_dir, ModelInfo(model_type="cnn", input_size=size), build_cnn(cfg))
     return model_dir
 
 

@@ -43,10 +43,10 @@ def _graph_available() -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    cfg = OmegaConf.merge(group_node("model", "normal"),
+    cfg = OmegaConf.merge(group_node("model", "cnn"),
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("bench_model") / "model"
-    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
+    io.save_model(model_dir, io.ModelInfo(model_type="cnn", input_size=TINY_SIZE), build_cnn(cfg))
     export_tflite(model_dir)  # as training does: `run` serves the export, the Keras rows sit beside it
     return model_dir
 
@@ -63,10 +63,10 @@ def bench():
 
 
 @pytest.mark.slow
-def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
+def test_quick_run_measures_cnn_and_the_baseline(tmp_path, tiny_model_dir):
     out = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--models", "normal", "--model-dir", f"normal={tiny_model_dir}",
+        [sys.executable, str(SCRIPT), "--quick", "--models", "cnn", "--model-dir", f"cnn={tiny_model_dir}",
          "--out", str(out), "--only", *IN_PROCESS_SECTIONS],
         capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -78,13 +78,13 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
         assert machine[key], key
     assert machine["cores"] >= 1 and machine["ram_gib"] > 0
     assert result["settings"]["quick"] is True
-    assert result["models"]["normal"]["present"] is True
+    assert result["models"]["cnn"]["present"] is True
 
     rows = {(r["metric"], r["model"]): r for r in result["rows"]}
-    assert not any(r["model"] == "facenet" for r in result["rows"])  # --models normal
-    measured = [("latency_b1", "normal"), ("throughput_b32", "normal"), ("run_img_cold", "normal"),
-                ("video_fps", "normal"), ("train_images_per_s", "normal"), ("latency_b1_keras", "normal"),
-                ("throughput_b32_keras", "normal")]
+    assert not any(r["model"] == "facenet" for r in result["rows"])  # --models cnn
+    measured = [("latency_b1", "cnn"), ("throughput_b32", "cnn"), ("run_img_cold", "cnn"),
+                ("video_fps", "cnn"), ("train_images_per_s", "cnn"), ("latency_b1_keras", "cnn"),
+                ("throughput_b32_keras", "cnn")]
     baseline = [("latency_b1", "frozen_graph"), ("throughput_b32", "frozen_graph")]
     for key in measured + (baseline if _graph_available() else []):
         row = rows[key]
@@ -95,47 +95,47 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
 
     # What `run` serves (the export) is what the targeted rows measure; Keras is beside it.
     for metric in ("latency_b1", "throughput_b32", "video_fps"):
-        assert rows[metric, "normal"]["details"]["backend"] == "tflite", metric
-    assert rows["latency_b1_keras", "normal"]["details"]["backend"] == "keras"
-    assert rows["latency_b1_keras", "normal"]["target"] is None
+        assert rows[metric, "cnn"]["details"]["backend"] == "tflite", metric
+    assert rows["latency_b1_keras", "cnn"]["details"]["backend"] == "keras"
+    assert rows["latency_b1_keras", "cnn"]["target"] is None
 
     # Targets and verdicts where the issue sets them, none elsewhere.
-    assert rows["latency_b1", "normal"]["target"] == "<= 5"
-    assert rows["video_fps", "normal"]["target"] == ">= 30"
-    assert rows["video_fps_4faces", "normal"]["target"] == ">= 25"
-    assert rows["run_img_cold", "normal"]["target"] == "<= 8"
-    assert rows["throughput_b32", "normal"]["target"] is None and rows["throughput_b32", "normal"]["pass"] is None
+    assert rows["latency_b1", "cnn"]["target"] == "<= 5"
+    assert rows["video_fps", "cnn"]["target"] == ">= 30"
+    assert rows["video_fps_4faces", "cnn"]["target"] == ">= 25"
+    assert rows["run_img_cold", "cnn"]["target"] == "<= 8"
+    assert rows["throughput_b32", "cnn"]["target"] is None and rows["throughput_b32", "cnn"]["pass"] is None
 
     # The pipelines really saw faces: one in the photo, two per video frame.
-    assert rows["run_img_cold", "normal"]["details"]["faces"] == 1
-    video = rows["video_fps", "normal"]["details"]
+    assert rows["run_img_cold", "cnn"]["details"]["faces"] == 1
+    video = rows["video_fps", "cnn"]["details"]
     frames = result["settings"]["video_frames"]
     assert video["frames"] == video["frames_written"] == video["frames_processed"] == frames  # run.sync
     assert video["resolution"] == "640x480" and video["faces_per_frame"] >= 1.5
     # The per-frame stages come from run_video's own hook and add up to its frame rate.
     stages = [video[f"{k}_ms_per_frame"] for k in ("detect", "crop", "predict", "other")]
     assert all(ms > 0 for ms in stages[:3]) and stages[3] >= 0, video
-    assert sum(stages) == pytest.approx(1000.0 / rows["video_fps", "normal"]["value"], rel=0.02, abs=0.05)
-    assert video["seconds"] == pytest.approx(frames / rows["video_fps", "normal"]["value"], rel=0.02)
+    assert sum(stages) == pytest.approx(1000.0 / rows["video_fps", "cnn"]["value"], rel=0.02, abs=0.05)
+    assert video["seconds"] == pytest.approx(frames / rows["video_fps", "cnn"]["value"], rel=0.02)
     # With run's default refresh, the model sees fewer faces than are tracked; with 1, all of them.
-    every = rows["video_fps_refresh1", "normal"]["details"]
+    every = rows["video_fps_refresh1", "cnn"]["details"]
     assert every["refresh_every"] == 1 and every["model_faces_per_frame"] == pytest.approx(every["faces_per_frame"])
     if video["refresh_every"] > 1:
         assert video["model_faces_per_frame"] < video["faces_per_frame"]
     # The default (BlazeFace, aligned) and the Haar cascade on the same clip, in the same run; four faces.
-    haar = rows["video_fps_haar", "normal"]["details"]
+    haar = rows["video_fps_haar", "cnn"]["details"]
     assert video["detector"] == "blazeface" and haar["detector"] == "haar" and haar["faces_per_frame"] >= 1.5
     assert video["aligned_share"] > 0.9 and haar["aligned_share"] == 0.0  # Haar gives no landmarks
-    four = rows["video_fps_4faces", "normal"]["details"]
+    four = rows["video_fps_4faces", "cnn"]["details"]
     assert four["faces_per_frame"] >= 3.5 and four["model_calls_per_frame"] <= 1.0  # a frame's faces: one batch
     # Played at 30 fps like a camera: the share of its frames the model took.
-    camera = rows["video_camera_kept", "normal"]
+    camera = rows["video_camera_kept", "cnn"]
     assert camera["unit"] == "share" and 0 < camera["value"] <= 1 and camera["details"]["sync"] is False
     kept = camera["details"]["frames_processed"] / camera["details"]["frames"]
     assert camera["value"] == pytest.approx(kept, abs=1e-4)
 
     # The tiny model has no training log: skipped, with the reason and the way out.
-    shipped = rows["shipped_train_seconds", "normal"]
+    shipped = rows["shipped_train_seconds", "cnn"]
     assert shipped["status"] == "skipped" and "--train-summary" in shipped["note"]
 
 
@@ -143,9 +143,9 @@ def test_quick_run_measures_normal_and_the_baseline(tmp_path, tiny_model_dir):
                                                      ("latency_b1", 5.5, False), ("video_fps", 30.0, True),
                                                      ("video_fps", 24.0, False)])
 def test_verdict_compares_the_value_with_its_target(bench, metric, value, expected):
-    assert bench.Row(metric, "normal", value, "unit").as_json()["pass"] is expected
-    assert bench.Row(metric, "normal", value, "unit", status="error").as_json()["pass"] is None
-    assert bench.Row("throughput_b32", "normal", value, "unit").as_json()["pass"] is None  # no target
+    assert bench.Row(metric, "cnn", value, "unit").as_json()["pass"] is expected
+    assert bench.Row(metric, "cnn", value, "unit", status="error").as_json()["pass"] is None
+    assert bench.Row("throughput_b32", "cnn", value, "unit").as_json()["pass"] is None  # no target
 
 
 def test_missing_model_is_skipped_with_a_reason(tmp_path, bench):
@@ -183,7 +183,7 @@ def parts(bench) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def tiny_entry(parts, tiny_model_dir):
-    entry = parts.models.model_entries(["normal"], {"normal": tiny_model_dir})["normal"]
+    entry = parts.models.model_entries(["cnn"], {"cnn": tiny_model_dir})["cnn"]
     parts.models.load_entry(entry)
     assert entry.usable, entry.reason
     return entry
@@ -208,7 +208,7 @@ def test_video_section_runs_the_run_video_loop_with_its_hook(tmp_path, parts, ti
     assert row.metric == "video_fps_refresh3" and row.status == "ok" and row.value > 0
     assert d["frames"] == d["frames_written"] == d["frames_processed"] == 6 and d["resolution"] == "640x480"
     # run_video wrote the annotated clip the benchmark asked for, every frame of it.
-    assert _frames(tmp_path / "annotated_normal_video_fps_refresh3.mp4") == 6
+    assert _frames(tmp_path / "annotated_cnn_video_fps_refresh3.mp4") == 6
     assert "Video " in capsys.readouterr().err  # run's own summary line, moved off the table's stdout
 
     # `run --video` with the same settings, called directly: the hook fires once per frame, and
@@ -284,11 +284,11 @@ def test_external_rows_keep_their_targets(parts):
     rows = parts.external.rows_from("serve", "facenet", {"rows": [
         {"metric": "serve_p95_s", "value": 0.8, "unit": "s", "target": "<= 1"},
         {"metric": "serve_uploads_per_s", "value": 4.0, "unit": "uploads/s", "target": [">=", 5]},
-        {"metric": "serve_errors", "model": "normal", "value": 0, "unit": "errors"}]})
+        {"metric": "serve_errors", "model": "cnn", "value": 0, "unit": "errors"}]})
     got = {r.metric: r.as_json() for r in rows}
     assert got["serve_p95_s"]["pass"] is True and got["serve_p95_s"]["target"] == "<= 1"
     assert got["serve_uploads_per_s"]["pass"] is False
-    assert got["serve_errors"]["model"] == "normal" and got["serve_errors"]["pass"] is None
+    assert got["serve_errors"]["model"] == "cnn" and got["serve_errors"]["pass"] is None
     flat = parts.external.rows_from("distill", "student", {"student_latency_ms": 1.5})
     assert len(flat) == 1 and flat[0].details == {"student_latency_ms": 1.5} and flat[0].metric == "distill"
 
@@ -298,7 +298,8 @@ def test_a_run_of_some_sections_keeps_the_other_sections_rows(tmp_path):
 
     earlier = {"command": "python benchmarks/run.py", "settings": {"sections": ["latency", "serve", "distill"]},
                "machine": {"date": "day 1", "git_commit": "aaa"}, "serve": {"p95_ms": 1100}, "distill": {"n": 1},
-               "rows": [{"metric": "latency_b1", "model": "normal", "value": 3.0},  # rows of a file older than sections
+               # rows of a file older than sections, and than the CNN family's name (its alias "normal")
+               "rows": [{"metric": "latency_b1", "model": "normal", "value": 3.0},
                         {"metric": "serve_p95_ms", "model": "facenet", "value": 1100.0},
                         {"metric": "latency_b1", "model": "student", "value": 9.0}]}
     path = tmp_path / "results.json"
@@ -308,7 +309,7 @@ def test_a_run_of_some_sections_keeps_the_other_sections_rows(tmp_path):
            "rows": [{"metric": "serve_p95_ms", "model": "facenet", "value": 950.0, "section": "serve"}]}
     merged = merge_sections(now, read_previous(path))
     assert {(r["metric"], r["model"]): (r["value"], r["section"]) for r in merged["rows"]} == {
-        ("latency_b1", "normal"): (3.0, "latency"), ("serve_p95_ms", "facenet"): (950.0, "serve"),
+        ("latency_b1", "cnn"): (3.0, "latency"), ("serve_p95_ms", "facenet"): (950.0, "serve"),
         ("latency_b1", "student"): (9.0, "distill")}
     assert merged["serve"] == {"p95_ms": 950} and merged["distill"] == {"n": 1}
     runs = merged["section_runs"]

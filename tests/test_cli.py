@@ -11,8 +11,8 @@ from faceattr.cli import COMMANDS, UsageError, _flag_parser, flags_to_overrides
 
 
 def test_flags_map_to_overrides():
-    assert flags_to_overrides("train", ["--model_type", "normal", "--eval", "--data_path", "d/x.tar.gz"]) == [
-        "model=normal", "data.path='d/x.tar.gz'", "train.eval=true"]
+    assert flags_to_overrides("train", ["--model_type", "cnn", "--eval", "--data_path", "d/x.tar.gz"]) == [
+        "model=cnn", "data.path='d/x.tar.gz'", "train.eval=true"]
     out = flags_to_overrides("run", ["--img", "a b.jpg", "it's.png", "--output", "p.json", "--no-display"])
     assert out == ["run.img=['a b.jpg','it\\'s.png']", "run.output='p.json'", "run.display=false"]
     assert flags_to_overrides("run", ["--video"]) == ["run.video='0'"]
@@ -53,7 +53,7 @@ def test_every_command_help_shows_its_flags_examples_and_the_config_groups(comma
     commands = [line for line in examples if not line.startswith("#")]
     assert commands and all(line.startswith(f"python src/main.py {command}") for line in commands), examples
     assert text.index("examples:") < text.index("flags:") < text.index("config groups")
-    assert "model: facenet, normal" in text and "rebalance: none, oversample, weights" in text
+    assert "model: cnn, facenet, normal" in text and "rebalance: none, oversample, weights" in text
     assert "hydra/launcher: parallel, slurm" in text
     assert f"{command} --cfg job" in text  # the full config, one flag away
     assert "powered by Hydra" not in text and "== Config ==" not in text
@@ -68,10 +68,19 @@ def test_help_goes_before_the_checks_of_a_command_line():
 
 
 def test_cfg_job_shows_composed_config_with_flag_overrides():
-    res = main_py("train", "--model_type", "normal", "--cfg", "job", "train.epochs=3", "data.limit=50")
+    res = main_py("train", "--model_type", "cnn", "--cfg", "job", "train.epochs=3", "data.limit=50")
     assert res.returncode == 0, res.stderr
-    assert "name: normal" in res.stdout and "epochs: 3" in res.stdout and "limit: 50" in res.stdout
+    assert "name: cnn" in res.stdout and "epochs: 3" in res.stdout and "limit: 50" in res.stdout
     assert "command: train" in res.stdout
+
+
+def test_the_cnn_familys_former_name_is_still_a_model_type():
+    """``--model_type normal`` (the CNN family's name before ``cnn``) is accepted and composes the CNN."""
+    assert flags_to_overrides("evaluate", ["--model_type", "normal"]) == ["model=normal"]
+    assert flags_to_overrides("distill", []) == ["model=cnn"]  # the default student
+    res = main_py("train", "--model_type", "normal", "--cfg", "job", "train.epochs=3")
+    assert res.returncode == 0, res.stderr
+    assert "name: cnn" in res.stdout and "convs_per_stage" in res.stdout
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -99,9 +108,9 @@ def test_every_experiment_config_composes(experiment):
     checks, and trains its model."""
     from omegaconf import OmegaConf
 
-    from faceattr.config import compose_config
+    from faceattr.config import canonical_family, compose_config
 
     cfg = compose_config(["command=train", f"experiment={experiment}"])
-    assert cfg.model.name == experiment.split("_")[0]
+    assert cfg.model.name == canonical_family(experiment.split("_")[0])  # normal_deep: the CNN's former name
     assert cfg.train.eval is True and cfg.data.limit is None  # shipped runs use all data and report test
     OmegaConf.to_container(cfg.train, resolve=True, throw_on_missing=False)

@@ -57,7 +57,7 @@ def test_bad_values_are_one_line_before_any_data_is_touched(tmp_path, monkeypatc
 
 
 def test_every_composed_key_is_in_the_schema_and_checked():
-    cfg = compose_config(["command=train", "model=normal"])
+    cfg = compose_config(["command=train", "model=cnn"])
     assert OmegaConf.is_config(cfg) and OmegaConf.get_type(cfg.train).__name__ == "TrainConfig"
     assert OmegaConf.get_type(cfg.model).__name__ == "CNNConfig"
     with pytest.raises(ConfigError, match="train.epochz"):
@@ -69,9 +69,25 @@ def test_every_composed_key_is_in_the_schema_and_checked():
 
 def test_model_family_keys_belong_to_their_family():
     with pytest.raises(ConfigError, match="zoom_out"):
-        compose_config(["command=train", "model=normal", "model.zoom_out=1.1"])
+        compose_config(["command=train", "model=cnn", "model.zoom_out=1.1"])
     with pytest.raises(ConfigError, match="convs_per_stage"):
-        compose_config(["command=train", "model=normal", "model.convs_per_stage=[1,2]"])  # 4 stages
+        compose_config(["command=train", "model=cnn", "model.convs_per_stage=[1,2]"])  # 4 stages
+
+
+def test_the_cnn_familys_former_name_composes_as_cnn():
+    """``model=normal`` (conf/model/normal.yaml, the alias) is ``model=cnn``: same node, name cnn;
+    experiment names that say normal keep theirs."""
+    from faceattr.config import model_settings
+
+    old = compose_config(["command=train", "model=normal", "model.input_size=32"])
+    new = compose_config(["command=train", "model=cnn", "model.input_size=32"])
+    assert old.model.name == "cnn" and OmegaConf.get_type(old.model).__name__ == "CNNConfig"
+    assert OmegaConf.to_container(old.model) == OmegaConf.to_container(new.model)
+    assert compose_config(["command=train", "experiment=normal_deep"]).model.name == "cnn"
+    # A model config stored under the old name (model_info.json's trained_with) is the CNN's.
+    assert model_settings({"name": "normal", "filters": [8, 16]}).name == "cnn"
+    with pytest.raises(ConfigError, match=r"model.name='resnet' is not allowed: expected one of facenet, cnn"):
+        model_settings({"name": "resnet"})
 
 
 def test_partial_settings_are_filled_from_the_schema_and_checked():

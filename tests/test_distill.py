@@ -60,9 +60,9 @@ def setup(tmp_path_factory) -> dict:
 
         data, cache, teacher_run = root / "UTKFace", root / "cache", root / "teacher"
         make_fake_utkface(data, 80)
-        cfg = compose_config(["model=normal", *common(data, cache)])
+        cfg = compose_config(["model=cnn", *common(data, cache)])
         prepared = prepare_dataset(cfg.data, cfg.rebalance, teacher_run)
-        trainer = family("normal").trainer(cfg)
+        trainer = family("cnn").trainer(cfg)
         trainer.fit(prepared.frame, teacher_run)
         trainer.save(teacher_run / "model", trained_with=OmegaConf.to_container(cfg, resolve=True))
         shutil.copy(teacher_run / "split.csv", teacher_run / "model" / "split.csv")
@@ -159,7 +159,7 @@ def test_teacher_outputs_are_cached(setup, distilled):
 
     summary = json.loads((distilled["run"] / "train_summary.json").read_text())
     assert summary["teacher_faces_labelled"] > 0
-    cfg = compose_config(["command=distill", "model=normal", *common(setup["data"], setup["cache"])])
+    cfg = compose_config(["command=distill", "model=cnn", *common(setup["data"], setup["cache"])])
     frame = prepare_dataset(cfg.data, cfg.rebalance, setup["root"] / "again").frame
     teacher = Teacher(cfg, setup["teacher"])
     train = frame[frame.image.isin(setup["split"].query("split == 'train'").image)]
@@ -228,7 +228,7 @@ def test_teacher_without_split_csv_is_refused(setup, tmp_path):
     shutil.copytree(setup["teacher"], teacher)
     (teacher / "split.csv").unlink()
     with pytest.raises(ConfigError) as refused:  # the CLI prints a typed error as one line (test_cli)
-        run_command("distill", "model=normal", f"distill.teacher={teacher}", *common(setup["data"], setup["cache"]),
+        run_command("distill", "model=cnn", f"distill.teacher={teacher}", *common(setup["data"], setup["cache"]),
                     run_dir=tmp_path / "run")
     assert "no split.csv" in str(refused.value) and str(teacher) in str(refused.value)
     assert "\n" not in str(refused.value)

@@ -260,9 +260,9 @@ def make_run(folder: Path, overrides: list[str], metrics: dict | None = None, hi
 @pytest.fixture
 def fake_sweep(tmp_path) -> Path:
     sweep = tmp_path / "multirun" / "train" / "2024-01-01" / "10-00-00"
-    make_run(sweep / "0", ["command=train", "model=normal", "train.learning_rate=0.001"],
+    make_run(sweep / "0", ["command=train", "model=cnn", "train.learning_rate=0.001"],
              {"age_mae": 7.5, "gender_accuracy": 0.9, "race_accuracy": 0.8, "n_test": 60})
-    make_run(sweep / "1", ["command=train", "model=normal", "train.learning_rate=0.0001"],
+    make_run(sweep / "1", ["command=train", "model=cnn", "train.learning_rate=0.0001"],
              {"age_mae": 6.0, "gender_accuracy": 0.92, "race_accuracy": 0.75, "n_test": 60})
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     return sweep
@@ -271,11 +271,11 @@ def fake_sweep(tmp_path) -> Path:
 def test_summarize_runs_two_runs(tmp_path):
     a = make_run(tmp_path / "a", ["command=train", "model=facenet", "train.epochs=3"],
                  {"age_mae": 7.0, "gender_accuracy": 0.9, "race_accuracy": 0.8, "n": 10, "split": "val"})
-    b = make_run(tmp_path / "b", ["command=train", "model=normal", "train.epochs=5"],  # written before ``n``
+    b = make_run(tmp_path / "b", ["command=train", "model=cnn", "train.epochs=5"],  # written before ``n``
                  {"age_mae": 8.0, "gender_accuracy": 0.85, "race_accuracy": 0.7, "n_test": 12})
     df = summarize_runs([a, b])
     assert list(df["run"]) == [str(a), str(b)]
-    assert list(df["model"]) == ["facenet", "normal"] and list(df["train.epochs"]) == [3, 5]
+    assert list(df["model"]) == ["facenet", "cnn"] and list(df["train.epochs"]) == [3, 5]
     assert "command" not in df.columns
     assert list(df["age_mae"]) == [7.0, 8.0]
     assert list(df["n"]) == [10, 12] and "n_test" not in df.columns  # one count column, old runs included
@@ -289,7 +289,7 @@ def test_summarize_runs_two_runs(tmp_path):
 def test_summarize_runs_uses_best_validation_epoch_without_metrics(tmp_path):
     history = pd.DataFrame({"epoch": [0, 1, 2], "loss": [3, 2, 1], "val_loss": [3.0, 1.5, 2.0],
                             "val_age_mae": [12.0, 9.0, 10.0], "val_race_accuracy": [0.5, 0.7, 0.6]})
-    run = make_run(tmp_path / "r", ["model=normal"], history=history)
+    run = make_run(tmp_path / "r", ["model=cnn"], history=history)
     row = summarize_runs([run]).iloc[0]
     assert row["val_loss"] == 1.5 and row["val_age_mae"] == 9.0 and row["best_epoch"] == 2
     assert "loss" not in row.index  # only the validation columns
@@ -297,7 +297,7 @@ def test_summarize_runs_uses_best_validation_epoch_without_metrics(tmp_path):
 
 def test_sweep_folder_is_expanded_in_job_order(fake_sweep):
     for i in range(2, 11):  # 10 must come after 2
-        make_run(fake_sweep / str(i), ["model=normal", f"seed={i}"])
+        make_run(fake_sweep / str(i), ["model=cnn", f"seed={i}"])
     df = summarize_runs([fake_sweep])
     assert [Path(r).name for r in df["run"]] == [str(i) for i in range(11)]
 
@@ -340,10 +340,10 @@ def test_evaluate_command_scores_a_saved_model_on_the_split_saved_with_it(tmp_pa
     from faceattr.models.cnn import build_cnn
 
     paths = make_fake_utkface(tmp_path / "UTKFace", 30)
-    model_cfg = OmegaConf.merge(group_node("model", "normal"),
+    model_cfg = OmegaConf.merge(group_node("model", "cnn"),
                                 {"input_size": 32, "filters": [8], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path / "model"
-    io.save_model(model_dir, io.ModelInfo("normal", 32, trained_with={"model": OmegaConf.to_container(model_cfg)}),
+    io.save_model(model_dir, io.ModelInfo("cnn", 32, trained_with={"model": OmegaConf.to_container(model_cfg)}),
                   build_cnn(model_cfg))
     names = [p.name for p in paths]  # the model's own split: its 10 test faces, whatever the data config says
     pd.DataFrame({"image": names, "split": ["test"] * 10 + ["train"] * 20}).to_csv(model_dir / "split.csv",

@@ -33,7 +33,7 @@ def tiny_cnn(seed: int):
     import keras
 
     keras.utils.set_random_seed(seed)
-    cfg = OmegaConf.merge(group_node("model", "normal"),
+    cfg = OmegaConf.merge(group_node("model", "cnn"),
                           {"input_size": SIZE, "filters": [16, 32], "heads": {"hidden_units": [64]}})
     return build_cnn(cfg)
 
@@ -45,7 +45,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     model = tiny_cnn(0)
     for quantization in ("float32", "dynamic"):
         folder = tmp_path_factory.mktemp(quantization)
-        io.save_model(folder, io.ModelInfo(model_type="normal", input_size=SIZE), model)
+        io.save_model(folder, io.ModelInfo(model_type="cnn", input_size=SIZE), model)
         export_tflite(folder, quantization=quantization)
         out[quantization] = folder
     return out
@@ -79,7 +79,7 @@ def test_saved_weights_are_float16_and_load_as_float32(tmp_path):
     x = faces(4)
     want = model.predict(x, verbose=0)
     keras.saving.save_model(model, tmp_path / "full.keras")  # as saved before STORAGE_DTYPE
-    io.save_model(tmp_path / "half", io.ModelInfo(model_type="normal", input_size=SIZE), model)
+    io.save_model(tmp_path / "half", io.ModelInfo(model_type="cnn", input_size=SIZE), model)
     # In the file: every weight float16, half the bytes of the float32 weights.
     import zipfile
 

@@ -23,7 +23,7 @@ from faceattr.models import io
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
-SHIPPED_NORMAL = ROOT / "saved_model" / "normal"
+SHIPPED_NORMAL = ROOT / "saved_model" / "cnn"
 TINY_SIZE = 32
 
 
@@ -95,7 +95,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def test_unreachable_display_means_headless_not_an_abort(tmp_path, request):
     number = next(n for n in range(87, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
     # The shipped model's TensorFlow Lite file spares the child a TensorFlow import.
-    model = (["--model_type", "normal"] if (SHIPPED_NORMAL / "model.tflite").is_file()
+    model = (["--model_type", "cnn"] if (SHIPPED_NORMAL / "model.tflite").is_file()
              else ["--model_path", request.getfixturevalue("tiny_model_dir")])
     env = {"DISPLAY": f":{number}", "WAYLAND_DISPLAY": ""}
     res = main_py("run", "--img", small_photo(tmp_path / "a.jpg"), *model, "detector=none", "run.display=true",
@@ -127,7 +127,7 @@ def test_unwritable_outputs_are_one_line_before_any_work(tmp_path, tiny_model_di
                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     line = assert_one_error(res, str(target), "cannot be written")
     assert ("is a file, not a folder" in line) == (case != "proc")
-    assert "Loaded normal model" not in res.stdout  # refused before the model was loaded
+    assert "Loaded cnn model" not in res.stdout  # refused before the model was loaded
     assert blocker.read_bytes() == b"a user's file"
 
 
@@ -139,7 +139,7 @@ BAD_INFOS = {
     "a_string": (b'"hello"', "expected a JSON object"),
     "export_not_an_object": ({"export": "model.tflite"}, "export: expected an object or null"),
     "input_size_text": ({"input_size": "abc"}, "input_size: expected a positive whole number"),
-    "unknown_type": ({"model_type": "resnet"}, "model_type: expected 'facenet' or 'normal'"),
+    "unknown_type": ({"model_type": "resnet"}, "model_type: expected 'facenet' or 'cnn'"),
 }
 
 
@@ -168,7 +168,7 @@ def test_unknown_model_type_is_refused_even_with_an_export(tmp_path):
     (folder / "model.tflite").write_bytes(b"stand-in")
     (folder / io.MODEL_INFO).write_text(json.dumps({"model_type": "resnet", "input_size": 64,
                                                     "export": {"tflite": "model.tflite"}}))
-    with pytest.raises(ModelError, match=r"model_info\.json: model_type: expected 'facenet' or 'normal', got \"resnet"):
+    with pytest.raises(ModelError, match=r"model_info\.json: model_type: expected 'facenet' or 'cnn', got \"resnet"):
         io.ModelInfo.read(folder)
 
 
@@ -208,7 +208,7 @@ def lambda_model_folder(folder: Path, variant: str) -> Path:
     inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
     fn = (lambda t: t / 255.0) if variant == "python_lambda" else scale_pixels
     keras.Model(inputs, heads(keras.layers.Lambda(fn, name="scale")(inputs))).save(folder / "model.keras")
-    io.write_info(folder, io.ModelInfo(model_type="normal", input_size=TINY_SIZE))
+    io.write_info(folder, io.ModelInfo(model_type="cnn", input_size=TINY_SIZE))
     return folder
 
 
@@ -234,8 +234,8 @@ def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, mon
 
     monkeypatch.setattr(promoting.time, "strftime", lambda fmt, *a: "20260101-120000")  # all in one second
     shipped = tmp_path / "saved_model"
-    (shipped / "normal").mkdir(parents=True)
-    (shipped / "normal" / "mine.txt").write_text("version 0")
+    (shipped / "cnn").mkdir(parents=True)
+    (shipped / "cnn" / "mine.txt").write_text("version 0")
     for k in range(1, 4):
         run = tmp_path / f"run{k}"
         run.mkdir()
@@ -244,11 +244,11 @@ def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, mon
         (run / "mine.txt").write_text(f"version {k}")
         promote(run, shipped)
     backups = sorted((shipped / ".previous").iterdir())
-    assert [b.name for b in backups] == ["normal-20260101-120000", "normal-20260101-120000-1",
-                                         "normal-20260101-120000-2"]
+    assert [b.name for b in backups] == ["cnn-20260101-120000", "cnn-20260101-120000-1",
+                                         "cnn-20260101-120000-2"]
     assert [(b / "mine.txt").read_text() for b in backups] == ["version 0", "version 1", "version 2"]
     assert not any(b.is_dir() for backup in backups for b in backup.iterdir())  # nothing nested
-    assert (shipped / "normal" / "mine.txt").read_text() == "version 3"
+    assert (shipped / "cnn" / "mine.txt").read_text() == "version 3"
 
 
 def test_ensemble_refuses_the_same_member_twice(tmp_path, tiny_model_dir):

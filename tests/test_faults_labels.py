@@ -22,7 +22,7 @@ from faceattr.errors import InputError
 from faceattr.evaluation.report import write_evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_NORMAL = ROOT / "saved_model" / "normal"
+SHIPPED_NORMAL = ROOT / "saved_model" / "cnn"
 EDGES = [0, 10, 20, 30, 40, 60, 80, math.inf]
 
 
@@ -104,13 +104,13 @@ def test_json_text_replaces_every_non_finite_number():
 # ------------------------------------------------------------------------------ (7) nothing read
 def test_evaluate_exits_non_zero_when_no_photo_could_be_read(tmp_path):
     if not (SHIPPED_NORMAL / "model.tflite").is_file():
-        pytest.skip("needs the shipped saved_model/normal/model.tflite")
+        pytest.skip("needs the shipped saved_model/cnn/model.tflite")
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in ("a.jpg", "b.jpg"):
         (folder / name).write_bytes(b"not an image at all")
     (folder / "labels.csv").write_text("file,age,gender,race\na.jpg,30,male,white\nb.jpg,40,female,black\n")
-    res = main_py("evaluate", "--labels", folder, "--model_type", "normal", "detector=none", "evaluation.plots=false",
+    res = main_py("evaluate", "--labels", folder, "--model_type", "cnn", "detector=none", "evaluation.plots=false",
                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=300)
     assert "Traceback" not in res.stderr and res.returncode == 2, (res.returncode, res.stderr[-3000:])
     lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]

@@ -71,7 +71,7 @@ def test_commands_report_a_damaged_split_in_one_line(tmp_path, tiny_model, fake_
         other = damaged(tiny_model, tmp_path / "other", SPLIT.encode())
         args = ["ensemble", other, folder]
     else:
-        args = [command, "--model_path", folder, "--model_type", "normal", "--data_path", fake_data]
+        args = [command, "--model_path", folder, "--model_type", "cnn", "--data_path", fake_data]
     res = main_py(*args, "evaluation.plots=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=300)
     line = one_error_line(res)
     assert f"{folder / 'split.csv'}: no 'split' column" in line
@@ -79,7 +79,7 @@ def test_commands_report_a_damaged_split_in_one_line(tmp_path, tiny_model, fake_
 
 def test_evaluate_refuses_a_split_cut_at_a_row_end(tmp_path, tiny_model, fake_data):
     folder = damaged(tiny_model, tmp_path / "model", "".join(SPLIT.splitlines(keepends=True)[:10]).encode())
-    res = main_py("evaluate", "--model_path", folder, "--model_type", "normal", "--data_path", fake_data,
+    res = main_py("evaluate", "--model_path", folder, "--model_type", "cnn", "--data_path", fake_data,
                   "evaluation.plots=false",
                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=300)
     assert "lists 9 images, but the model was trained with 11" in one_error_line(res)

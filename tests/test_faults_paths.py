@@ -16,7 +16,7 @@ from faceattr.config import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
-SHIPPED_NORMAL = ROOT / "saved_model" / "normal"
+SHIPPED_NORMAL = ROOT / "saved_model" / "cnn"
 ODD_PATHS = [
     "photos/a${x}b.jpg", "res_${oc.env:HOSTNAME,x}.csv", "${", "$${a}}", "a\\${x}.jpg", "x\\\\\\${y}",
     "a\\b.jpg", "trailing\\", "it's.jpg", "x\\'y", "a,b [c] {d}.jpg", "ä ö/ü ${z",
@@ -35,8 +35,8 @@ def small_photo(path: Path) -> Path:
 
 def shipped_normal() -> list[str]:
     if not (SHIPPED_NORMAL / "model.tflite").is_file():
-        pytest.skip("needs the shipped saved_model/normal/model.tflite")
-    return ["--model_type", "normal"]
+        pytest.skip("needs the shipped saved_model/cnn/model.tflite")
+    return ["--model_type", "cnn"]
 
 
 @pytest.mark.parametrize("path", ODD_PATHS)

@@ -47,11 +47,11 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def shipped(tmp_path) -> Path:
-    """A ``saved_model/`` whose ``normal`` model is a user's (any bytes: promote must not touch it)."""
+    """A ``saved_model/`` whose ``cnn`` model is a user's (any bytes: promote must not touch it)."""
     saved = tmp_path / "saved_model"
-    (saved / "normal").mkdir(parents=True)
-    (saved / "normal" / "model_info.json").write_text(json.dumps({"model_type": "normal", "mine": True}))
-    (saved / "normal" / "model.keras").write_bytes(b"the model in use" * 100)
+    (saved / "cnn").mkdir(parents=True)
+    (saved / "cnn" / "model_info.json").write_text(json.dumps({"model_type": "cnn", "mine": True}))
+    (saved / "cnn" / "model.keras").write_bytes(b"the model in use" * 100)
     return saved
 
 
@@ -83,7 +83,7 @@ def test_a_truncated_model_is_refused_and_the_shipped_model_stays(tmp_path, tiny
 
 def test_a_good_model_is_swapped_in_whole_and_the_previous_kept(tmp_path, tiny_run, shipped):
     run = copy_run(tiny_run, tmp_path / "run")
-    before = snapshot(shipped / "normal")
+    before = snapshot(shipped / "cnn")
     target = promote(run, shipped)
     assert snapshot(target) == snapshot(run)
     backups = list((shipped / ".previous").iterdir())
@@ -116,9 +116,9 @@ def test_a_signal_during_promote_changes_nothing(tmp_path, tiny_run, shipped, si
 def test_a_second_promote_of_the_same_type_is_refused_naming_the_holder(tmp_path, tiny_run, shipped):
     run = copy_run(tiny_run, tmp_path / "run")
     before = snapshot(shipped)
-    with writes.exclusive(shipped / "normal", "promote"):
+    with writes.exclusive(shipped / "cnn", "promote"):
         res = subprocess.run(promote_cli(run, shipped, tmp_path), capture_output=True, text=True, timeout=300)
-        assert (shipped / ".normal.lock").is_file()
+        assert (shipped / ".cnn.lock").is_file()
     assert res.returncode == 2, res.stderr[-3000:]
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "in use by another promote" in errors[0] and f"pid {os.getpid()}" in errors[0]

@@ -33,7 +33,7 @@ def train_args(tmp_path_factory) -> list[str]:
     """``train`` arguments for a few-second run: 60 faces, a tiny CNN, no early stop."""
     base = tmp_path_factory.mktemp("faults")
     make_fake_utkface(base / "UTKFace", 60)
-    return ["train", "--model_type", "normal", "debug=smoke", f"data.path={base / 'UTKFace'}", "data.limit=60",
+    return ["train", "--model_type", "cnn", "debug=smoke", f"data.path={base / 'UTKFace'}", "data.limit=60",
             f"paths.cache={base / 'cache'}", f"train.epochs={EPOCHS}", "train.batch_size=16",
             "train.early_stopping_patience=20", *TINY_CNN]
 
@@ -286,12 +286,12 @@ def test_a_backup_made_with_other_settings_is_refused_in_one_line(tmp_path):
     from faceattr.errors import ConfigError
     from faceattr.training.backup import check_resumable
 
-    ours = {"model": {"name": "normal", "filters": [8, 16]}, "split_sha256": "a" * 64}
+    ours = {"model": {"name": "cnn", "filters": [8, 16]}, "split_sha256": "a" * 64}
     assert fit_tiny(tmp_path, crash_at=0, fingerprint=ours) is None
     check_resumable(tmp_path, {**ours, "model": {**ours["model"], "added_later": 1}})  # the same run: resumes
     with pytest.raises(ConfigError, match=r"backup: this unfinished training was backed up with other settings "
                                           r"\(model.filters differ\); run its own command again"):
-        check_resumable(tmp_path, {**ours, "model": {"name": "normal", "filters": [8]}})
+        check_resumable(tmp_path, {**ours, "model": {"name": "cnn", "filters": [8]}})
     with pytest.raises(ConfigError, match=r"\(the data split \(split.csv\) differ\)"):
         check_resumable(tmp_path, {**ours, "split_sha256": "b" * 64})
 
@@ -343,7 +343,7 @@ def test_two_phase_training_resumes_in_the_phase_it_was_stopped_in(tmp_path, cap
     from faceattr.training.loop import fit_model, join_histories
 
     cfg = OmegaConf.create({
-        "model": OmegaConf.to_container(model_settings({"name": "normal", "input_size": 32, "filters": [4, 8],
+        "model": OmegaConf.to_container(model_settings({"name": "cnn", "input_size": 32, "filters": [4, 8],
                                                         "heads": {"hidden_units": [8]}})),
         "train": {"schedule": "plateau", "epochs": 3, "batch_size": 8, "weight_decay": 1e-4,
                   "early_stopping_patience": 20, "lr_plateau_patience": 20, "run_eagerly": False}})

@@ -21,13 +21,13 @@ from faceattr import writes
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
-SHIPPED_NORMAL = ROOT / "saved_model" / "normal"
+SHIPPED_NORMAL = ROOT / "saved_model" / "cnn"
 
 
 def shipped_normal() -> list[str]:
     if not (SHIPPED_NORMAL / "model.tflite").is_file():
-        pytest.skip("needs the shipped saved_model/normal/model.tflite")
-    return ["--model_type", "normal"]
+        pytest.skip("needs the shipped saved_model/cnn/model.tflite")
+    return ["--model_type", "cnn"]
 
 
 def photos(folder: Path, n: int, size: int = 160) -> Path:
@@ -247,10 +247,10 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(tmp
     mounts.append(full)
     heads_cfg = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta": 5.0,
                  "age_mode": "regression", "loss_weights": {"age": 0.1, "gender": 1.0, "race": 1.0}}
-    cfg = OmegaConf.create({"name": "normal", "input_size": 32, "filters": [8, 16], "convs_per_stage": 1,
+    cfg = OmegaConf.create({"name": "cnn", "input_size": 32, "filters": [8, 16], "convs_per_stage": 1,
                             "residual": True, "dropout": 0.0, "heads": heads_cfg})
     model_dir = full / "model"
-    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=32), build_cnn(cfg))
+    io.save_model(model_dir, io.ModelInfo(model_type="cnn", input_size=32), build_cnn(cfg))
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
     fill(full, 0)
     res = main_py("export", model_dir, f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache={tmp_path / 'cache'}",
@@ -266,7 +266,7 @@ def test_train_onto_a_full_disk_is_one_line_before_any_work(tmp_path, mounts, fa
     folder's room is checked before the data is touched."""
     small = tmpfs(tmp_path / "small", "3m")
     mounts.append(small)
-    res = main_py("train", "--data_path", fake_data, "debug=smoke", "model=normal", "model.input_size=32",
+    res = main_py("train", "--data_path", fake_data, "debug=smoke", "model=cnn", "model.input_size=32",
                   "model.filters=[8,16]", f"hydra.run.dir={small / 'run'}", f"paths.cache={tmp_path / 'cache'}",
                   cwd=tmp_path, timeout=600)
     line = one_error_line(res)

@@ -45,10 +45,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     without importing TensorFlow, as a user's do)."""
     from faceattr.models.export import export_tflite
 
-    cfg = OmegaConf.merge(group_node("model", "normal"),
+    cfg = OmegaConf.merge(group_node("model", "cnn"),
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("tiny_model")
-    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
+    io.save_model(model_dir, io.ModelInfo(model_type="cnn", input_size=TINY_SIZE), build_cnn(cfg))
     export_tflite(model_dir)
     return model_dir
 

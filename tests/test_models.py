@@ -15,7 +15,7 @@ HEADS = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta"
 
 
 def cnn_cfg(**overrides):
-    return OmegaConf.create({"name": "normal", "input_size": 32, "filters": [4, 8, 16], "convs_per_stage": 1,
+    return OmegaConf.create({"name": "cnn", "input_size": 32, "filters": [4, 8, 16], "convs_per_stage": 1,
                              "residual": True, "dropout": 0.0, "heads": HEADS, **overrides})
 
 
@@ -77,7 +77,7 @@ def save_cnn_member(model_dir, seed: int, split_csv: str) -> np.ndarray:
     from faceattr.models.families import family
 
     keras.utils.set_random_seed(seed)
-    trainer = family("normal").trainer(OmegaConf.create({"model": cnn_cfg()}))
+    trainer = family("cnn").trainer(OmegaConf.create({"model": cnn_cfg()}))
     trainer.save(model_dir, trained_with={"model": OmegaConf.to_container(cnn_cfg())})
     (model_dir / "split.csv").write_text(split_csv)
     return trainer.model.predict_on_batch(FACES)
@@ -91,11 +91,11 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     from faceattr.models.ensemble import ensemble_command
     from faceattr.models.families import family
 
-    cnn = family("normal")
+    cnn = family("cnn")
     assert (cnn.trainable_file, cnn.input_spec(32).size, cnn.shares_trunk) == ("model.keras", 32, False)
     split = "image,split\na.jpg,train\nb.jpg,test\n"
     outs = [save_cnn_member(tmp_path / f"m{i}", seed=i, split_csv=split) for i in range(2)]
-    assert (tmp_path / "m0" / "model.keras").is_file() and io.ModelInfo.read(tmp_path / "m0").model_type == "normal"
+    assert (tmp_path / "m0" / "model.keras").is_file() and io.ModelInfo.read(tmp_path / "m0").model_type == "cnn"
     loaded = io.load_model(tmp_path / "m0")  # the family's end-to-end model: the CNN itself
     np.testing.assert_allclose(loaded.model.predict_on_batch(FACES)["race"], outs[0]["race"], atol=1e-5)
 
@@ -107,7 +107,53 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     for task in ("age", "gender", "race"):
         np.testing.assert_allclose(mean[task], (outs[0][task] + outs[1][task]) / 2, atol=1e-4)
     info = io.ModelInfo.read(tmp_path / "ens" / "model")
-    assert info.model_type == "normal" and info.ensemble["member_types"] == ["normal", "normal"]
+    assert info.model_type == "cnn" and info.ensemble["member_types"] == ["cnn", "cnn"]
+
+
+def test_a_folder_saved_as_normal_loads_evaluates_and_averages_as_cnn(tmp_path):
+    """A model folder written before the CNN family was named ``cnn`` (``model_type: normal``,
+    ``trained_with.model.name: normal``) is a cnn model to every reader; rewriting its
+    model_info.json (ensemble, calibrate, export) writes ``cnn``."""
+    import json
+
+    from faceattr.config import model_settings
+    from faceattr.models import io
+    from faceattr.models.ensemble import ensemble_command
+
+    split = "image,split\na.jpg,train\nb.jpg,test\n"
+    outs = [save_cnn_member(tmp_path / f"m{i}", seed=i, split_csv=split) for i in range(2)]
+    for i in range(2):  # as an older faceattr wrote them
+        path = tmp_path / f"m{i}" / io.MODEL_INFO
+        raw = json.loads(path.read_text())
+        raw["model_type"], raw["trained_with"]["model"]["name"] = "normal", "normal"
+        path.write_text(json.dumps(raw))
+    info = io.ModelInfo.read(tmp_path / "m0")
+    assert info.model_type == "cnn" and info.trained_with["model"]["name"] == "normal"  # the record as written
+    assert model_settings(info.trained_with["model"]).name == info.model_type  # what evaluate checks
+    loaded = io.load_model(tmp_path / "m0")
+    np.testing.assert_allclose(loaded.model.predict_on_batch(FACES)["race"], outs[0]["race"], atol=1e-5)
+
+    cfg = OmegaConf.create({"ensemble": {"members": [str(tmp_path / "m0"), str(tmp_path / "m1")]},
+                            "paths": {"cache": str(tmp_path / "cache"), "saved_models": str(tmp_path / "saved")},
+                            "export": {"tflite": False}, "promote": False})
+    ensemble_command(cfg, tmp_path / "ens")
+    written = json.loads((tmp_path / "ens" / "model" / io.MODEL_INFO).read_text())
+    assert written["model_type"] == "cnn" and written["ensemble"]["member_types"] == ["cnn", "cnn"]
+
+
+def test_the_default_model_folder_is_the_familys_or_its_alias_folder(tmp_path):
+    """``model_path`` unset: ``saved_model/<model.name>``; a ``saved_model/normal`` promoted
+    before the rename is used while no ``saved_model/cnn`` is there."""
+    from faceattr.models import io
+
+    cfg = OmegaConf.create({"model_path": None, "model": {"name": "cnn"}, "paths": {"saved_models": str(tmp_path)}})
+    assert io.resolve_model_dir(cfg) == tmp_path / "cnn"  # neither there: the family's own name
+    (tmp_path / "normal").mkdir()
+    assert io.resolve_model_dir(cfg) == tmp_path / "normal"
+    (tmp_path / "cnn").mkdir()
+    assert io.resolve_model_dir(cfg) == tmp_path / "cnn"
+    cfg.model.name = "facenet"
+    assert io.resolve_model_dir(cfg) == tmp_path / "facenet"
 
 
 

@@ -175,4 +175,4 @@ def test_an_installed_copy_runs_from_any_folder(tmp_path):
     assert len(rows) == 2 and ",female,white," in rows[1]  # the shipped model's answer on the example
     help_text = subprocess.run([str(venv / "bin" / "faceattr"), "run", "--help"], cwd=elsewhere, env=env,
                                capture_output=True, text=True, check=True).stdout
-    assert help_text.startswith("usage: faceattr run ") and "model: facenet, normal" in help_text
+    assert help_text.startswith("usage: faceattr run ") and "model: cnn, facenet, normal" in help_text

@@ -36,10 +36,10 @@ FAIRFACE_DEV = ROOT.parent / "shared" / "data" / "external" / "fairface-dev"
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    cfg = OmegaConf.merge(group_node("model", "normal"),
+    cfg = OmegaConf.merge(group_node("model", "cnn"),
                           {"input_size": 32, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("tiny_model")
-    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=32), build_cnn(cfg))
+    io.save_model(model_dir, io.ModelInfo(model_type="cnn", input_size=32), build_cnn(cfg))
     return model_dir
 
 

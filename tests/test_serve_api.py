@@ -28,7 +28,7 @@ from fastapi.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
-MODEL = ROOT / "saved_model" / "normal"
+MODEL = ROOT / "saved_model" / "cnn"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def pipeline():
     from faceattr.config import compose_config
     from faceattr.serve.app import serving_pipeline
 
-    return serving_pipeline(compose_config(["command=serve", "model=normal"]))
+    return serving_pipeline(compose_config(["command=serve", "model=cnn"]))
 
 
 def test_serve_answers_without_mirror_averaging_unless_asked(pipeline):
@@ -52,9 +52,9 @@ def test_serve_answers_without_mirror_averaging_unless_asked(pipeline):
     crops = pipeline.crops(photo)
     assert len(crops) == 1 and pipeline.predictor.tta_flip is False
     served = pipeline.predict(crops)[0]
-    run_like = FacePipeline.from_config(compose_config(["command=run", "model=normal", "run.tta_flip=false"]))
+    run_like = FacePipeline.from_config(compose_config(["command=run", "model=cnn", "run.tta_flip=false"]))
     assert abs(run_like.predict(crops)[0].age - served.age) < 1e-4
-    mirrored = serving_pipeline(compose_config(["command=serve", "model=normal", "serve.tta_flip=true"]))
+    mirrored = serving_pipeline(compose_config(["command=serve", "model=cnn", "serve.tta_flip=true"]))
     assert mirrored.predictor.tta_flip is True
     assert abs(mirrored.predict(crops)[0].age - served.age) > 1e-4  # the mirror image's answer is averaged in
 
@@ -65,7 +65,7 @@ def make_app(tmp: Path, pipeline, *overrides: str):
 
     runs = tmp / "runs"
     (runs / "outputs").mkdir(parents=True, exist_ok=True)
-    cfg = compose_config(["command=serve", "model=normal", f"serve.data_dir={tmp / 'runs' / 'outputs' / 'serve'}",
+    cfg = compose_config(["command=serve", "model=cnn", f"serve.data_dir={tmp / 'runs' / 'outputs' / 'serve'}",
                           f"serve.runs_roots=[{runs / 'outputs'},{ROOT / 'statistics'}]",
                           f"serve.retrain_dir={tmp / 'retrain'}", f"paths.cache={tmp / 'cache'}",
                           "serve.allowed_hosts=[testserver]", *overrides])  # TestClient's Host
@@ -124,7 +124,7 @@ def test_health_names_the_model(served):
     res = TestClient(served[0]).get("/api/health")
     assert res.status_code == 200
     body = res.json()
-    assert body["status"] == "ok" and "normal" in body["model"]
+    assert body["status"] == "ok" and "cnn" in body["model"]
 
 
 def test_session_sets_an_httponly_lax_cookie_once(served):
@@ -854,7 +854,7 @@ def test_ctrl_c_stops_serve_with_interrupted_and_exit_130(tmp_path):
     import subprocess
     import sys
 
-    argv = [sys.executable, str(ROOT / "src" / "main.py"), "serve", "--model_type", "normal", "serve.port=0",
+    argv = [sys.executable, str(ROOT / "src" / "main.py"), "serve", "--model_type", "cnn", "serve.port=0",
             f"serve.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

@@ -58,7 +58,7 @@ def server(server_tmp):
     port = free_port()
     log = (tmp / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "src" / "main.py"), "serve", "--model_type", "normal", f"serve.port={port}",
+        [sys.executable, str(ROOT / "src" / "main.py"), "serve", "--model_type", "cnn", f"serve.port={port}",
          f"serve.data_dir={tmp / 'data'}", f"serve.runs_roots=[{ROOT / 'statistics'}]",
          f"serve.retrain_dir={tmp / 'retrain'}", f"hydra.run.dir={tmp / 'run'}"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

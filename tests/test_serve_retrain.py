@@ -48,7 +48,7 @@ def test_a_retrain_job_finishes_with_both_models_figures(cnn_run, shared_cache, 
 
     model_dir, cache = cnn_run / "model", shared_cache
     before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
-    cfg = compose_config(["command=serve", "model=normal", f"model_path={model_dir}", f"paths.cache={cache}",
+    cfg = compose_config(["command=serve", "model=cnn", f"model_path={model_dir}", f"paths.cache={cache}",
                           f"serve.data_dir={tmp_path / 'serve'}", f"serve.retrain_dir={tmp_path / 'retrain'}",
                           "serve.retrain_epochs=1", "serve.retrain_overrides=['debug=smoke']",
                           "serve.allowed_hosts=[testserver]"])

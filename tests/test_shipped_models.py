@@ -43,7 +43,7 @@ def shipped(model_type: str) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("model_type", ["facenet", "normal"])
+@pytest.mark.parametrize("model_type", ["facenet", "cnn"])
 def test_quickstart_labels_the_astronaut(tmp_path, model_type):
     folder = shipped(model_type)
     out = tmp_path / "out.csv"
@@ -65,11 +65,25 @@ def test_quickstart_labels_the_astronaut(tmp_path, model_type):
     assert face["aligned"] == "True", face
 
 
+
+def test_the_shipped_cnn_written_as_normal_is_read_as_cnn():
+    """saved_model/cnn was saved when the family was named ``normal`` (its model_info.json says so,
+    unchanged); every reader takes it as the cnn model ``--model_type cnn`` and ``normal`` both find."""
+    from faceattr.config import compose_config
+    from faceattr.models import io
+
+    folder = shipped("cnn")
+    assert json.loads((folder / "model_info.json").read_text())["model_type"] == "normal"
+    assert io.ModelInfo.read(folder).model_type == "cnn"
+    for model in ("cnn", "normal"):
+        assert io.resolve_model_dir(compose_config(["command=run", f"model={model}"])) == folder
+
+
 @pytest.mark.slow
 def test_every_shipped_keras_file_loads_in_a_fresh_process_and_agrees_with_its_export(tmp_path, facenet_weights):
     """A fresh process registers every custom layer a shipped file names (a loaded test module
     would hide a missing import); Keras and the dynamic-range export give close outputs."""
-    folders = [shipped(name) for name in ("facenet", "normal")]
+    folders = [shipped(name) for name in ("facenet", "cnn")]
     res = subprocess.run(
         [sys.executable, "-c", BOTH_BACKENDS, str(new_cache(tmp_path / "cache", facenet_weights)), str(ASTRONAUT),
          *map(str, folders)],

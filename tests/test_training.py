@@ -87,7 +87,7 @@ def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_spl
     make_trainer = handler_module("train").make_trainer
     first = cnn_run  # two epochs
     # The trainer starts from exactly the saved weights...
-    cfg = OmegaConf.create({"model": {"name": "normal", "input_size": 32}, "paths": {"cache": str(shared_cache)},
+    cfg = OmegaConf.create({"model": {"name": "cnn", "input_size": 32}, "paths": {"cache": str(shared_cache)},
                             "train": {"init_from": str(first / "model")}})
     split = pd.read_csv(first / "split.csv")
     trainer = make_trainer(cfg, split)
@@ -99,7 +99,7 @@ def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_spl
     leaky.loc[leaky.index[leaky.split == "train"][0], "split"] = "test"
     with pytest.raises(ConfigError, match="was trained on 1 image"):
         make_trainer(cfg, leaky)
-    with pytest.raises(ConfigError, match="holds a normal model at 32px"):
+    with pytest.raises(ConfigError, match="holds a cnn model at 32px"):
         make_trainer(OmegaConf.merge(cfg, {"model": {"input_size": 64}}), split)
 
     # The command: same data and split -> trains on; another split seed -> one clear refusal.
@@ -178,12 +178,12 @@ def test_sweep_writes_a_two_row_summary(fake_data, shared_cache, tmp_path):
 
 def test_promote_moves_the_previous_model_aside(cnn_run, tmp_path):
     shipped = tmp_path / "saved_model"
-    (shipped / "normal").mkdir(parents=True)
-    (shipped / "normal" / "mine.txt").write_text("a user's file")
+    (shipped / "cnn").mkdir(parents=True)
+    (shipped / "cnn" / "mine.txt").write_text("a user's file")
     run_command("promote", f"model_path={cnn_run}", f"paths.saved_models={shipped}", run_dir=tmp_path / "p")
-    assert (shipped / "normal" / "model.keras").is_file()
-    assert (shipped / "normal" / "model.keras").read_bytes() == (cnn_run / "model" / "model.keras").read_bytes()
-    kept = list((shipped / ".previous").glob("normal-*/mine.txt"))
+    assert (shipped / "cnn" / "model.keras").is_file()
+    assert (shipped / "cnn" / "model.keras").read_bytes() == (cnn_run / "model" / "model.keras").read_bytes()
+    kept = list((shipped / ".previous").glob("cnn-*/mine.txt"))
     assert len(kept) == 1 and kept[0].read_text() == "a user's file"
 
 
@@ -207,7 +207,7 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fak
     run_command("ensemble", members(runs[0], runs[1] / "model"), f"paths.cache={shared_cache}",
                 "export.tflite=true", run_dir=out)
     info = json.loads((out / "model" / "model_info.json").read_text())
-    assert info["model_type"] == "normal" and len(info["ensemble"]["members"]) == 2
+    assert info["model_type"] == "cnn" and len(info["ensemble"]["members"]) == 2
     # Its outputs are the members' mean (a real forward pass through all three saved models).
     load = lambda d: keras.models.load_model(d / "model" / "model.keras", safe_mode=True, compile=False)  # noqa: E731
     faces = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
@@ -274,7 +274,7 @@ def test_ensemble_of_facenet_and_cnn_feeds_the_cnn_the_shrunk_face(cnn_run, face
     run_command("ensemble", members(cnn, net), f"paths.cache={facenet_cache}", "export.tflite=true", run_dir=ens)
     info = json.loads((ens / "model" / "model_info.json").read_text())
     assert (info["model_type"], info["input_size"]) == ("facenet", 160)
-    assert info["ensemble"]["member_types"] == ["normal", "facenet"]
+    assert info["ensemble"]["member_types"] == ["cnn", "facenet"]
     # End to end it is the mean of FaceNet on the face and the CNN on the face shrunk to its
     # 32 px with OpenCV's area filter, as the CNN's training images were.
     faces = np.random.default_rng(2).integers(0, 256, (3, 160, 160, 3)).astype(np.float32)

@@ -1,7 +1,7 @@
 """Command line: familiar flags become Hydra overrides, then Hydra takes over.
 
-``python src/main.py train --model_type normal --eval train.epochs=5`` is handed to Hydra as
-``model=normal train.eval=true train.epochs=5 command=train``, so everything Hydra offers
+``python src/main.py train --model_type cnn --eval train.epochs=5`` is handed to Hydra as
+``model=cnn train.eval=true train.epochs=5 command=train``, so everything Hydra offers
 (``-m`` sweeps, ``--cfg job``, ``hydra.run.dir=...``) works unchanged; ``--help`` is the
 toolkit's own (``cli_help``: a command's flags, examples and the config groups). Each
 command's work lives in its own module; this file only maps and dispatches, and turns typed
@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 from faceattr.cli_help import command_help, overview, program_name
-from faceattr.config import CONF_DIR, compose_config, register
+from faceattr.config import CONF_DIR, compose_config, family_names, register
 from faceattr.errors import FaceAttrError
-from faceattr.models.families.names import family_names
 from faceattr.verbosity import is_verbose, set_verbosity
 
 COMMANDS = {
@@ -69,10 +68,10 @@ def _flag_parser(command: str) -> argparse.ArgumentParser:
     """The sugar flags of one command; everything else is Hydra's."""
     p = argparse.ArgumentParser(prog=f"{program_name()} {command}", add_help=False)
     if command in ("run", "train", "evaluate", "export", "calibrate", "serve"):
-        p.add_argument("--model_type", choices=family_names(), help="model family (model=...)")
+        p.add_argument("--model_type", choices=family_names(aliases=True), help="model family (model=...)")
     if command == "distill":
-        p.add_argument("--model_type", choices=family_names(), default="normal",
-                       help="the student's model family (model=...; default normal, one CNN)")
+        p.add_argument("--model_type", choices=family_names(aliases=True), default="cnn",
+                       help="the student's model family (model=...; default cnn, one CNN)")
         p.add_argument("--teacher", metavar="DIR",
                        help="the teacher's model folder, with its split.csv (distill.teacher=...)")
     if command in ("run", "evaluate", "calibrate", "serve"):

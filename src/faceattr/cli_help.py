@@ -17,19 +17,19 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "run": [
         ("run --img photo.jpg", "label every face in one photo"),
         ('run --img photos/ "shots/*.png" --output preds.json --no-annotate', "folders and globs, JSON out"),
-        ("run --img me.jpg --model_type normal --save-faces", "the CNN; also each face as the model saw it"),
+        ("run --img me.jpg --model_type cnn --save-faces", "the CNN; also each face as the model saw it"),
         ("run --video clip.mp4 --no-display --output out.mp4", "a video file, annotated copy written"),
         ("run --video", "camera 0, in a window (q quits)"),
     ],
     "train": [
-        ("train --model_type normal --eval debug=smoke", "a quick real run on 300 faces"),
+        ("train --model_type cnn --eval debug=smoke", "a quick real run on 300 faces"),
         ("train --data_path ~/data/UTKFace.tar.gz --eval", "FaceNet transfer on your UTKFace copy"),
         ("train experiment=facenet_full train.epochs=20", "a named run with one key changed"),
         ("train -m model.heads.dropout=0.2,0.4 debug=smoke", "a sweep: one run per value"),
     ],
     "evaluate": [
         ("evaluate", "the shipped FaceNet model on its test split"),
-        ("evaluate --model_type normal evaluation.split=val", "the shipped CNN on its validation split"),
+        ("evaluate --model_type cnn evaluation.split=val", "the shipped CNN on its validation split"),
         ("evaluate --labels my_photos/", "your own labelled photos (a folder with labels.csv)"),
         ("evaluate --model_path outputs/train/DATE/TIME/model", "a model you trained"),
     ],
@@ -52,7 +52,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("ensemble outputs/a outputs/b outputs/c hydra.run.dir=outputs/ens", "the mean of three runs"),
     ],
     "calibrate": [
-        ("calibrate --model_type normal", "fit the shipped CNN's decision rules on its validation split"),
+        ("calibrate --model_type cnn", "fit the shipped CNN's decision rules on its validation split"),
         ("calibrate --model_path outputs/train/DATE/TIME/model", "a model you trained"),
     ],
     "distill": [
@@ -61,7 +61,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     ],
     "serve": [
         ("serve", "the web page on http://127.0.0.1:8000/ (shipped FaceNet model)"),
-        ("serve --model_type normal serve.port=8080", "the CNN, another port"),
+        ("serve --model_type cnn serve.port=8080", "the CNN, another port"),
     ],
 }
 
@@ -102,7 +102,7 @@ def command_help(command: str, summary: str, flags: argparse.ArgumentParser, con
         "flags:",
         *flag_lines,
         "",
-        "config groups (GROUP=CHOICE, e.g. model=normal; the files under conf/):",
+        "config groups (GROUP=CHOICE, e.g. model=cnn; the files under conf/):",
         *(textwrap.fill(f"{group}: {', '.join(choices)}", width=100, initial_indent="  ", subsequent_indent="      ",
                         break_on_hyphens=False)
           for group, choices in config_groups(conf_dir).items()),
@@ -127,7 +127,7 @@ def overview(commands: dict[str, str]) -> str:
         "",
         "examples:",
         f"  {prog} run --img {_shown(EXAMPLE_PHOTO)}   # the shipped example photo",
-        f"  {prog} train --model_type normal --eval debug=smoke",
+        f"  {prog} train --model_type cnn --eval debug=smoke",
         f"  {prog} serve",
         "",
         "Flags are shortcuts for config keys; any key can be set as key=value, -m sweeps,",

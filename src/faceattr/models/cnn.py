@@ -1,4 +1,4 @@
-"""The from-scratch multi-output CNN (``model=normal``).
+"""The from-scratch multi-output CNN (``model=cnn``).
 
 Input: float32 RGB in [0, 255], shape (N, S, S, 3) with S = ``model.input_size``; the
 rescaling is the model's first layer, so training and serving can't normalise differently.
@@ -43,7 +43,7 @@ def stage_convs(model_cfg: DictConfig) -> list[int]:
 
 
 def build_cnn(model_cfg: DictConfig) -> keras.Model:
-    """Build the CNN described by ``conf/model/normal.yaml``; outputs as in ``heads``."""
+    """Build the CNN described by ``conf/model/cnn.yaml``; outputs as in ``heads``."""
     size = int(model_cfg.input_size)
     inputs = keras.Input((size, size, 3), name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)

@@ -1,4 +1,4 @@
-"""``model=normal``: the from-scratch CNN (``models.cnn``), trained on images end to end.
+"""``model=cnn``: the from-scratch CNN (``models.cnn``), trained on images end to end.
 
 Input: float32 RGB in [0, 255], (N, S, S, 3), S = ``model.input_size``; the model's first
 layer rescales to [-1, 1]. Training reads the images through the tf.data pipeline
@@ -71,9 +71,10 @@ class ImageTrainer:
 
 
 class CNNFamily(ModelFamily):
-    """The from-scratch CNN (``conf/model/normal.yaml``, ``config.CNNConfig``)."""
+    """The from-scratch CNN (``conf/model/cnn.yaml``, ``config.CNNConfig``; once named ``normal``,
+    still accepted as its alias)."""
 
-    name = "normal"
+    name = "cnn"
     trainable_file = "model.keras"
 
     def build(self, model_cfg: DictConfig) -> keras.Model:

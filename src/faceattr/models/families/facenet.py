@@ -316,7 +316,7 @@ class FaceNetFamily(ModelFamily):
         the earliest get the packaged, frozen stages from the earliest cut to their own in front,
         one copy per distinct cut and feature kind.
 
-        Image members (e.g. ``model=normal``) take the face image itself (:meth:`ModelFamily.feed_image`);
+        Image members (e.g. ``model=cnn``) take the face image itself (:meth:`ModelFamily.feed_image`);
         the result then has two inputs, ``[features, image]``, which ``facenet.assemble_end_to_end``
         feeds with the trunk's output and the face.
         """
