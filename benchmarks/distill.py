@@ -114,14 +114,14 @@ def measure_labelling(teacher_dir: Path, scratch: Path) -> list[dict[str, Any]]:
 
 
 def run_distill_benchmark(student_dir: str | None = None) -> dict:
-    """Teacher (saved_model/facenet), ensemble (saved_model/normal) and student side by side,
+    """Teacher (saved_model/facenet), ensemble (saved_model/cnn) and student side by side,
     and the teacher-labelling rate. A missing model folder gives a ``skipped`` row."""
     from faceattr.config import compose_config
 
     cfg = compose_config(["command=distill"])
     cache_dir = Path(cfg.paths.cache)
     teacher_dir = Path(str(cfg.distill.teacher))
-    models = {"teacher": teacher_dir, "ensemble": Path(cfg.paths.saved_models) / "normal",
+    models = {"teacher": teacher_dir, "ensemble": Path(cfg.paths.saved_models) / "cnn",
               "student": Path(student_dir) if student_dir else DEFAULT_STUDENT}
     rows: list[dict[str, Any]] = []
     for name, folder in models.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import CACHE, ROOT, Row, progress, rel
+from faceattr.config import canonical_family
 
 
 @dataclass
@@ -47,8 +48,8 @@ def model_entries(names: list[str], overrides: dict[str, Path]) -> dict[str, Mod
                 entry.raw_info = json.loads(info_path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 entry.missing = f"{rel(info_path)}: unreadable ({exc})"
-            else:
-                if entry.raw_info.get("model_type") != name:
+            else:  # a folder saved under an alias of its family's name ("normal") is that family's
+                if canonical_family(entry.raw_info.get("model_type")) != name:
                     entry.missing = (f"{rel(model_dir)}: holds a {entry.raw_info.get('model_type')!r} model, "
                                      f"not {name!r}")
         out[name] = entry

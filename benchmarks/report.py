@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BASELINE, METRIC_ORDER, MODEL_ORDER, Row
+from faceattr.config import canonical_family
 
 #: Rows written before rows named their section: the section, told by metric prefix.
 _SECTION_BY_PREFIX = (("serve_", "serve"), ("latency_b1", "latency"), ("throughput_b32", "latency"),
@@ -95,6 +96,7 @@ def merge_sections(result: dict[str, Any], previous: dict[str, Any] | None) -> d
                      "git_commit": machine.get("git_commit"), "quick": (previous.get("settings") or {}).get("quick")}
         kept = [row for row in previous["rows"] if section_of(row) not in ran | {None}]
         for row in kept:
+            row["model"] = canonical_family(row.get("model"))  # rows measured under a family's older name
             name = section_of(row)
             row["section"] = name
             runs.setdefault(name, earlier.get(name) or whole_run)

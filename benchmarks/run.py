@@ -1,7 +1,7 @@
 """Measure the shipped models and the frozen FaceNet graph side by side, in one run.
 
     python benchmarks/run.py                       # everything, both models, writes benchmarks/results.json
-    python benchmarks/run.py --quick --models normal --model-dir normal=outputs/train/.../model
+    python benchmarks/run.py --quick --models cnn --model-dir cnn=outputs/train/.../model
 
 Prints one table and writes a JSON file with a description of the machine and one row per
 measurement: ``metric, model, value, unit, target, pass``. What each metric means is in
@@ -148,9 +148,9 @@ def section_run_img(c: Context) -> list[Row]:
 
 def section_train(c: Context) -> list[Row]:
     rows: list[Row] = []
-    if "normal" in c.entries:
-        rows += guarded("train_images_per_s", "normal", "images/s",
-                        lambda: training.measure_cnn_training(c.entries["normal"], c.settings))
+    if "cnn" in c.entries:
+        rows += guarded("train_images_per_s", "cnn", "images/s",
+                        lambda: training.measure_cnn_training(c.entries["cnn"], c.settings))
     if "facenet" in c.entries and (no_graph := facenet_package_missing()):
         rows.append(skipped("feature_extraction_images_per_s", "facenet", "images/s", no_graph))
     elif "facenet" in c.entries:

@@ -214,7 +214,7 @@ def run_serve_benchmark(model_type: str = "facenet", uploads: int = 200, clients
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model_type", default="facenet", choices=["facenet", "normal"])
+    p.add_argument("--model_type", default="facenet", choices=["facenet", "cnn", "normal"])
     p.add_argument("--uploads", type=int, default=200)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--out", help="also write the figures to this JSON file")

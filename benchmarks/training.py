@@ -24,7 +24,7 @@ def measure_cnn_training(entry: ModelEntry | None, s: Settings) -> Row:
     from faceattr.models.cnn import build_cnn
     from faceattr.models.heads import compile_args
 
-    cfg, source = model_config("normal", entry)
+    cfg, source = model_config("cnn", entry)
     trained = (entry.raw_info or {}).get("trained_with") if entry else None
     train_cfg = trained.get("train", {}) if isinstance(trained, dict) else {}
     batch = int(train_cfg.get("batch_size") or s.train_batch)
@@ -49,9 +49,9 @@ def measure_cnn_training(entry: ModelEntry | None, s: Settings) -> Row:
             self.seconds.append(time.perf_counter() - self._start)
 
     timer = EpochTimer()
-    progress(f"normal: training throughput ({n} random {size}px images, batch {batch}, 2 epochs, 2nd timed)")
+    progress(f"cnn: training throughput ({n} random {size}px images, batch {batch}, 2 epochs, 2nd timed)")
     model.fit(x, y, batch_size=batch, epochs=2, shuffle=True, verbose=0, callbacks=[timer])
-    return Row("train_images_per_s", "normal", round(n / timer.seconds[-1], 2), "images/s",
+    return Row("train_images_per_s", "cnn", round(n / timer.seconds[-1], 2), "images/s",
                note="fit steps on random tensors (no JPEG decoding, augmentation or validation)",
                details={"images": n, "batch": batch, "input_size": size, "config": source,
                         "epoch_seconds": [round(t, 3) for t in timer.seconds]})
@@ -157,7 +157,7 @@ def shipped_rows(entry: ModelEntry, explicit: Path | None) -> list[Row]:
     feat_s = float(summary.get("feature_seconds") or 0.0)
     feat_n = int(summary.get("feature_images_extracted") or 0)
     images = None if entry.missing else train_images_per_epoch(entry.dir)
-    if name == "normal" and images and epochs and seconds > 0:
+    if name == "cnn" and images and epochs and seconds > 0:
         rows.append(Row("shipped_train_images_per_s", name, round(images * int(epochs) / seconds, 2), "images/s",
                         note="training images x epochs / train_seconds (validation included)",
                         details={**d, "train_images_per_epoch": images}))
