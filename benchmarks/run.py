@@ -65,6 +65,7 @@ from benchmarks.models import (  # noqa: E402
     unusable,
 )
 from benchmarks.report import format_table, merge_sections, read_previous, sort_rows, write_results  # noqa: E402
+from faceattr.config import canonical_family  # noqa: E402
 
 SECTIONS = ("latency", "baseline", "video", "run_img", "train", "shipped", "head_only", "serve", "distill")
 
@@ -199,6 +200,7 @@ def _pairs(values: list[str], flag: str) -> dict[str, Path]:
     out = {}
     for item in values or []:
         name, sep, path = item.partition("=")
+        name = canonical_family(name)  # normal: the CNN family's former name
         if not sep or name not in MODELS or not path:
             raise SystemExit(f"{flag}: expected NAME=PATH with NAME in {'|'.join(MODELS)}, got {item!r}")
         out[name] = Path(path).expanduser()
@@ -208,7 +210,8 @@ def _pairs(values: list[str], flag: str) -> dict[str, Path]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to measure")
+    p.add_argument("--models", nargs="+", type=canonical_family, choices=MODELS, default=list(MODELS),
+                   help="models to measure (normal: the CNN family's former name, as cnn)")
     p.add_argument("--model-dir", action="append", default=[], metavar="NAME=DIR",
                    help="use DIR instead of saved_model/NAME (repeatable)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test, not for reporting)")

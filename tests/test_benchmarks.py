@@ -280,6 +280,16 @@ def test_serve_and_distill_sections_find_their_modules(parts, section, module):
         assert fn is None and why == f"benchmarks/{module}.py is not there yet: section {section!r} skipped"
 
 
+def test_the_cnn_familys_former_name_measures_the_cnn(bench, parts, tmp_path):
+    """``--models normal`` and ``--model-dir normal=DIR`` mean the cnn model; a folder whose
+    model_info.json says ``model_type: normal`` (the shipped one does) is the cnn model."""
+    args = bench.parse_args(["--models", "normal", "facenet", "--model-dir", f"normal={tmp_path}"])
+    assert args.models == ["cnn", "facenet"] and bench._pairs(args.model_dir, "--model-dir") == {"cnn": tmp_path}
+    (tmp_path / "model_info.json").write_text(json.dumps({"model_type": "normal", "input_size": 32}))
+    entry = parts.models.model_entries(["cnn"], {"cnn": tmp_path})["cnn"]
+    assert not entry.missing, entry.missing
+
+
 def test_external_rows_keep_their_targets(parts):
     rows = parts.external.rows_from("serve", "facenet", {"rows": [
         {"metric": "serve_p95_s", "value": 0.8, "unit": "s", "target": "<= 1"},

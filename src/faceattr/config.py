@@ -260,6 +260,7 @@ DETECTORS: dict[str, str] = {
     "none": "faceattr.inference.detectors:WholeImageDetector",
 }
 
+
 @dataclass
 class DetectorVideoConfig:
     """What ``run --video`` uses instead of the detector's own settings (null = the same)."""
@@ -608,7 +609,8 @@ def settings(schema: type, values: Mapping[str, Any] | None = None, where: str =
 
 
 def model_settings(values: Mapping[str, Any]) -> DictConfig:
-    """A model config (composed, or stored in ``model_info.json``) filled from its family's schema."""
+    """A model config (composed, or stored in ``model_info.json``) filled from its family's schema;
+    a name that is an alias (``normal``, stored by an older faceattr) becomes its family's (``cnn``)."""
     name = values.get("name") if values is not None else None
     schema = model_schema(name)
     if schema is None:
