@@ -170,7 +170,7 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
     (weighted by ``ensemble.weights`` where set), and its ``train_summary.json``; returns that summary.
 
     The members are checked (``check_members``) before TensorFlow is imported. Promotion
-    (``promote=true``) is the command's next step (``faceattr.commands.ensemble``)."""
+    (``promote=true``) is the ``ensemble`` command's next step, not done here."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
     weights = member_weights(OmegaConf.select(cfg, "ensemble.weights"), len(dirs))  # absent: the plain mean
     infos = check_members(dirs)
