@@ -6,7 +6,6 @@ without any other code knowing it."""
 from __future__ import annotations
 
 import ast
-import importlib
 import textwrap
 from pathlib import Path
 
@@ -179,11 +178,12 @@ def test_one_table_names_the_families_for_the_schema_groups_cli_and_saved_models
         assert found.trainable_file.endswith(".keras") and found.input_spec(64).size == 64
         schema_name = next(f for f in dataclasses.fields(entry.schema) if f.name == "name")
         assert schema_name.default == name and schema_name.metadata["choices"] == (name,)
-        assert flags_to_overrides("train", ["--model_type", name]) == [f"model={name}"]
+        assert flags_to_overrides("train", ["--model-type", name]) == [f"model={name}"]
         assert info.info_problems({"model_type": name, "input_size": 64}) == []
         for alias in entry.aliases:  # an older name: accepted everywhere, and means this family
             assert families.family(alias) is found and config.canonical_family(alias) == name
-            assert flags_to_overrides("train", ["--model_type", alias]) == [f"model={alias}"]
+            for flag in ("--model-type", "--model_type"):  # the flag's spelling and its older one
+                assert flags_to_overrides("train", [flag, alias]) == [f"model={alias}"]
             assert info.info_problems({"model_type": alias, "input_size": 64}) == []
             assert config.model_settings({"name": alias}).name == name
     assert families.family("facenet").shares_trunk and not families.family("cnn").shares_trunk
@@ -277,8 +277,8 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     saves, evaluates and loads end to end with no change to any other code."""
     from conftest import make_fake_utkface
     from faceattr import config
-    from faceattr.app import HANDLERS
     from faceattr.cli import flags_to_overrides
+    from faceattr.commands import COMMANDS
     from faceattr.config import HeadsConfig, compose_config, settings
     from faceattr.models import io
 
@@ -299,8 +299,7 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     with open_dict(cfg):  # the model node conf/model/tiny.yaml would give
         cfg.model = OmegaConf.create({"name": "tiny", "input_size": 16,
                                       "heads": settings(HeadsConfig, {"hidden_units": [8]})})
-    module, function = HANDLERS["train"].split(":")
-    summary = getattr(importlib.import_module(module), function)(cfg, tmp_path / "run")
+    summary = COMMANDS["train"].handler(cfg, tmp_path / "run")
 
     model_dir = tmp_path / "run" / "model"
     assert summary["epochs_run"] == 1 and summary["test"]["n"] > 0
