@@ -29,7 +29,9 @@ from faceattr.data.pipeline import make_dataset
 from faceattr.data.targets import uses_weights
 from faceattr.errors import ConfigError
 from faceattr.labels import GENDERS, RACES
+from faceattr.models.families import ImageModelTrainer
 from faceattr.models.heads import compile_args
+from faceattr.training.command import make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -121,34 +123,14 @@ def check_student_family(cfg: DictConfig) -> None:
                           f"({', '.join(takes_images)}); a {cfg.model.name} student is not supported yet")
 
 
-def student_trainer(cfg: DictConfig, frame: pd.DataFrame):
-    """The trainer of ``model.name`` from the family registry (``train.init_from``: its weights,
-    checked against ``frame``'s split as ``train`` checks them)."""
-    from faceattr.models.families import family
-    from faceattr.models.io import ModelInfo
-
-    chosen = family(str(cfg.model.name))
-    if not cfg.train.init_from:
-        return chosen.trainer(cfg)
-    init_dir = Path(str(cfg.train.init_from))
-    info = ModelInfo.read(init_dir)
-    if info.model_type != chosen.name or info.input_size != int(cfg.model.input_size):
-        raise ConfigError(f"train.init_from: {init_dir} holds a {info.model_type} model at {info.input_size}px, "
-                          f"this run trains {chosen.name} at {cfg.model.input_size}px")
-    chosen.check_init_from(cfg, init_dir, info)
-    split_csv = init_dir / "split.csv"
-    if not split_csv.is_file():
-        raise ConfigError(f"train.init_from: {split_csv} missing; without the starting model's split "
-                          "its training images can't be kept out of the teacher's val/test split")
-    seen = set(pd.read_csv(split_csv).query("split == 'train'")["image"])
-    leaked = frame[frame["split"].isin(["val", "test"]) & frame["image"].isin(seen)]
-    if len(leaked):
-        raise ConfigError(f"train.init_from: {init_dir} was trained on {len(leaked)} image(s) of the teacher's "
-                          f"val/test split (e.g. {leaked['image'].iloc[0]})")
-    return chosen.trainer_from(cfg, init_dir, info)
+def student_trainer(cfg: DictConfig, frame: pd.DataFrame) -> ImageModelTrainer:
+    """The trainer of ``model.name`` as ``train`` makes it (``training.command.make_trainer``;
+    ``train.init_from``: its weights, checked against ``frame``'s split). A student's family takes
+    the face image (``check_student_family``), so its trainer holds the whole model it fits."""
+    return make_trainer(cfg, frame)
 
 
-def fit_student(trainer, frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg: DictConfig,
+def fit_student(trainer: ImageModelTrainer, frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg: DictConfig,
                 run_dir: Path) -> pd.DataFrame:
     """Fit ``trainer.model`` (a toolkit trainer for ``model.name``) on the training rows of
     ``frame``, validating on its val rows; returns the epoch history (``history.csv``)."""

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
     from faceattr.models.info import ModelInfo
 
-__all__ = ["FAMILIES", "FAMILY_MODULES", "InputSpec", "ModelFamily", "Trainer", "family", "family_names",
+__all__ = ["FAMILIES", "FAMILY_MODULES", "ImageModelTrainer", "InputSpec", "ModelFamily", "Trainer", "family",
+           "family_names",
            "is_family", "register_family"]
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class InputSpec:
 
 
 class Trainer(Protocol):
-    """A family's trainer: holds the Keras model it trains (built or loaded) and scores splits."""
+    """A family's trainer: trains its model (built or loaded), scores splits and saves it. What it
+    holds of the model is its own (:class:`ImageModelTrainer`: the whole model, as ``model``)."""
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
         """Train on ``frame``'s train rows, validate on its val rows; returns the epoch history."""
@@ -77,6 +79,14 @@ class Trainer(Protocol):
     def save(self, model_dir: Path, trained_with: dict) -> None:
         """Write the trained model and its ``model_info.json`` into ``model_dir``."""
         ...
+
+
+class ImageModelTrainer(Trainer, Protocol):
+    """The trainer of a family whose model takes the face image (``shares_trunk`` False): it
+    holds the whole Keras model it trains, ``model`` (what ``distill`` fits a student through).
+    A family on a frozen trunk's cached outputs trains only its top, so its trainer has none."""
+
+    model: keras.Model
 
     def extra_summary(self) -> dict[str, Any]:
         """Keys this family adds to ``train_summary.json`` (e.g. feature extraction cost)."""
