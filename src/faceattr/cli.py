@@ -14,6 +14,7 @@ import argparse
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from faceattr.cli_help import command_help, overview, program_name
@@ -131,6 +132,28 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
     return sugar, hydra_flags, overrides
 
 
+def _run_overrides(ns: argparse.Namespace, fail: Callable[[str], None]) -> list[str]:
+    """``run``'s flags (parsed into ``ns``) as overrides; ``fail(message)`` for a wrong combination."""
+    out: list[str] = []
+    if ns.img is None and ns.video is None:
+        fail("give --img PATH [PATH ...] or --video [SOURCE]")
+    if ns.img is not None:
+        out.append("run.img=[" + ",".join(_quote(p) for p in ns.img) + "]")
+    if ns.video is not None:
+        out.append(f"run.video={_quote(ns.video)}")
+    if ns.output:
+        out.append(f"run.output={_quote(ns.output)}")
+    if ns.no_display:
+        out.append("run.display=false")
+    if ns.no_annotate:
+        out.append("run.annotate=false")
+    if ns.save_faces:
+        if ns.video is not None:
+            fail("--save-faces goes with --img (a video's faces are not written one by one)")
+        out.append("run.save_faces=true")
+    return out
+
+
 def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
     """Map the familiar flags of ``command`` onto Hydra overrides."""
     parser = _flag_parser(command)
@@ -159,22 +182,7 @@ def flags_to_overrides(command: str, sugar: list[str]) -> list[str]:
     if getattr(ns, "teacher", None):
         out.append(f"distill.teacher={_quote(ns.teacher)}")
     if command == "run":
-        if ns.img is None and ns.video is None:
-            fail("give --img PATH [PATH ...] or --video [SOURCE]")
-        if ns.img is not None:
-            out.append("run.img=[" + ",".join(_quote(p) for p in ns.img) + "]")
-        if ns.video is not None:
-            out.append(f"run.video={_quote(ns.video)}")
-        if ns.output:
-            out.append(f"run.output={_quote(ns.output)}")
-        if ns.no_display:
-            out.append("run.display=false")
-        if ns.no_annotate:
-            out.append("run.annotate=false")
-        if ns.save_faces:
-            if ns.video is not None:
-                fail("--save-faces goes with --img (a video's faces are not written one by one)")
-            out.append("run.save_faces=true")
+        out += _run_overrides(ns, fail)
     if command == "compare":
         if not positional:
             fail("give one or more sweep or run folders")

@@ -119,6 +119,36 @@ def unlabeled_faces(cfg: DictConfig, teacher: Teacher, frame: pd.DataFrame, run_
     return table, sources
 
 
+def training_faces(cfg: DictConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame``'s training split the student learns from: all, or with
+    ``distill.train_limit`` that many, sampled by ``seed`` (sorted by image name)."""
+    train = frame[frame["split"] == "train"]
+    if cfg.distill.train_limit is not None and len(train) > int(cfg.distill.train_limit):
+        train = train.sample(n=int(cfg.distill.train_limit), random_state=int(cfg.seed)).sort_values("image")
+        log.info("distill.train_limit: %d of the teacher's %d training faces", len(train),
+                 int((frame["split"] == "train").sum()))
+    return train
+
+
+def student_rows(frame: pd.DataFrame, train: pd.DataFrame, teacher_out: dict[str, np.ndarray],
+                 extra: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The rows the student fits on: ``train`` (with ``teacher_out``, the teacher's outputs for
+    them), ``frame``'s val rows (teacher outputs NaN: they keep their true labels) and the
+    unlabelled ``extra`` faces (their outputs in ``_<task>`` columns). Returns the rows and the
+    teacher's outputs per task, float32 (N, ...) in row order."""
+    fit = pd.concat([train, frame[frame["split"] == "val"]]).assign(labelled=True).reset_index(drop=True)
+    outputs = {t: np.full((len(fit), *np.shape(v)[1:]), np.nan, np.float32) for t, v in teacher_out.items()}
+    train_at = np.flatnonzero(fit["split"].to_numpy() == "train")
+    for t, v in teacher_out.items():
+        outputs[t][train_at] = v
+    if not extra.empty:
+        for t in outputs:
+            outputs[t] = np.concatenate([outputs[t], np.stack(extra[f"_{t}"].to_numpy()).astype(np.float32)])
+        fit = pd.concat([fit, extra.drop(columns=[c for c in extra if c.startswith("_") or c == "teacher_index"])],
+                        ignore_index=True)
+    return fit, outputs
+
+
 def distill_command(cfg: DictConfig, run_dir: Path) -> dict:
     """Train a student on ``distill.teacher``'s outputs into ``<run dir>/model``; report both."""
     run_dir = Path(run_dir)
@@ -135,24 +165,11 @@ def distill_command(cfg: DictConfig, run_dir: Path) -> dict:
         extra, sources = unlabeled_faces(cfg, teacher, frame, run_dir)
 
     start = time.perf_counter()
-    train = frame[frame["split"] == "train"]
-    if cfg.distill.train_limit is not None and len(train) > int(cfg.distill.train_limit):
-        train = train.sample(n=int(cfg.distill.train_limit), random_state=int(cfg.seed)).sort_values("image")
-        log.info("distill.train_limit: %d of the teacher's %d training faces", len(train),
-                 int((frame["split"] == "train").sum()))
+    train = training_faces(cfg, frame)
     teacher_out = teacher.label_photos(train)
     log.info("teacher outputs for %d training faces (%d computed, the rest cached in %s)", len(train),
              teacher.cache.labelled, teacher.cache.path)
-    fit = pd.concat([train, frame[frame["split"] == "val"]]).assign(labelled=True).reset_index(drop=True)
-    outputs = {t: np.full((len(fit), *np.shape(v)[1:]), np.nan, np.float32) for t, v in teacher_out.items()}
-    train_at = np.flatnonzero(fit["split"].to_numpy() == "train")
-    for t, v in teacher_out.items():
-        outputs[t][train_at] = v
-    if not extra.empty:
-        for t in outputs:
-            outputs[t] = np.concatenate([outputs[t], np.stack(extra[f"_{t}"].to_numpy()).astype(np.float32)])
-        fit = pd.concat([fit, extra.drop(columns=[c for c in extra if c.startswith("_") or c == "teacher_index"])],
-                        ignore_index=True)
+    fit, outputs = student_rows(frame, train, teacher_out, extra)
     targets = mix_targets(fit, outputs, float(cfg.distill.alpha), float(cfg.distill.temperature))
 
     trainer = student_trainer(cfg, frame)

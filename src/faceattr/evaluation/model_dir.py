@@ -47,6 +47,34 @@ def evaluate_split(scorer: Scorer, scored: pd.DataFrame, cfg: DictConfig, out_di
                                   history_csv, split)
 
 
+def rows_to_score(frame: pd.DataFrame, saved: pd.DataFrame | None, split: str, model_dir: Path,
+                  data_path: str) -> pd.DataFrame:
+    """The rows of ``frame`` (the current data, from ``data_path``) that score the model of
+    ``model_dir`` on ``split``: its saved split's images (``saved``: its ``split.csv``), plus the
+    ``split`` rows of any source it never trained on; without ``saved``, the current data's split.
+    ``ModelError`` when none is found."""
+    if saved is not None:
+        split_names = set(saved.loc[saved["split"] == split, "image"])
+        scored = frame[frame["image"].isin(split_names)]
+        if len(scored) < len(split_names):
+            log.warning("%d of the model's %d %s images are not in %s", len(split_names) - len(scored),
+                        len(split_names), split, data_path)
+        # A source the model never trained on (none of its faces is in the model's split.csv, e.g.
+        # FairFace for a UTKFace model) is scored on its own split of the current data: unseen faces.
+        known = frame["image"].isin(set(saved["image"]))
+        unseen = sorted(set(frame["source"]) - set(frame.loc[known, "source"]))
+        if unseen:
+            scored = pd.concat([scored, frame[frame["source"].isin(unseen) & (frame.split == split)]])
+            log.info("%s: not in %s (the model never trained on it); scored on its %s split", ", ".join(unseen),
+                     model_dir / "split.csv", split)
+    else:
+        log.warning("%s has no split.csv: using the split of the current data config", model_dir)
+        scored = frame[frame.split == split]
+    if scored.empty:
+        raise ModelError(f"{model_dir}: none of its {split} images were found in {data_path}")
+    return scored
+
+
 def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     """Evaluate a saved model on its test split (``evaluate``); writes the reports into ``run_dir``.
 
@@ -74,25 +102,7 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     saved = read_split(model_dir) if split_csv.is_file() else None
     prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
     frame = prepared.frame
-    if saved is not None:
-        split_names = set(saved.loc[saved["split"] == split, "image"])
-        scored = frame[frame["image"].isin(split_names)]
-        if len(scored) < len(split_names):
-            log.warning("%d of the model's %d %s images are not in %s", len(split_names) - len(scored),
-                        len(split_names), split, cfg.data.path)
-        # A source the model never trained on (none of its faces is in the model's split.csv, e.g.
-        # FairFace for a UTKFace model) is scored on its own split of the current data: unseen faces.
-        known = frame["image"].isin(set(saved["image"]))
-        unseen = sorted(set(frame["source"]) - set(frame.loc[known, "source"]))
-        if unseen:
-            scored = pd.concat([scored, frame[frame["source"].isin(unseen) & (frame.split == split)]])
-            log.info("%s: not in %s (the model never trained on it); scored on its %s split", ", ".join(unseen),
-                     split_csv, split)
-    else:
-        log.warning("%s has no split.csv: using the split of the current data config", model_dir)
-        scored = frame[frame.split == split]
-    if scored.empty:
-        raise ModelError(f"{model_dir}: none of its {split} images were found in {cfg.data.path}")
+    scored = rows_to_score(frame, saved, split, model_dir, str(cfg.data.path))
     log.info("evaluating on the %s split: %d images", split, len(scored))
     backend = str(cfg.evaluation.backend)
     # The model's decision rules (models.calibration), as `run` applies them; run.calibrate=false: raw outputs.

@@ -109,6 +109,35 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
         return _train(cfg, Path(run_dir))
 
 
+def save_model(trainer: Trainer, cfg: DictConfig, run_dir: Path) -> Path:
+    """Save the trained model into ``<run dir>/model`` with the run's exact split and training
+    curves (a continued model's: its whole training, earlier runs first); the model folder."""
+    model_dir = run_dir / "model"
+    trainer.save(model_dir, trained_with=OmegaConf.to_container(cfg, resolve=True))
+    # The exact test split and the training curves travel with the model (evaluate, promote).
+    shutil.copy(run_dir / "split.csv", model_dir / "split.csv")
+    init_from = cfg.train.init_from
+    if init_from:  # a continued model's curves show its whole training, earlier runs first
+        join_histories(Path(str(init_from)) / "history.csv", run_dir / "history.csv", model_dir / "history.csv")
+    else:
+        shutil.copy(run_dir / "history.csv", model_dir / "history.csv")
+    return model_dir
+
+
+def evaluate_trained(trainer: Trainer, frame: pd.DataFrame, cfg: DictConfig, run_dir: Path) -> dict:
+    """``train --eval``: the trained model's figures on ``frame``'s test split (reports in the
+    run folder) as ``{"test": ...}``, with ``"val"`` for the sources without a test split."""
+    test = frame[frame.split == "test"]
+    out = {"test": evaluate_split(trainer, test, cfg, run_dir, run_dir / "history.csv")}
+    # A source with no test split of its own (FairFace's train/val) is reported on its val split.
+    val = frame[(frame.split == "val") & ~frame["source"].isin(set(test["source"]))]
+    if len(val):
+        out["val"] = evaluate_split(trainer, val, cfg, run_dir / "val", None, split="val")
+        log.info("%s: no test split; their validation split's evaluation is in %s",
+                 ", ".join(sorted(set(val["source"]))), run_dir / "val")
+    return out
+
+
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
     """The body of ``train_command``, with the run folder held."""
     finished = finished_summary(run_dir)
@@ -136,15 +165,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     history = trainer.fit(frame, run_dir)
     train_seconds = time.perf_counter() - start
-    model_dir = run_dir / "model"
-    trainer.save(model_dir, trained_with=OmegaConf.to_container(cfg, resolve=True))
-    # The exact test split and the training curves travel with the model (evaluate, promote).
-    shutil.copy(run_dir / "split.csv", model_dir / "split.csv")
+    model_dir = save_model(trainer, cfg, run_dir)
     init_from = cfg.train.init_from
-    if init_from:  # a continued model's curves show its whole training, earlier runs first
-        join_histories(Path(str(init_from)) / "history.csv", run_dir / "history.csv", model_dir / "history.csv")
-    else:
-        shutil.copy(run_dir / "history.csv", model_dir / "history.csv")
     summary = {
         "model_dir": str(model_dir),
         "train_seconds": round(train_seconds, 1),
@@ -163,14 +185,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         summary["tflite"] = str(export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization)))
     summary.update(trainer.extra_summary())  # e.g. FaceNet's feature extraction cost
     if cfg.train.eval:
-        test = frame[frame.split == "test"]
-        summary["test"] = evaluate_split(trainer, test, cfg, run_dir, run_dir / "history.csv")
-        # A source with no test split of its own (FairFace's train/val) is reported on its val split.
-        val = frame[(frame.split == "val") & ~frame["source"].isin(set(test["source"]))]
-        if len(val):
-            summary["val"] = evaluate_split(trainer, val, cfg, run_dir / "val", None, split="val")
-            log.info("%s: no test split; their validation split's evaluation is in %s",
-                     ", ".join(sorted(set(val["source"]))), run_dir / "val")
+        summary.update(evaluate_trained(trainer, frame, cfg, run_dir))
     # The model keeps its training record when promoted; the run folder's copy, written last,
     # marks the run finished, and its backups are no longer needed.
     for folder in (model_dir, run_dir):
