@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import textwrap
 from pathlib import Path
 
@@ -264,3 +265,56 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     assert (info.model_type, info.input_size) == ("tiny", 16)
     loaded = io.load_model(model_dir)
     assert loaded.model.name == "tiny" and tuple(loaded.model.inputs[0].shape[1:]) == (16, 16, 3)
+
+
+# ------------------------------------------------------------------ short functions, named steps
+
+#: The most lines a function in ``src/faceattr`` may have (``def`` to its last line, docstring
+#: included) unless its docstring states why, in a sentence that starts with ``LONG_REASON``.
+MAX_FUNCTION_LINES = 60
+LONG_REASON = "Long because"
+_STATED_REASON = re.compile(r"(?:^|[.!?:]\s+)" + re.escape(LONG_REASON) + r"\s")
+
+
+def long_functions(paths: list[Path]) -> list[str]:
+    """``path:line name (N lines)`` of every function (methods and nested ones too) over
+    ``MAX_FUNCTION_LINES`` lines whose docstring states no reason."""
+    found = []
+    for path in paths:
+        nodes = sorted(ast.walk(ast.parse(path.read_text(), str(path))), key=lambda n: getattr(n, "lineno", 0))
+        for node in nodes:
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            lines = node.end_lineno - node.lineno + 1
+            docstring = " ".join((ast.get_docstring(node) or "").split())  # one line: a sentence may wrap
+            if lines > MAX_FUNCTION_LINES and not _STATED_REASON.search(docstring):
+                found.append(f"{path}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_in_src_is_long_without_a_stated_reason():
+    assert long_functions(sorted(PACKAGE.rglob("*.py"))) == []
+
+
+def test_the_length_rule_catches_a_long_function(tmp_path):
+    def function(name: str, lines: int, docstring: str) -> str:
+        body = "".join(f"    x{i} = {i}\n" for i in range(lines - 3))
+        return f"def {name}():\n    \"\"\"{docstring}\"\"\"\n{body}    return 0\n"
+
+    source = tmp_path / "module.py"
+    source.write_text(function("short_enough", MAX_FUNCTION_LINES, "Sixty lines.")
+                      + function("too_long", MAX_FUNCTION_LINES + 1, "One line over.")
+                      + "class Holder:\n" + textwrap.indent(function("long_method", 80, "A method."), "    ")
+                      + function("says_why", 90, "A table. Long because each row is one case.")
+                      + function("says_it_in_passing", 90, "A table, Long because of its rows."))
+    found = long_functions([source])
+    assert [f.split()[1] for f in found] == ["too_long", "long_method", "says_it_in_passing"]
+    assert found[0] == f"{source}:{1 + MAX_FUNCTION_LINES} too_long ({MAX_FUNCTION_LINES + 1} lines)"
+
+
+def test_one_function_says_whether_training_uses_sample_weights():
+    """``rebalance=weights`` is asked in one place, ``data.targets.uses_weights`` (the rebalance
+    step itself, ``data.utkface.rebalance``, picks its method by name and is not asking)."""
+    asks = re.compile(r"""rebalance(?:\.name|\[["']name["']\])\s*==\s*["']weights["']""")
+    places = [p.relative_to(PACKAGE).as_posix() for p in sorted(PACKAGE.rglob("*.py")) if asks.search(p.read_text())]
+    assert places == ["data/targets.py"]
