@@ -43,8 +43,7 @@ if TYPE_CHECKING:
     from faceattr.models.info import ModelInfo
 
 __all__ = ["FAMILIES", "FAMILY_MODULES", "ImageModelTrainer", "InputSpec", "ModelFamily", "Trainer", "family",
-           "family_names",
-           "is_family", "register_family"]
+           "family_names", "is_family", "register_family"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +79,10 @@ class Trainer(Protocol):
         """Write the trained model and its ``model_info.json`` into ``model_dir``."""
         ...
 
+    def extra_summary(self) -> dict[str, Any]:
+        """Keys this family adds to ``train_summary.json`` (e.g. feature extraction cost)."""
+        ...
+
 
 class ImageModelTrainer(Trainer, Protocol):
     """The trainer of a family whose model takes the face image (``shares_trunk`` False): it
@@ -87,10 +90,6 @@ class ImageModelTrainer(Trainer, Protocol):
     A family on a frozen trunk's cached outputs trains only its top, so its trainer has none."""
 
     model: keras.Model
-
-    def extra_summary(self) -> dict[str, Any]:
-        """Keys this family adds to ``train_summary.json`` (e.g. feature extraction cost)."""
-        ...
 
 
 class ModelFamily(ABC):
