@@ -5,7 +5,6 @@ without any other code knowing it."""
 from __future__ import annotations
 
 import ast
-import importlib
 import re
 import textwrap
 from pathlib import Path
@@ -233,8 +232,8 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     """A family module written here, registered at run time, trains (one epoch, smoke data),
     saves, evaluates and loads end to end with no change to any other code."""
     from conftest import make_fake_utkface
-    from faceattr.app import HANDLERS
     from faceattr.cli import flags_to_overrides
+    from faceattr.commands import COMMANDS
     from faceattr.config import HeadsConfig, compose_config, settings
     from faceattr.models import io
 
@@ -255,8 +254,7 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     with open_dict(cfg):  # the model node conf/model/tiny.yaml would give
         cfg.model = OmegaConf.create({"name": "tiny", "input_size": 16,
                                       "heads": settings(HeadsConfig, {"hidden_units": [8]})})
-    module, function = HANDLERS["train"].split(":")
-    summary = getattr(importlib.import_module(module), function)(cfg, tmp_path / "run")
+    summary = COMMANDS["train"].handler(cfg, tmp_path / "run")
 
     model_dir = tmp_path / "run" / "model"
     assert summary["epochs_run"] == 1 and summary["test"]["n"] > 0

@@ -149,7 +149,7 @@ def student_rows(frame: pd.DataFrame, train: pd.DataFrame, teacher_out: dict[str
     return fit, outputs
 
 
-def distill_command(cfg: DictConfig, run_dir: Path) -> dict:
+def distill_run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train a student on ``distill.teacher``'s outputs into ``<run dir>/model``; report both."""
     run_dir = Path(run_dir)
     if (run_dir / SUMMARY).is_file():  # its model and report stay as they are

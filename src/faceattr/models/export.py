@@ -90,13 +90,3 @@ def _converter(model: Any) -> Any:
                                  input_signature=[tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)])
     return tf.lite.TFLiteConverter.from_concrete_functions([holder.forward.get_concrete_function()], holder)
 
-
-def export_command(cfg, run_dir: Path) -> dict:
-    """``python src/main.py export [MODEL_DIR]``: (re)export a model folder (default: the shipped
-    model of ``model.name``) with ``export.quantization``."""
-    from faceattr.models.io import model_folder, resolve_model_dir
-
-    model_dir = model_folder(resolve_model_dir(cfg))
-    target = export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization))
-    print(f"Exported {target} ({cfg.export.quantization})")
-    return {"exported": str(target), "quantization": str(cfg.export.quantization)}
