@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from faceattr.config import model_settings
 from faceattr.data.split_file import read_split
 from faceattr.errors import ModelError
-from faceattr.evaluation.served import Predictions
 from faceattr.evaluation.sources import write_split_evaluation
 from faceattr.models.calibration import Calibration
+from faceattr.models.predictions import Predictions
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ class Trainer(Protocol):
         ...
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> dict[str, np.ndarray]:
-        """Predictions for ``frame``'s rows (``evaluation.served.to_predictions``'s form)."""
+        """Predictions for ``frame``'s rows (``models.predictions.to_predictions``'s form)."""
         ...
 
     def save(self, model_dir: Path, trained_with: dict) -> None:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from omegaconf import DictConfig
 
-    from faceattr.evaluation.served import Predictions
+    from faceattr.models.predictions import Predictions
 
 
 class ImageTrainer:
@@ -52,7 +52,7 @@ class ImageTrainer:
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
         import tensorflow as tf
 
-        from faceattr.evaluation.served import to_predictions
+        from faceattr.models.predictions import to_predictions
 
         images = self._dataset(frame, False).map(lambda x, *_: x)
         outputs = [self.model.predict(images, verbose=0)]

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import tensorflow as tf
 
-    from faceattr.evaluation.served import Predictions
     from faceattr.models.info import ModelInfo
+    from faceattr.models.predictions import Predictions
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class FaceNetTrainer:
         return join_histories(run_dir / "history_heads.csv", run_dir / "history_finetune.csv", run_dir / "history.csv")
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
-        from faceattr.evaluation.served import to_predictions
+        from faceattr.models.predictions import to_predictions
 
         faces = face_images(frame["path"].to_numpy(), self.size, None, np.uint8) if self.takes_faces else None
         outputs = []
