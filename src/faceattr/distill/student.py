@@ -152,7 +152,7 @@ def fit_student(trainer, frame: pd.DataFrame, targets: Mapping[str, np.ndarray],
                 run_dir: Path) -> pd.DataFrame:
     """Fit ``trainer.model`` (a toolkit trainer for ``model.name``) on the training rows of
     ``frame``, validating on its val rows; returns the epoch history (``history.csv``)."""
-    from faceattr.training.loop import fit_model
+    from faceattr.models.engine.loop import fit_model
 
     train_rows = (frame["split"] == "train").to_numpy()
     val_rows = (frame["split"] == "val").to_numpy()

@@ -2,12 +2,12 @@
 
 Flow: prepare data (index, dedup, split, rebalance the training split only) -> dataset
 statistics -> the trainer of ``model.name``'s family (``models.families``) -> Keras ``fit``
-(``training.loop``) with a best-on-validation checkpoint, early stopping, LR decay, TensorBoard
+(``models.engine.loop``) with a best-on-validation checkpoint, early stopping, LR decay, TensorBoard
 and CSV logs and atomic backups -> save to ``<run dir>/model`` -> optional test evaluation
 (``--eval``, ``evaluation.model_dir``) -> optional promotion to ``saved_model/`` (``promote=true``).
 
 Resume an interrupted run by running the same command with ``hydra.run.dir=<its folder>``
-(what Ctrl-C prints): it picks up after the last backed-up epoch (``training.backup``). The
+(what Ctrl-C prints): it picks up after the last backed-up epoch (``models.engine.backup``). The
 same command on a finished run changes nothing; ``train.init_from=<its model folder>`` trains on.
 """
 
@@ -30,10 +30,10 @@ from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_r
 from faceattr.data.stats import write_statistics
 from faceattr.errors import ConfigError, WriteError
 from faceattr.evaluation.model_dir import evaluate_split
+from faceattr.models.engine.backup import check_resumable, has_backup
+from faceattr.models.engine.loop import backup_fingerprint, join_histories, search_objective
 from faceattr.models.families import Trainer, family
 from faceattr.models.io import ModelInfo
-from faceattr.training.backup import check_resumable, has_backup
-from faceattr.training.loop import backup_fingerprint, join_histories, search_objective
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
     """``python src/main.py train``: train, save to ``<run dir>/model``, optionally evaluate/promote.
 
     A run folder whose training finished is left as it is (its summary comes back); an
-    unfinished one resumes from its backups (``training.backup``). A second ``train`` into a
+    unfinished one resumes from its backups (``models.engine.backup``). A second ``train`` into a
     run folder in use is refused in one line naming the first (``writes.exclusive``).
     """
     with writes.exclusive(Path(run_dir), "train"):

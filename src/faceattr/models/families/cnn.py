@@ -43,7 +43,7 @@ class ImageTrainer:
                             with_weights=training and uses_weights(self.cfg, frame))
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-        from faceattr.training.loop import fit_model
+        from faceattr.models.engine.loop import fit_model
 
         train, val = frame[frame.split == "train"], frame[frame.split == "val"]
         return fit_model(self.model, self._dataset(train, True), self._dataset(val, False), self.cfg, run_dir,

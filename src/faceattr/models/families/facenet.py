@@ -156,8 +156,8 @@ class FaceNetTrainer:
         return ds.map(lambda inputs, labels: ((inputs[0], tf.cast(inputs[1], tf.float32)), labels))
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-        from faceattr.training.backup import has_backup
-        from faceattr.training.loop import fit_model, join_histories
+        from faceattr.models.engine.backup import has_backup
+        from faceattr.models.engine.loop import fit_model, join_histories
 
         train, val = frame[frame.split == "train"], frame[frame.split == "val"]
         train_ds, val_ds = self._train_dataset(train), self._val_dataset(val)
