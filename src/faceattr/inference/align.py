@@ -21,10 +21,11 @@ import cv2
 import numpy as np
 
 from faceattr.inference.crop import crop_face
-from faceattr.inference.detection import LANDMARK_NAMES, Detection
+from faceattr.inference.detection import Detection
 from faceattr.inference.template import MAX_RESIDUAL as MAX_RESIDUAL  # re-exported
 from faceattr.inference.template import UTKFACE_TEMPLATE as UTKFACE_TEMPLATE  # re-exported
 from faceattr.inference.template import ChipTemplate, residual, similarity
+from faceattr.landmarks import LANDMARK_NAMES
 
 
 def fit(landmarks: np.ndarray | None, template: ChipTemplate, size: int) -> tuple[np.ndarray | None, float]:

@@ -28,7 +28,6 @@ from omegaconf import OmegaConf
 from faceattr.config import DetectorConfig
 from faceattr.config import settings as config_settings
 from faceattr.errors import ConfigError, InputError, ModelError
-from faceattr.inference.detection import LANDMARK_NAMES as LANDMARK_NAMES  # re-exported
 from faceattr.inference.detection import Detection
 
 log = logging.getLogger(__name__)

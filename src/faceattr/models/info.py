@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from faceattr import writes
 from faceattr.errors import ModelError
 from faceattr.labels import AGE_UNIT, GENDERS, RACES
+from faceattr.landmarks import LANDMARK_NAMES
 from faceattr.models.families.names import FAMILIES, is_family
 
 if TYPE_CHECKING:
@@ -62,8 +63,6 @@ def _is_file_name(v: Any) -> bool:
 
 
 def _is_points(v: Any) -> bool:
-    from faceattr.inference.detectors import LANDMARK_NAMES
-
     return (isinstance(v, list) and len(v) == len(LANDMARK_NAMES)
             and all(isinstance(p, list) and len(p) == 2 and _is_numbers(p) for p in v))
 
