@@ -237,7 +237,8 @@ def plot_sweep(df: pd.DataFrame, stem: Path, formats: Sequence[str] = ("png",), 
     import numpy as np
     import seaborn as sns
 
-    from faceattr.evaluation.plots import new_figure, plot_style, save_figure
+    from faceattr.evaluation.plots import new_figure, plot_style
+    from faceattr.figures import save_figure
 
     panels = [(col, title, lower) for base, title, lower in MAIN_METRICS if (col := _pick_metric(df, base))]
     if not panels and "val_loss" in df and df["val_loss"].notna().any():
