@@ -27,6 +27,7 @@ from faceattr.data.labelled import age_midpoint
 from faceattr.data.prepare import PreparedData, prepare_dataset
 from faceattr.data.utkface import SPLITS
 from faceattr.figures import save_figure
+from faceattr.inference.chips import align_training_photos  # stats_command's, a command handler above data
 from faceattr.labels import AGE_RANGE, GENDERS, RACES, age_bin_labels
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,6 @@ def write_statistics(prepared: PreparedData, out_dir: Path, formats: Sequence[st
 def stats_command(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """``python src/main.py stats``: prepare the data and write its statistics into the run dir."""
     run_dir = Path(run_dir)
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
     return write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
                             dpi=int(cfg.evaluation.dpi))

@@ -30,12 +30,13 @@ log = logging.getLogger(__name__)
 def validation_rows(cfg: Any, model_dir: Path, run_dir: Path) -> pd.DataFrame:
     """The model's validation faces (from its ``split.csv``) in the configured data."""
     from faceattr.data.prepare import prepare_dataset
+    from faceattr.inference.chips import align_training_photos
 
     split_csv = model_dir / "split.csv"
     if not split_csv.is_file():
         raise ModelError(f"{model_dir}: no split.csv, so its validation faces are unknown; cannot calibrate")
     names = set(read_split(model_dir, "val")["image"])  # checked: a damaged file is one line
-    frame = prepare_dataset(cfg.data, cfg.rebalance, run_dir).frame
+    frame = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos).frame
     val = frame[frame["image"].isin(names)]
     if val.empty:
         raise ModelError(f"{model_dir}: none of its validation images were found in {cfg.data.path}")

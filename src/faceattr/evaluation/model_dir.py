@@ -56,6 +56,7 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     (e.g. a single model or an ensemble) while the test split stays unseen.
     """
     from faceattr.data.prepare import prepare_dataset
+    from faceattr.inference.chips import align_training_photos
     from faceattr.models.families import family
     from faceattr.models.io import ModelInfo, history_of, load_trainable
 
@@ -72,7 +73,7 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     split_csv = model_dir / "split.csv"
     # Checked before the data is touched: a damaged file is one line.
     saved = read_split(model_dir) if split_csv.is_file() else None
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
     frame = prepared.frame
     if saved is not None:
         split_names = set(saved.loc[saved["split"] == split, "image"])

@@ -30,6 +30,7 @@ from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_r
 from faceattr.data.stats import write_statistics
 from faceattr.errors import ConfigError, WriteError
 from faceattr.evaluation.model_dir import evaluate_split
+from faceattr.inference.chips import align_training_photos
 from faceattr.models.engine.backup import check_resumable, has_backup
 from faceattr.models.engine.loop import backup_fingerprint, join_histories, search_objective
 from faceattr.models.families import Trainer, family
@@ -123,7 +124,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     family(str(cfg.model.name))  # an unknown family is one line before the data is touched
     check_room(run_dir)  # a full disk is one line before the data is touched, too
     keras.utils.set_random_seed(int(cfg.seed))
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
     check_resumable(run_dir / "backup", backup_fingerprint(cfg, run_dir))  # before features and training
     write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
                      dpi=int(cfg.evaluation.dpi), plots=bool(cfg.train.data_plots))
