@@ -162,9 +162,9 @@ def test_the_branch_check_catches_the_forms_it_looks_for(tmp_path):
 def test_registry_names_match_the_config_schemas_groups_and_cli():
     from faceattr import config
     from faceattr.cli import flags_to_overrides
-    from faceattr.models import io
+    from faceattr.models.info import MODEL_TYPES
 
-    assert set(config.MODEL_SCHEMAS) == set(families.FAMILIES) == set(config.FAMILIES) == set(io.MODEL_TYPES)
+    assert set(config.MODEL_SCHEMAS) == set(families.FAMILIES) == set(config.FAMILIES) == set(MODEL_TYPES)
     assert {p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")} == set(families.FAMILIES)
     for name in families.FAMILIES:
         found = families.family(name)
@@ -236,6 +236,7 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     from faceattr.cli import flags_to_overrides
     from faceattr.config import HeadsConfig, compose_config, settings
     from faceattr.models import io
+    from faceattr.models.info import ModelInfo
 
     (tmp_path / "tiny_family.py").write_text(TINY_FAMILY)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -260,7 +261,7 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     model_dir = tmp_path / "run" / "model"
     assert summary["epochs_run"] == 1 and summary["test"]["n"] > 0
     assert (model_dir / "tiny.keras").is_file() and not (model_dir / "model.keras").exists()
-    info = io.ModelInfo.read(model_dir)
+    info = ModelInfo.read(model_dir)
     assert (info.model_type, info.input_size) == ("tiny", 16)
     loaded = io.load_model(model_dir)
     assert loaded.model.name == "tiny" and tuple(loaded.model.inputs[0].shape[1:]) == (16, 16, 3)

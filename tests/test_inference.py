@@ -29,6 +29,7 @@ from faceattr.inference.video import FrameStats, run_video
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
 from faceattr.models import io
 from faceattr.models.cnn import build_cnn
+from faceattr.models.info import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
@@ -48,7 +49,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     cfg = OmegaConf.merge(group_node("model", "normal"),
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("tiny_model")
-    io.save_model(model_dir, io.ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
+    io.save_model(model_dir, ModelInfo(model_type="normal", input_size=TINY_SIZE), build_cnn(cfg))
     export_tflite(model_dir)
     return model_dir
 

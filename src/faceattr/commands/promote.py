@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from faceattr import writes
 from faceattr.errors import ModelError
 from faceattr.inference.runtime import open_runner
-from faceattr.models.io import ModelInfo, model_folder
+from faceattr.models.info import ModelInfo
+from faceattr.models.io import model_folder
 
 log = logging.getLogger(__name__)
 

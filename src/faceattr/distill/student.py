@@ -125,7 +125,7 @@ def student_trainer(cfg: DictConfig, frame: pd.DataFrame):
     """The trainer of ``model.name`` from the family registry (``train.init_from``: its weights,
     checked against ``frame``'s split as ``train`` checks them)."""
     from faceattr.models.families import family
-    from faceattr.models.io import ModelInfo
+    from faceattr.models.info import ModelInfo
 
     chosen = family(str(cfg.model.name))
     if not cfg.train.init_from:

@@ -30,7 +30,8 @@ from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
 from faceattr.labels import GENDERS, RACES
 from faceattr.models.calibration import Calibration
-from faceattr.models.io import MODEL_INFO, ModelInfo, trainable_file
+from faceattr.models.info import MODEL_INFO, ModelInfo
+from faceattr.models.io import trainable_file
 
 log = logging.getLogger(__name__)
 

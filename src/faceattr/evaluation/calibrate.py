@@ -47,7 +47,8 @@ def calibrate_command(cfg: Any, run_dir: Path) -> dict:
     """Fit, store and report the calibration of ``model_path`` (or the shipped model)."""
     from faceattr.evaluation.served import ServedModel
     from faceattr.inference.predictor import Predictor
-    from faceattr.models.io import ModelInfo, resolve_model_dir, write_info
+    from faceattr.models.info import ModelInfo, write_info
+    from faceattr.models.io import resolve_model_dir
 
     model_dir = resolve_model_dir(cfg)
     info = ModelInfo.read(model_dir)

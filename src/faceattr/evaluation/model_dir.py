@@ -58,7 +58,8 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     from faceattr.data.prepare import prepare_dataset
     from faceattr.inference.chips import align_training_photos
     from faceattr.models.families import family
-    from faceattr.models.io import ModelInfo, history_of, load_trainable
+    from faceattr.models.info import ModelInfo
+    from faceattr.models.io import history_of, load_trainable
 
     split = str(cfg.evaluation.split)  # test | val (faceattr.config checked it)
     model_dir = Path(model_dir)

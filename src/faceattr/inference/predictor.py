@@ -26,7 +26,8 @@ from faceattr.models.preprocessing import resize_face
 
 if TYPE_CHECKING:  # TensorFlow/Keras load on first use (never, with the TensorFlow Lite runner)
     from faceattr.inference.runtime import Runner
-    from faceattr.models.io import LoadedModel, ModelInfo
+    from faceattr.models.info import ModelInfo
+    from faceattr.models.io import LoadedModel
 
 log = logging.getLogger(__name__)
 

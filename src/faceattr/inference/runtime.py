@@ -25,7 +25,8 @@ import numpy as np
 
 from faceattr.errors import ConfigError, ModelError
 from faceattr.hashing import file_sha256
-from faceattr.models.io import ModelInfo, trainable_file
+from faceattr.models.info import ModelInfo
+from faceattr.models.io import trainable_file
 from faceattr.resources import program_name
 from faceattr.verbosity import native_startup_lines_dropped
 

@@ -50,7 +50,8 @@ from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_r
 from faceattr.errors import ConfigError
 from faceattr.labels import TASKS
 from faceattr.models.families import family
-from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, save_model
+from faceattr.models.info import ModelInfo
+from faceattr.models.io import history_of, load_trainable, model_folder, save_model
 from faceattr.resources import program_name
 
 if TYPE_CHECKING:  # TensorFlow is imported once the members have passed check_members

@@ -29,7 +29,8 @@ from typing import Any
 from faceattr import writes
 from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
-from faceattr.models.io import ModelInfo, load_model, trainable_file, write_info
+from faceattr.models.info import ModelInfo, write_info
+from faceattr.models.io import load_model, trainable_file
 
 log = logging.getLogger(__name__)
 

@@ -27,30 +27,10 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from faceattr.models.info import (
-    FORMAT_VERSION,
-    INFO_SCHEMA,
-    MODEL_INFO,
-    MODEL_TYPES,
-    STORAGE_DTYPE,
-    ModelInfo,
-    info_problems,
-    lambda_layers,
-    load_keras_file,
-    save_keras,
-    store_weights_as,
-    write_info,
-)
+from faceattr.models.info import MODEL_INFO, ModelInfo, save_keras
 
 if TYPE_CHECKING:
     import keras
-
-__all__ = [  # the folder primitives of models.info, used through this module too
-    "FORMAT_VERSION", "INFO_SCHEMA", "MODEL_INFO", "MODEL_TYPES", "STORAGE_DTYPE", "ModelInfo", "info_problems",
-    "lambda_layers", "load_keras_file", "store_weights_as", "write_info",
-    "LoadedModel", "history_of", "load_model", "load_trainable", "model_folder", "resolve_model_dir", "save_model",
-    "trainable_file",
-]
 
 log = logging.getLogger(__name__)
 

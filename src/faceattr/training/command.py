@@ -34,7 +34,7 @@ from faceattr.inference.chips import align_training_photos
 from faceattr.models.engine.backup import check_resumable, has_backup
 from faceattr.models.engine.loop import backup_fingerprint, join_histories, search_objective
 from faceattr.models.families import Trainer, family
-from faceattr.models.io import ModelInfo
+from faceattr.models.info import ModelInfo
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
 
 log = logging.getLogger(__name__)
