@@ -19,6 +19,7 @@ from pathlib import Path
 from faceattr.cli_help import command_help, overview, program_name
 from faceattr.config import CONF_DIR, compose_config, register
 from faceattr.errors import FaceAttrError
+from faceattr.inference.outputs import write_problem
 from faceattr.models.families.names import family_names
 from faceattr.verbosity import is_verbose, set_verbosity
 
@@ -201,7 +202,7 @@ def _validate_overrides(overrides: list[str]) -> None:
 
     Sweep overrides (``a=1,2``, ``range(...)``) are left for Hydra's sweeper to expand.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # deferred: Hydra (seconds)
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -215,8 +216,6 @@ def _run_folder_check(overrides: list[str], hydra_flags: list[str]) -> None:
     """Refuse in one line, before Hydra makes the run folder, when its first folder that exists
     (``outputs/`` or the current folder by default) takes no new files: a read-only or full
     current folder. Names the folder and the setting that moves the run elsewhere."""
-    from faceattr.inference.outputs import write_problem
-
     sweep = any(f in ("-m", "--multirun") for f in hydra_flags)
     key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
     given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key]
@@ -258,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before TensorFlow loads; FACEATTR_VERBOSE=1 (set by a verbose command for those it starts) too.
     set_verbosity(any(flag in ("-v", "--verbose") for flag in sugar) or is_verbose())
     sys.argv = [sys.argv[0], *hydra_flags, *overrides, f"command={command}"]
-    from faceattr.app import hydra_entry
+    from faceattr.app import hydra_entry  # deferred: Hydra takes a second to import; --help needs none of it
 
     hydra_entry()
     return 0

@@ -33,6 +33,7 @@ import pandas as pd
 
 from faceattr.config import DataConfig, settings
 from faceattr.data.archive import resolve_image_folder
+from faceattr.data.extra_labels import append_extra, extra_training_rows
 from faceattr.data.labelled import index_labelled
 from faceattr.data.labels_csv import LABELS_FILE
 from faceattr.data.utkface import (
@@ -346,8 +347,6 @@ def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any
     frame = rebalance(frame, rebalance_cfg)
     frame = apply_mixing_weights(frame, {e.source.name: e.source.weight for e in entries})
     if data_cfg["extra_labels"]:  # extra chips join the training split only, after split and rebalance
-        from faceattr.data.extra_labels import append_extra, extra_training_rows
-
         extra = extra_training_rows(str(data_cfg["extra_labels"]), edges, int(data_cfg["extra_copies"]))
         frame = append_extra(frame, extra)
         log.info("data.extra_labels: %d extra training chips (x%d)", len(extra), int(data_cfg["extra_copies"]))

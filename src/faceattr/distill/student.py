@@ -29,7 +29,10 @@ from faceattr.data.pipeline import make_dataset
 from faceattr.data.targets import uses_weights
 from faceattr.errors import ConfigError
 from faceattr.labels import GENDERS, RACES
+from faceattr.models.engine.loop import fit_model
+from faceattr.models.families import family, family_names
 from faceattr.models.heads import compile_args
+from faceattr.models.info import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +116,6 @@ def student_dataset(frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg:
 def check_student_family(cfg: DictConfig) -> None:
     """Refuse a student family this module can't feed yet (before any data is touched): one
     whose models take a frozen trunk's cached outputs instead of the face image."""
-    from faceattr.models.families import family, family_names
-
     if family(str(cfg.model.name)).shares_trunk:
         takes_images = [name for name in family_names() if not family(name).shares_trunk]
         raise ConfigError(f"model={cfg.model.name}: distill trains students that take the face image "
@@ -124,9 +125,6 @@ def check_student_family(cfg: DictConfig) -> None:
 def student_trainer(cfg: DictConfig, frame: pd.DataFrame):
     """The trainer of ``model.name`` from the family registry (``train.init_from``: its weights,
     checked against ``frame``'s split as ``train`` checks them)."""
-    from faceattr.models.families import family
-    from faceattr.models.info import ModelInfo
-
     chosen = family(str(cfg.model.name))
     if not cfg.train.init_from:
         return chosen.trainer(cfg)
@@ -152,8 +150,6 @@ def fit_student(trainer, frame: pd.DataFrame, targets: Mapping[str, np.ndarray],
                 run_dir: Path) -> pd.DataFrame:
     """Fit ``trainer.model`` (a toolkit trainer for ``model.name``) on the training rows of
     ``frame``, validating on its val rows; returns the epoch history (``history.csv``)."""
-    from faceattr.models.engine.loop import fit_model
-
     train_rows = (frame["split"] == "train").to_numpy()
     val_rows = (frame["split"] == "val").to_numpy()
     train_ds = student_dataset(frame[train_rows], {k: v[train_rows] for k, v in targets.items()}, cfg, True)

@@ -234,7 +234,7 @@ def plot_age_groups(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, stem: Path
 
 
 def _load_rgb(path: object, size: int = 128) -> np.ndarray | None:
-    import cv2
+    import cv2  # deferred: OpenCV, only to read the faces of the grid
 
     if not isinstance(path, str | Path) or not str(path):
         return None

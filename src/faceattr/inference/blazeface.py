@@ -209,7 +209,7 @@ class BlazeFaceDetector:
 
     def __init__(self, min_confidence: float = 0.5, threads: int = 1, weights: str | Path = WEIGHTS) -> None:
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter  # deferred: LiteRT's native runtime
         except ImportError:
             raise ModelError("detector=blazeface needs the ai-edge-litert package "
                              "(pip install -r requirements.txt)") from None

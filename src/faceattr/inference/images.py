@@ -93,7 +93,7 @@ def frame_count(data: bytes) -> int:
     if not data.startswith(MULTI_FRAME_MAGIC):
         return 1
     try:
-        from PIL import Image
+        from PIL import Image  # deferred: Pillow, only for multi-frame files
 
         with Image.open(io.BytesIO(data)) as img:
             return max(1, int(getattr(img, "n_frames", 1)))

@@ -30,7 +30,7 @@ from faceattr import writes
 from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
 from faceattr.models.info import ModelInfo, write_info
-from faceattr.models.io import load_model, trainable_file
+from faceattr.models.io import load_model, model_folder, resolve_model_dir, trainable_file
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def export_tflite(model_dir: Path, cache_dir: Path | None = None, quantization: 
     """
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"export.quantization: {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow takes seconds to import
 
     model_dir = Path(model_dir)
     loaded = load_model(model_dir, cache_dir)
@@ -83,7 +83,7 @@ def _converter(model: Any) -> Any:
     identical (measured on the same faces). The variables ride along in a ``tf.Module``, so the
     converter freezes their values into the file.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow takes seconds to import
 
     holder = tf.Module()
     holder.weights = [getattr(v, "value", v) for v in model.variables]  # Keras 3 wraps tf.Variables
@@ -95,8 +95,6 @@ def _converter(model: Any) -> Any:
 def export_command(cfg, run_dir: Path) -> dict:
     """``python src/main.py export [MODEL_DIR]``: (re)export a model folder (default: the shipped
     model of ``model.name``) with ``export.quantization``."""
-    from faceattr.models.io import model_folder, resolve_model_dir
-
     model_dir = model_folder(resolve_model_dir(cfg))
     target = export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization))
     print(f"Exported {target} ({cfg.export.quantization})")

@@ -422,7 +422,7 @@ def serving_pipeline(cfg: DictConfig) -> FacePipeline:
 def serve_command(cfg: DictConfig, run_dir: Path) -> NoReturn:
     """``python src/main.py serve``: load the model once, then serve until Ctrl-C (or another
     signal), which ends it as ``KeyboardInterrupt`` (the CLI's "interrupted", exit code 130)."""
-    import uvicorn
+    import uvicorn  # deferred: uvicorn, only when the server starts
 
     serve = cfg.serve
     host, port = str(serve.host), int(serve.port)

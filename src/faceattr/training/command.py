@@ -33,6 +33,7 @@ from faceattr.evaluation.model_dir import evaluate_split
 from faceattr.inference.chips import align_training_photos
 from faceattr.models.engine.backup import check_resumable, has_backup
 from faceattr.models.engine.loop import backup_fingerprint, join_histories, search_objective
+from faceattr.models.export import export_tflite
 from faceattr.models.families import Trainer, family
 from faceattr.models.info import ModelInfo
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
@@ -159,8 +160,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     if resumed:
         summary["resumed"] = True  # train_seconds counts the last command only; app.log has them all
     if cfg.export.tflite:  # what `run` serves by default (models.export)
-        from faceattr.models.export import export_tflite
-
         summary["tflite"] = str(export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization)))
     summary.update(trainer.extra_summary())  # e.g. FaceNet's feature extraction cost
     if cfg.train.eval:
