@@ -1,5 +1,5 @@
-"""The local web app (``python src/main.py serve``): upload a photo, see and correct every
-face, retrain on the corrections; browse runs and their plots.
+"""The local web app (``python src/main.py serve``; floor 8, above distill): upload a photo, see
+and correct every face, retrain on the corrections; browse runs and their plots.
 
 Modules: ``app`` (routes, ``serve_command``), ``guards`` (Host allow-list, upload size while
 it streams, security headers, the last-resort 500), ``sessions`` (signed cookies and CSRF

@@ -1,4 +1,5 @@
-"""Training: the ``train`` command's library side, above the families it trains.
+"""Training (floor 6, above evaluation): the ``train`` command's library side, above the
+families it trains.
 
 - ``command``: ``train_command`` (prepare data, a trainer from the family registry, fit, save,
   optional evaluation and promotion) and ``make_trainer`` (``train.init_from`` checks).
