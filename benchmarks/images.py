@@ -17,9 +17,9 @@ def measure_run_img(entry: ModelEntry, repeats: int, scratch: Path) -> Row:
     times, faces, last = [], None, None
     for i in range(repeats):
         run_dir = scratch / f"run_img_{entry.name}_{i}"
-        cmd = [sys.executable, str(MAIN_PY), "run", "--img", str(PHOTO), "--no-display", "--model_type", entry.name]
+        cmd = [sys.executable, str(MAIN_PY), "run", "--img", str(PHOTO), "--no-display", "--model-type", entry.name]
         if entry.overridden:
-            cmd += ["--model_path", str(entry.dir)]
+            cmd += ["--model-path", str(entry.dir)]
         cmd.append(f"hydra.run.dir={run_dir}")
         progress(f"{entry.name}: cold `run --img` {i + 1}/{repeats}")
         start = time.perf_counter()

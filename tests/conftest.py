@@ -3,7 +3,7 @@
 - fake UTKFace folders of tiny random JPEGs (:func:`make_fake_utkface`, ``fake_utkface``, ``fake_data``);
 - :func:`run_command`: a command run in this process, as ``python src/main.py`` runs it (the
   config composed by ``faceattr.config.compose_config``, the handler named in
-  ``faceattr.app.HANDLERS``), so a test pays TensorFlow's import once per test session;
+  ``faceattr.commands.COMMANDS``), so a test pays TensorFlow's import once per test session;
   :func:`main_py` runs the real command line in a subprocess, for the tests of the CLI itself;
 - trained models shared by the whole test session (``cnn_run``, ``facenet_run``): one smoke-size
   training each, reused by the evaluate, export, ensemble, promote and run tests;
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import io
 import logging
 import os
@@ -30,7 +29,6 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import cv2
@@ -123,18 +121,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # ----------------------------------------------------------------------------- commands
 
 
-def handler_module(command: str) -> ModuleType:
-    """The module holding the function ``python src/main.py <command>`` calls (``faceattr.app.HANDLERS``)."""
-    from faceattr.app import HANDLERS
-
-    return importlib.import_module(HANDLERS[command].split(":")[0])
-
-
 def handler(command: str) -> Any:
-    """The function ``python src/main.py <command>`` calls, found through ``faceattr.app.HANDLERS``."""
-    from faceattr.app import HANDLERS
+    """The function ``python src/main.py <command>`` calls, found in the commands table (``faceattr.commands``)."""
+    from faceattr.commands import COMMANDS
 
-    return getattr(handler_module(command), HANDLERS[command].split(":")[1])
+    return COMMANDS[command].handler
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ other code knowing it."""
 from __future__ import annotations
 
 import ast
-import importlib
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ FAMILIES_DIR = PACKAGE / "models" / "families"
 #: only its ``__init__``); every module must be on one, so a new package is placed on purpose.
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("faceattr", "faceattr.errors", "faceattr.labels", "faceattr.landmarks", "faceattr.resources",
-     "faceattr.hashing", "faceattr.verbosity", "faceattr.writes", "faceattr.figures", "faceattr.jpeg"),
+     "faceattr.hashing", "faceattr.verbosity", "faceattr.writes", "faceattr.figures", "faceattr.jpeg",
+     "faceattr.overrides"),
     ("faceattr.config",),
     ("faceattr.data",),
     ("faceattr.models",),  # with models.engine, the training loop and backups the families call
@@ -45,11 +45,6 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {
     # The family registry's table moves to config's floor (one table per registry).
     ("faceattr.config", "faceattr.models.families.names"): "family table",
-    # promote's library side moves below the commands (one module per command).
-    ("faceattr.models.ensemble", "faceattr.commands.promote"): "promote",
-    ("faceattr.training.command", "faceattr.commands.promote"): "promote",
-    # The stats handler moves to commands/stats.py, which passes the aligner itself.
-    ("faceattr.data.stats", "faceattr.inference.chips"): "stats handler",
 }
 DEFERRED = "# deferred:"
 
@@ -386,8 +381,8 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     """A family module written here, registered at run time, trains (one epoch, smoke data),
     saves, evaluates and loads end to end with no change to any other code."""
     from conftest import make_fake_utkface
-    from faceattr.app import HANDLERS
     from faceattr.cli import flags_to_overrides
+    from faceattr.commands import COMMANDS
     from faceattr.config import HeadsConfig, compose_config, settings
     from faceattr.models import io
     from faceattr.models.info import ModelInfo
@@ -409,8 +404,7 @@ def test_a_new_family_trains_through_the_registry_alone(tmp_path, monkeypatch):
     with open_dict(cfg):  # the model node conf/model/tiny.yaml would give
         cfg.model = OmegaConf.create({"name": "tiny", "input_size": 16,
                                       "heads": settings(HeadsConfig, {"hidden_units": [8]})})
-    module, function = HANDLERS["train"].split(":")
-    summary = getattr(importlib.import_module(module), function)(cfg, tmp_path / "run")
+    summary = COMMANDS["train"].handler(cfg, tmp_path / "run")
 
     model_dir = tmp_path / "run" / "model"
     assert summary["epochs_run"] == 1 and summary["test"]["n"] > 0

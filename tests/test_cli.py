@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import ROOT, main_py
-from faceattr.cli import COMMANDS, UsageError, _flag_parser, flags_to_overrides
+from faceattr.cli import _flag_parser, flags_to_overrides
+from faceattr.commands import COMMANDS
+from faceattr.commands.spec import UsageError
 
 
 def test_flags_map_to_overrides():
@@ -105,3 +107,109 @@ def test_every_experiment_config_composes(experiment):
     assert cfg.model.name == experiment.split("_")[0]
     assert cfg.train.eval is True and cfg.data.limit is None  # shipped runs use all data and report test
     OmegaConf.to_container(cfg.train, resolve=True, throw_on_missing=False)
+
+
+# ------------------------------------------------------------------ flag spelling, quoting, the table
+
+SPELLINGS = [
+    ("train", ["--model-type", "normal", "--eval", "--data-path", "d/x.tar.gz"],
+     ["--model_type", "normal", "--eval", "--data_path", "d/x.tar.gz"]),
+    ("evaluate", ["--model-path=a b", "--data-path", "d", "--labels", "l"],
+     ["--model_path=a b", "--data_path", "d", "--labels", "l"]),
+    ("run", ["--img", "a.jpg", "--model-type", "facenet", "--model-path", "m_1", "--save-faces"],
+     ["--img", "a.jpg", "--model_type", "facenet", "--model_path", "m_1", "--save_faces"]),
+    ("calibrate", ["--model-path", "m", "--data-path", "d"], ["--model_path", "m", "--data_path", "d"]),
+    ("serve", ["--model-type", "normal"], ["--model_type", "normal"]),
+    ("distill", ["--model-type", "facenet", "--teacher", "t"], ["--model_type", "facenet", "--teacher", "t"]),
+    ("export", ["m", "--model-type", "normal"], ["m", "--model_type", "normal"]),
+    ("stats", ["--data-path", "x_y"], ["--data_path", "x_y"]),
+]
+
+
+@pytest.mark.parametrize("command,hyphens,underscores", SPELLINGS)
+def test_both_flag_spellings_give_the_same_overrides(command, hyphens, underscores):
+    """``--model-path`` is the spelling; ``--model_path`` (the older one) still means the same,
+    and a value holding ``_`` is left as it is."""
+    overrides = flags_to_overrides(command, hyphens)
+    assert overrides and overrides == flags_to_overrides(command, underscores)
+    assert not any("-" in o.split("=", 1)[0] for o in overrides)  # config keys, not flags
+
+
+def test_help_shows_only_the_hyphen_spelling():
+    for command in COMMANDS:
+        options = [opt for action in _flag_parser(command)._actions for opt in action.option_strings]
+        assert not [o for o in options if "_" in o], (command, options)
+    res = main_py("evaluate", "--help")
+    assert "--model-path" in res.stdout and "--model_path" not in res.stdout and "--data_path" not in res.stdout
+
+
+QUOTED = ["plain/path.jpg", "a b,c [d].jpg", "it's", "a${x}b", "${oc.env:HOME}", "a\\b", "trailing\\",
+          "x\\'y", "\\${z}", "ä ö", "12", "1e3", "true", "null", "nan"]
+
+
+@pytest.mark.parametrize("value", QUOTED)
+def test_one_quoting_reads_back_literally_for_the_cli_the_app_and_the_web_jobs(value):
+    """``faceattr.overrides.quote`` is the quoting of all three (the CLI's flags, the command
+    lines the app prints, the web app's retraining job): whatever the text, Hydra reads back the
+    same text, and a value too plain to need quotes is left bare only where asked."""
+    from faceattr.config import compose_config
+    from faceattr.overrides import quote
+
+    for quoted in (quote(value), quote(value, bare_when_plain=True)):
+        cfg = compose_config([f"model_path={quoted}", "command=run"])
+        assert cfg.model_path == value, (value, quoted)
+    assert quote(None) == "null" and quote(True) == "true" and quote(3) == "3" and quote(0.5) == "0.5"
+    assert quote("outputs/a-b", bare_when_plain=True) == "outputs/a-b" and quote("outputs/a-b") == "'outputs/a-b'"
+
+
+def _doc_command_module() -> str:
+    """The ``where`` command module of docs/commands.md's walk-through, as the page shows it."""
+    text = (ROOT / "docs" / "commands.md").read_text()
+    after = text.split("`src/faceattr/commands/where.py`", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def where_command(tmp_path, monkeypatch):
+    """docs/commands.md's ``where`` module written as a module, and its row added to the table."""
+    import importlib
+
+    from faceattr import config
+
+    (tmp_path / "where_command.py").write_text(_doc_command_module())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("where_command")
+    monkeypatch.setitem(COMMANDS, "where", module.COMMAND)
+    yield module.COMMAND
+    config.register(command_names=[n for n in config.COMMAND_NAMES if n != "where"])
+
+
+def test_a_command_added_to_the_table_is_reachable_everywhere(where_command, tmp_path, capsys):
+    """One module plus one table row: the CLI parses its flags (either spelling), the overview and
+    ``where --help`` show it, the schema accepts ``command=where``, and the Hydra app runs its
+    handler in a run folder."""
+    from conftest import cli
+    from faceattr.cli import main
+    from faceattr.config import compose_config
+    from faceattr.errors import ConfigError
+    from faceattr.models.info import ModelInfo, write_info
+
+    model_dir = tmp_path / "my model"
+    model_dir.mkdir()
+    write_info(model_dir, ModelInfo("normal", 32))
+    assert flags_to_overrides("where", ["--model_path", str(model_dir)]) == [f"model_path='{model_dir}'"]
+
+    assert main(["--help"]) == 0
+    assert "  where " in capsys.readouterr().out
+    assert main(["where", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert where_command.summary in text and "where --model-type normal" in text and "--model-path" in text
+
+    run_dir = tmp_path / "run"
+    assert cli("where", "--model_path", model_dir, f"hydra.run.dir={run_dir}") == 0
+    out = capsys.readouterr().out
+    assert f"{model_dir}: a normal model for 32 px faces" in out and f"Results written to {run_dir}" in out
+    assert "command: where" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert compose_config(["command=where"]).command == "where"  # the schema's choices come from the table
+    with pytest.raises(ConfigError, match=r"command='nope' is not allowed: expected one of run, .*where"):
+        compose_config(["command=nope"])

@@ -30,7 +30,7 @@ from faceattr.evaluation.metrics import (
     compute_metrics,
 )
 from faceattr.evaluation.report import OUTPUT_FILES, write_evaluation
-from faceattr.evaluation.sweep import SweepSummaryCallback, compare_command, summarize_runs, write_sweep_summary
+from faceattr.evaluation.sweep import SweepSummaryCallback, compare_runs, summarize_runs, write_sweep_summary
 from faceattr.labels import GENDERS, RACES, age_bin_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,20 +322,20 @@ def test_callback_never_fails_the_sweep(tmp_path):
 
 def test_compare_command(fake_sweep, tmp_path, capsys):
     cfg = OmegaConf.create({"compare": {"dirs": [str(fake_sweep)]}, "evaluation": {"formats": ["png"], "dpi": 60}})
-    result = compare_command(cfg, tmp_path / "compare_run")
+    result = compare_runs(cfg, tmp_path / "compare_run")
     assert result["runs"] == 2
     assert (tmp_path / "compare_run" / "sweep_summary.csv").is_file()
     assert (tmp_path / "compare_run" / "sweep_comparison.png").is_file()
     assert str(tmp_path / "compare_run") in capsys.readouterr().out
     with pytest.raises(InputError, match="no such folder") as err:
-        compare_command(OmegaConf.create({"compare": {"dirs": [str(tmp_path / "nope")]}}), tmp_path / "x")
+        compare_runs(OmegaConf.create({"compare": {"dirs": [str(tmp_path / "nope")]}}), tmp_path / "x")
     assert "\n" not in str(err.value)
 
 
 def test_evaluate_command_scores_a_saved_model_on_the_split_saved_with_it(tmp_path):
     from conftest import make_fake_utkface
     from faceattr.config import compose_config, group_node
-    from faceattr.evaluation.model_dir import evaluate_command
+    from faceattr.evaluation.model_dir import evaluate_model
     from faceattr.models import io
     from faceattr.models.cnn import build_cnn
     from faceattr.models.info import ModelInfo
@@ -351,7 +351,7 @@ def test_evaluate_command_scores_a_saved_model_on_the_split_saved_with_it(tmp_pa
                                                                                       index=False)
     cfg = compose_config(["command=evaluate", f"data.path={tmp_path / 'UTKFace'}", f"paths.cache={tmp_path / 'c'}",
                           f"model_path={model_dir}", "evaluation.grid_faces=4", "evaluation.dpi=40"])
-    metrics = evaluate_command(cfg, tmp_path / "run")
+    metrics = evaluate_model(cfg, tmp_path / "run")
     assert metrics["n"] == 10
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["split"] == "test"
     scored = pd.read_csv(tmp_path / "run" / "predictions.csv")

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from conftest import one_error_line, save_tiny_cnn
-from faceattr.commands.promote import promote
 from faceattr.errors import ConfigError, ModelError
 from faceattr.inference.images import read_image
 from faceattr.models import io
 from faceattr.models.info import FORMAT_VERSION, MODEL_INFO, ModelInfo, load_keras_file, write_info
+from faceattr.training.promote import promote
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
@@ -231,7 +231,7 @@ def test_lambda_layer_cli_is_one_error_line(tmp_path, tiny_model_dir):
 
 
 def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, monkeypatch, tiny_model_dir):
-    import faceattr.commands.promote as promoting
+    import faceattr.training.promote as promoting
 
     monkeypatch.setattr(promoting.time, "strftime", lambda fmt, *a: "20260101-120000")  # all in one second
     shipped = tmp_path / "saved_model"

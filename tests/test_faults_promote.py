@@ -16,7 +16,7 @@ import pytest
 
 from conftest import save_tiny_cnn
 from faceattr import writes
-from faceattr.commands.promote import promote
+from faceattr.training.promote import promote
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SIZE = 32

@@ -88,7 +88,7 @@ FACES = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype(np.floa
 
 def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     from faceattr.models import io
-    from faceattr.models.ensemble import ensemble_command
+    from faceattr.models.ensemble import build_ensemble
     from faceattr.models.families import family
     from faceattr.models.info import ModelInfo
 
@@ -103,7 +103,7 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     cfg = OmegaConf.create({"ensemble": {"members": [str(tmp_path / "m0"), str(tmp_path / "m1")]},
                             "paths": {"cache": str(tmp_path / "cache"), "saved_models": str(tmp_path / "saved")},
                             "export": {"tflite": False}, "promote": False})
-    ensemble_command(cfg, tmp_path / "ens")
+    build_ensemble(cfg, tmp_path / "ens")
     mean = io.load_model(tmp_path / "ens" / "model").model.predict_on_batch(FACES)
     for task in ("age", "gender", "race"):
         np.testing.assert_allclose(mean[task], (outs[0][task] + outs[1][task]) / 2, atol=1e-4)

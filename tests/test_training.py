@@ -22,7 +22,6 @@ from conftest import (
     ROOT,
     TINY_CNN,
     cli,
-    handler_module,
     make_fake_utkface,
     run_command,
     smoke,
@@ -84,7 +83,8 @@ def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_spl
     import numpy as np
     from omegaconf import OmegaConf
 
-    make_trainer = handler_module("train").make_trainer
+    from faceattr.training.command import make_trainer
+
     first = cnn_run  # two epochs
     # The trainer starts from exactly the saved weights...
     cfg = OmegaConf.create({"model": {"name": "normal", "input_size": 32}, "paths": {"cache": str(shared_cache)},

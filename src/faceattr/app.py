@@ -1,7 +1,7 @@
 """The Hydra application: one config tree, one entry, a dispatch on ``cfg.command``.
 
-Each command's work lives in its own module and is imported only when used, so ``run``
-doesn't pay for training code and ``--help`` stays fast.
+The handler is the one the commands table (``faceattr.commands``) declares for ``cfg.command``;
+each imports its library only when it runs, so ``run`` doesn't pay for training code.
 
 Here too: a typed error becomes one ``error:`` line on stderr (its record goes to the run's
 log file only), Ctrl-C one line (for ``train``, the command that resumes the run) and exit code
@@ -10,9 +10,7 @@ log file only), Ctrl-C one line (for ``train``, the command that resumes the run
 
 from __future__ import annotations
 
-import importlib
 import logging
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -23,28 +21,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from faceattr import writes
+from faceattr.commands import COMMANDS
 from faceattr.config import CONF_DIR, register, validate
 from faceattr.errors import FaceAttrError
+from faceattr.overrides import quote
 from faceattr.training.state import finished_message, finished_summary
 
 log = logging.getLogger("faceattr")
 
-#: command -> "module:function"; each function takes (cfg, run_dir) and returns a dict or None.
-HANDLERS = {
-    "run": "faceattr.inference.run:run_command",
-    "train": "faceattr.training.command:train_command",
-    "evaluate": "faceattr.evaluation.model_dir:evaluate_command",
-    "stats": "faceattr.data.stats:stats_command",
-    "compare": "faceattr.evaluation.sweep:compare_command",
-    "promote": "faceattr.commands.promote:promote_command",
-    "export": "faceattr.models.export:export_command",
-    "ensemble": "faceattr.models.ensemble:ensemble_command",
-    "calibrate": "faceattr.evaluation.calibrate:calibrate_command",
-    "distill": "faceattr.distill.command:distill_command",
-    "serve": "faceattr.serve.app:serve_command",
-}
-
-register()
+register(command_names=COMMANDS)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -52,11 +37,9 @@ def hydra_app(cfg: DictConfig) -> float | None:
     """Run ``cfg.command`` in the Hydra run (or sweep job) directory."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
-    module_name, func_name = HANDLERS[cfg.command].split(":")
     try:
         validate(cfg)  # sweep values too: each job's config is checked before its work
-        handler = getattr(importlib.import_module(module_name), func_name)
-        result = handler(cfg, run_dir)
+        result = COMMANDS[cfg.command].handler(cfg, run_dir)
     except FaceAttrError as exc:
         _log_to_file(logging.ERROR, str(exc))  # the console gets the one line below
         print(f"error: {exc}", file=sys.stderr)
@@ -77,7 +60,7 @@ def hydra_app(cfg: DictConfig) -> float | None:
         if cfg.command == "train":  # the same command with its folder goes on from the last backup
             key, folder = (("hydra.sweep.dir", Path(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN
                            else ("hydra.run.dir", run_dir))
-            line += f"; to resume, run: {command_line({key: _override_value(_shown(folder))})}"
+            line += f"; to resume, run: {command_line({key: quote(_shown(folder), bare_when_plain=True)})}"
         _interrupted(line, _exit_code(exc))
     print(f"Results written to {run_dir}")
     # A number lets optimising sweepers (e.g. Optuna) minimise validation/test loss.
@@ -145,7 +128,7 @@ def _report_finished_training() -> bool:
     summary = finished_summary(Path(value))
     if summary is None:
         return False
-    model_dir = _override_value(_shown(Path(value).resolve() / "model"))
+    model_dir = quote(_shown(Path(value).resolve() / "model"), bare_when_plain=True)
     further = command_line({"hydra.run.dir": None, "train.init_from": model_dir})
     print(finished_message(Path(value), summary, further))
     return True
@@ -181,9 +164,3 @@ def _shown(path: Path) -> str:
     except ValueError:
         return str(path)
 
-
-def _override_value(text: str) -> str:
-    """``text`` as a value of Hydra's override grammar (quoted unless plainly safe)."""
-    if re.fullmatch(r"[\w./@:+\-]+", text):
-        return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +33,12 @@ from faceattr.resources import CONF_DIR, SHIPPED_ROOT, work_root
 # The folder holding conf/, saved_model/ and examples/: the checkout, or an installed copy's own
 # (faceattr.resources). Where runs and caches go is paths.root (work_root).
 PROJECT_ROOT = SHIPPED_ROOT
-COMMAND_NAMES = ("run", "train", "evaluate", "stats", "compare", "promote", "export", "ensemble", "calibrate",
-                 "distill", "serve")
+#: The ``command`` key's choices: the names in the commands table (``faceattr.commands``). This
+#: module sits below the commands and does not import them, so the entry points (``faceattr.cli``,
+#: ``faceattr.app``) hand the names down with ``register(command_names=...)`` before composing;
+#: the list is filled in place, so the schema field below sees them. Until then it is empty and
+#: ``command`` is not checked (a config composed in process by a library caller or a test).
+COMMAND_NAMES: list[str] = []
 FAMILIES = SHIPPED_FAMILIES  # model.name choices: the model-family registry's (models.families)
 
 
@@ -386,7 +390,7 @@ class Config:
     evaluation: EvaluationConfig = MISSING
     distill: DistillConfig = MISSING
     serve: ServeConfig = MISSING
-    command: str = rule("train", choices=COMMAND_NAMES)  # set by src/main.py
+    command: str = rule("train", choices=COMMAND_NAMES)  # set by src/main.py (choices: see COMMAND_NAMES)
     seed: int = rule(42, ge=0)
     model_path: str | None = None  # a trained model folder; null = saved_model/<model.name>
     promote: bool = False             # copy the run's model into saved_model/ (the old one moved to .previous/)
@@ -419,11 +423,17 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("shipped_root", lambda: str(SHIPPED_ROOT))
 
 
-def register() -> None:
+def register(command_names: Iterable[str] | None = None) -> None:
     """Register the resolvers and the schema with OmegaConf and Hydra (idempotent: the schema is
-    stored once per process, as turning the dataclasses into configs costs ~0.1 s a call)."""
+    stored once per process, as turning the dataclasses into configs costs ~0.1 s a call).
+
+    ``command_names``: the commands table's names, from the entry points above this module;
+    they become the ``command`` key's choices (:data:`COMMAND_NAMES`). None leaves them as they are.
+    """
     from hydra.core.config_store import ConfigStore  # deferred: Hydra takes a second to import
 
+    if command_names is not None:
+        COMMAND_NAMES[:] = list(command_names)
     register_resolvers()
     store = ConfigStore.instance()
     if "schema.yaml" in store.repo:
@@ -447,8 +457,8 @@ def _describe(meta: Mapping[str, Any], kind: Any = float) -> str:
 def _breaks(value: Any, meta: Mapping[str, Any]) -> bool:
     if value is None or not meta:
         return False
-    if "choices" in meta:
-        return value not in meta["choices"]
+    if "choices" in meta:  # an empty list: choices not known yet (COMMAND_NAMES before register)
+        return bool(meta["choices"]) and value not in meta["choices"]
     bounds = (("ge", float.__ge__), ("gt", float.__gt__), ("le", float.__le__), ("lt", float.__lt__))
     return any(k in meta and not op(float(value), float(meta[k])) for k, op in bounds)
 

@@ -1,100 +1,42 @@
 """``python src/main.py promote RUN_DIR``: ship a trained model into ``saved_model/<type>``.
 
-Above both ``models.io`` (the folder) and ``inference.runtime`` (loading it as ``run`` does), since
-a model is only swapped in after it has loaded as ``run`` would load it.
+The work (copy, check it loads as ``run`` loads it, swap in, keep the old one) is
+``training.promote.promote``; ``train promote=true`` and ``ensemble promote=true`` use it too.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import time
+import argparse
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig
 
-from faceattr import writes
-from faceattr.errors import ModelError
-from faceattr.inference.runtime import open_runner
-from faceattr.models.info import ModelInfo
-from faceattr.models.io import model_folder
-
-log = logging.getLogger(__name__)
+from faceattr.commands.spec import Command, usage_error
+from faceattr.overrides import quote
 
 
-def promote(run_model_dir: Path, saved_models: Path, cache_dir: Path | None = None) -> Path:
-    """Put a trained model at ``saved_models/<model_type>``, where ``run`` finds it.
-
-    The folder is copied beside the target first (``.<type>.incoming-<pid>``), flushed to disk
-    and loaded once as ``run`` loads it (``model_info.json``, the TensorFlow Lite file or the
-    Keras model, one prediction); only then is it swapped in (``writes.swap_in``), so a reader
-    sees the old model or the new one, never a mixture, and a folder that does not load changes
-    nothing. The model shipped there before goes to ``saved_models/.previous/<type>-<time>``
-    (``-1``, ``-2``... within one second: a backup is never moved into another), which is
-    logged. A second promote of the same type waits for none: it is refused in one line.
-    Ctrl-C or SIGTERM before the swap leaves everything as it was.
-    """
-    info = ModelInfo.read(run_model_dir)
-    saved_models = Path(saved_models)
-    target = saved_models / info.model_type
-    if target.resolve() == Path(run_model_dir).resolve():
-        raise ModelError(f"{run_model_dir}: already the shipped {info.model_type} model")
-    staging = saved_models / f".{info.model_type}.incoming-{os.getpid()}"
-    with writes.exclusive(target, "promote"), writes.terminate_as_interrupt():
-        try:
-            try:
-                shutil.copytree(run_model_dir, staging)
-                writes.fsync_tree(staging)
-            except OSError as exc:
-                raise writes.write_error(target, exc) from None
-            check_loads(staging, shown_as=Path(run_model_dir), cache_dir=cache_dir)
-            backup = None
-            if target.exists():
-                stamp = time.strftime("%Y%m%d-%H%M%S")
-                backup = unique_backup(saved_models / ".previous", f"{info.model_type}-{stamp}")
-            try:
-                writes.swap_in(staging, target, backup)
-            except OSError as exc:
-                raise writes.write_error(target, exc) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    if backup is not None:
-        log.warning("Moved the previous shipped %s model to %s", info.model_type, backup)
-        print(f"Previous shipped model kept at {backup}")
-    print(f"Promoted {run_model_dir} to {target}")
-    return target
+def to_overrides(flags: argparse.Namespace, positional: list[str]) -> list[str]:
+    """``model_path=RUN_DIR``: exactly one folder."""
+    if len(positional) != 1:
+        raise usage_error("promote", "give exactly one training run folder")
+    return [f"model_path={quote(positional[0])}"]
 
 
-def check_loads(model_dir: Path, shown_as: Path | None = None, cache_dir: Path | None = None) -> None:
-    """Load ``model_dir`` as ``run`` would (``inference.runtime.open_runner``, backend auto) and
-    predict once on a blank (1, S, S, 3) batch; a ``ModelError`` naming ``shown_as`` (default
-    ``model_dir``) if anything fails."""
-    shown = str(shown_as or model_dir)
-    try:
-        runner, info = open_runner(Path(model_dir), "auto", cache_dir)
-        outputs = runner(np.zeros((1, info.input_size, info.input_size, 3), np.float32))
-        if not all(np.isfinite(np.asarray(v)).all() for v in outputs.values()):
-            raise ModelError(f"{model_dir}: predicts NaN or infinity on a blank image")
-    except ModelError as exc:
-        raise ModelError(f"{str(exc).replace(str(model_dir), shown)} (nothing was promoted)") from None
-    except Exception as exc:  # whatever a damaged file makes Keras or LiteRT raise
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise ModelError(f"{shown}: does not load as run would load it ({type(exc).__name__}: {first}); "
-                         "nothing was promoted") from None
+def handle(cfg: DictConfig, run_dir: Path) -> dict:
+    """Promote ``model_path`` (a training run or its ``model/``); returns where it went."""
+    from faceattr.models.io import model_folder  # deferred: models loads numpy and the family registry
+    from faceattr.training.promote import promote  # deferred: checking the model loads it (TensorFlow/LiteRT)
 
-
-def unique_backup(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``name-1``, ``name-2``... : the first that doesn't exist yet."""
-    candidate, k = folder / name, 1
-    while candidate.exists() or candidate.is_symlink():
-        candidate, k = folder / f"{name}-{k}", k + 1
-    return candidate
-
-
-def promote_command(cfg: DictConfig, run_dir: Path) -> dict:
-    """``python src/main.py promote RUN_DIR``: RUN_DIR is a training run or its ``model/``."""
     target = promote(model_folder(Path(cfg.model_path)), Path(cfg.paths.saved_models),
                      Path(cfg.paths.cache) if cfg.paths.cache else None)
     return {"promoted": str(target)}
+
+
+COMMAND = Command(
+    name="promote",
+    summary="copy a training run's model into saved_model/: promote RUN_DIR",
+    handler=handle,
+    to_overrides=to_overrides,
+    positional=True,
+    examples=(("promote outputs/train/DATE/TIME", "ship a run's model as saved_model/<model_type>"),),
+)

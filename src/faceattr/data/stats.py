@@ -20,14 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 
 from faceattr import writes
 from faceattr.data.labelled import age_midpoint
-from faceattr.data.prepare import PreparedData, prepare_dataset
+from faceattr.data.prepare import PreparedData
 from faceattr.data.utkface import SPLITS
 from faceattr.figures import save_figure
-from faceattr.inference.chips import align_training_photos  # stats_command's, a command handler above data
 from faceattr.labels import AGE_RANGE, GENDERS, RACES, age_bin_labels
 
 log = logging.getLogger(__name__)
@@ -161,10 +159,3 @@ def write_statistics(prepared: PreparedData, out_dir: Path, formats: Sequence[st
     log.info("dataset statistics written to %s", out_dir)
     return summary
 
-
-def stats_command(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """``python src/main.py stats``: prepare the data and write its statistics into the run dir."""
-    run_dir = Path(run_dir)
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
-    return write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
-                            dpi=int(cfg.evaluation.dpi))

@@ -119,7 +119,7 @@ def unlabeled_faces(cfg: DictConfig, teacher: Teacher, frame: pd.DataFrame, run_
     return table, sources
 
 
-def distill_command(cfg: DictConfig, run_dir: Path) -> dict:
+def distill_run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train a student on ``distill.teacher``'s outputs into ``<run dir>/model``; report both."""
     run_dir = Path(run_dir)
     if (run_dir / SUMMARY).is_file():  # its model and report stay as they are

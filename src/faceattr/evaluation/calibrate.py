@@ -1,4 +1,4 @@
-"""``python src/main.py calibrate [--model_path DIR]``: fit a model's decision rules on its
+"""``python src/main.py calibrate [--model-path DIR]``: fit a model's decision rules on its
 validation split and store them in its ``model_info.json`` (``models.calibration``).
 
 The validation faces go through the model as ``run`` serves it (``run.backend``, flip TTA per
@@ -46,7 +46,7 @@ def validation_rows(cfg: Any, model_dir: Path, run_dir: Path) -> pd.DataFrame:
     return val
 
 
-def calibrate_command(cfg: Any, run_dir: Path) -> dict:
+def calibrate_model(cfg: Any, run_dir: Path) -> dict:
     """Fit, store and report the calibration of ``model_path`` (or the shipped model)."""
     model_dir = resolve_model_dir(cfg)
     info = ModelInfo.read(model_dir)

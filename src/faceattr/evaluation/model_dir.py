@@ -1,5 +1,5 @@
-"""The ``evaluate`` command, and scoring a model on a split of UTKFace-style data (``evaluate``,
-``train --eval``).
+"""The ``evaluate`` command's work (``evaluate_model``), and scoring a model on a split of
+UTKFace-style data (``evaluate``, ``train --eval``).
 
 ``evaluate_split`` predicts the rows of one split with any scorer (a family's trainer holding
 the Keras model, or :class:`~faceattr.evaluation.served.ServedModel` for the exported file) and
@@ -74,7 +74,7 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         raise ModelError(f"{model_dir}: model_info says {info.model_type} but its config says {model_cfg.name}")
     eval_cfg = cfg.copy()
     with open_dict(eval_cfg):
-        eval_cfg.model = model_cfg  # the saved model's own settings, whatever --model_type says
+        eval_cfg.model = model_cfg  # the saved model's own settings, whatever --model-type says
     split_csv = model_dir / "split.csv"
     # Checked before the data is touched: a damaged file is one line.
     saved = read_split(model_dir) if split_csv.is_file() else None
@@ -119,8 +119,8 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
     return metrics
 
 
-def evaluate_command(cfg: DictConfig, run_dir: Path) -> dict:
-    """``python src/main.py evaluate``: evaluate the chosen model on its test split, or with
+def evaluate_model(cfg: DictConfig, run_dir: Path) -> dict:
+    """Evaluate the chosen model on its test split, or with
     ``evaluation.labels`` (``--labels PATH``) on a labelled photo folder (``evaluation.photos``).
 
     The model folder is ``cfg.model_path`` or the shipped model of ``cfg.model.name``; the

@@ -336,8 +336,8 @@ class SweepSummaryCallback(Callback):
             log.warning("sweep summary skipped: %s: %s", type(exc).__name__, exc, exc_info=log.isEnabledFor(10))
 
 
-def compare_command(cfg: DictConfig, run_dir: Path) -> dict:
-    """``python src/main.py compare DIR [DIR ...]``: summarise runs/sweeps into ``run_dir``.
+def compare_runs(cfg: DictConfig, run_dir: Path) -> dict:
+    """Summarise runs/sweeps into ``run_dir``.
 
     Raises ``InputError`` when ``compare.dirs`` is empty, a folder is missing, or a folder
     holds no run. Returns the number of runs and the paths written.

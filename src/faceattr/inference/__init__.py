@@ -20,7 +20,7 @@ Modules:
   TensorFlow import) or its Keras model (``run.backend``).
 - ``tracking``: ``IoUTracker``, stable ids and smoothed labels across video frames.
 - ``annotate``: boxes, labels and FPS text drawn onto images.
-- ``run``: ``run_command``, the ``python src/main.py run`` command: checks, then images or video.
+- ``run``: ``run_inputs``, the ``run`` command's work: checks, then images or video.
 - ``photos_batch``: ``run --img`` (reading, batched prediction, annotated copies, CSV/JSON rows).
 - ``video``: ``run --video`` (the capture loop, the ``InferenceWorker`` thread, the tracking
   process, and the per-frame timing hook ``on_frame``).

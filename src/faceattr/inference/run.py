@@ -1,6 +1,6 @@
-"""``python src/main.py run``: label the faces in images (``--img``) or a video (``--video``).
+"""The ``run`` command's work: label the faces in images (``run.img``) or a video (``run.video``).
 
-The command checks which mode is asked for and hands off: images to
+``run_inputs`` checks which mode is asked for and hands off: images to
 ``inference.photos_batch.run_images`` (rows in a CSV/JSON file, annotated copies), video to
 ``inference.video.run_video`` (the capture loop and its inference worker). Where results may
 be written is checked by ``inference.outputs`` before any work; whether a window can be shown,
@@ -19,8 +19,8 @@ from faceattr.inference.photos_batch import run_images
 from faceattr.inference.video import run_video
 
 
-def run_command(cfg: Any, run_dir: Path) -> dict:
-    """``python src/main.py run``: images mode (``run.img``) or video mode (``run.video``).
+def run_inputs(cfg: Any, run_dir: Path) -> dict:
+    """Images mode (``run.img``) or video mode (``run.video``).
 
     Returns a summary dict (counts, where the results went). Raises ``InputError`` for a
     bad source or output, or when no input image could be read; ``ConfigError`` when both or

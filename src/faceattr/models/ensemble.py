@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from omegaconf import OmegaConf
 
-from faceattr.commands.promote import promote
 from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.errors import ConfigError
 from faceattr.labels import TASKS
@@ -168,10 +167,12 @@ def merged_split(dirs: list[Path]) -> pd.DataFrame:
     return merged.sort_values("image").reset_index(drop=True)
 
 
-def ensemble_command(cfg, run_dir: Path) -> dict:
-    """``python src/main.py ensemble DIR DIR ...``: write ``<run dir>/model``, the members' mean.
+def build_ensemble(cfg, run_dir: Path) -> dict:
+    """The ``ensemble`` command's work: write ``<run dir>/model``, the mean of ``ensemble.members``
+    (weighted by ``ensemble.weights`` where set), and its ``train_summary.json``; returns that summary.
 
-    The members are checked (``check_members``) before TensorFlow is imported."""
+    The members are checked (``check_members``) before TensorFlow is imported. Promotion
+    (``promote=true``) is the ``ensemble`` command's next step, not done here."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
     weights = member_weights(OmegaConf.select(cfg, "ensemble.weights"), len(dirs))  # absent: the plain mean
     infos = check_members(dirs)
@@ -215,7 +216,5 @@ def ensemble_command(cfg, run_dir: Path) -> dict:
         (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
     kinds = ", ".join(sorted({info.model_type for info in infos}))
     print(f"Ensemble of {len(dirs)} models ({kinds}) saved to {model_dir}")
-    print(f"Evaluate it with: {program_name()} evaluate --model_path {model_dir}")
-    if cfg.promote:
-        promote(model_dir, Path(cfg.paths.saved_models), Path(cfg.paths.cache))
+    print(f"Evaluate it with: {program_name()} evaluate --model-path {model_dir}")
     return summary

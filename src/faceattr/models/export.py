@@ -30,7 +30,7 @@ from faceattr import writes
 from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
 from faceattr.models.info import ModelInfo, write_info
-from faceattr.models.io import load_model, model_folder, resolve_model_dir, trainable_file
+from faceattr.models.io import load_model, trainable_file
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,3 @@ def _converter(model: Any) -> Any:
                                  input_signature=[tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)])
     return tf.lite.TFLiteConverter.from_concrete_functions([holder.forward.get_concrete_function()], holder)
 
-
-def export_command(cfg, run_dir: Path) -> dict:
-    """``python src/main.py export [MODEL_DIR]``: (re)export a model folder (default: the shipped
-    model of ``model.name``) with ``export.quantization``."""
-    model_dir = model_folder(resolve_model_dir(cfg))
-    target = export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization))
-    print(f"Exported {target} ({cfg.export.quantization})")
-    return {"exported": str(target), "quantization": str(cfg.export.quantization)}

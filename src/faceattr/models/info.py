@@ -146,7 +146,7 @@ class ModelInfo:
     @classmethod
     def read(cls, model_dir: Path) -> ModelInfo:
         if not Path(model_dir).exists():
-            raise ModelError(f"{model_dir}: no such model folder (train one, or check --model_path)")
+            raise ModelError(f"{model_dir}: no such model folder (train one, or check --model-path)")
         path = Path(model_dir) / MODEL_INFO
         if not path.is_file():
             raise ModelError(f"{model_dir}: not a model folder (no {MODEL_INFO})")

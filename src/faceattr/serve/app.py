@@ -419,8 +419,8 @@ def serving_pipeline(cfg: DictConfig) -> FacePipeline:
     return pipeline
 
 
-def serve_command(cfg: DictConfig, run_dir: Path) -> NoReturn:
-    """``python src/main.py serve``: load the model once, then serve until Ctrl-C (or another
+def run_server(cfg: DictConfig) -> NoReturn:
+    """The ``serve`` command's work: load the model once, then serve until Ctrl-C (or another
     signal), which ends it as ``KeyboardInterrupt`` (the CLI's "interrupted", exit code 130)."""
     import uvicorn  # deferred: uvicorn, only when the server starts
 

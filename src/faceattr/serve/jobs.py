@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from faceattr.config import MODEL_SCHEMAS
 from faceattr.errors import FaceAttrError, InputError
 from faceattr.models.info import ModelInfo
+from faceattr.overrides import quote
 from faceattr.resources import toolkit_command, work_root
 from faceattr.serve.store import Store
 
@@ -102,17 +103,6 @@ def write_corrections(store: Store, session: str, folder: Path) -> int:
     return len(rows)
 
 
-def _quote(value: Any) -> str:
-    """A value in Hydra's override grammar (strings quoted)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int | float):
-        return repr(value)
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def model_overrides(family: str, stored: dict[str, Any]) -> list[str]:
     """``model.<key>=<value>`` for every setting of a model's stored config that its family's
     schema still has (nested ones as dotted keys), so the retrained model is built as it was."""
@@ -128,11 +118,11 @@ def model_overrides(family: str, stored: dict[str, Any]) -> list[str]:
                 walk(dotted + ".", value)
             elif isinstance(value, list):
                 if all(isinstance(v, int | float | str | bool) for v in value):
-                    out.append(f"model.{dotted}=[{','.join(_quote(v) for v in value)}]")
+                    out.append(f"model.{dotted}=[{','.join(quote(v) for v in value)}]")
             elif dotted in FRESH_MODEL_SETTINGS:
-                out.append(f"model.{dotted}={_quote(FRESH_MODEL_SETTINGS[dotted])}")
+                out.append(f"model.{dotted}={quote(FRESH_MODEL_SETTINGS[dotted])}")
             else:
-                out.append(f"model.{dotted}={_quote(value)}")
+                out.append(f"model.{dotted}={quote(value)}")
 
     walk("", stored)
     return out
@@ -142,12 +132,12 @@ def _data_overrides(data: dict) -> list[str]:
     """Overrides that select the data and split a model was trained on (its ``trained_with.data``)."""
     out = []
     if data.get("path"):
-        out.append(f"data.path={_quote(data['path'])}")
+        out.append(f"data.path={quote(data['path'])}")
     if "limit" in data:
-        out.append(f"data.limit={_quote(data['limit'])}")
+        out.append(f"data.limit={quote(data['limit'])}")
     for key in ("train", "val", "test", "seed"):
         if key in (data.get("split") or {}):
-            out.append(f"data.split.{key}={_quote(data['split'][key])}")
+            out.append(f"data.split.{key}={quote(data['split'][key])}")
     return out
 
 
@@ -159,10 +149,10 @@ def train_overrides(served: Path, run_dir: Path, labels_csv: Path, cfg: DictConf
     data, model = trained.get("data") or {}, trained.get("model") or {}
     out = [f"model={info.model_type}", f"train.epochs={int(cfg.serve.retrain_epochs)}",
            f"train.learning_rate={float(cfg.serve.retrain_learning_rate)}",
-           f"paths.cache={_quote(str(cfg.paths.cache))}"]
+           f"paths.cache={quote(str(cfg.paths.cache))}"]
     out += _data_overrides(data)
     # The augmentation it was trained with: a FaceNet model's cached augmented copies are reused.
-    out += [f"data.augment.{key}={_quote(value)}" for key, value in (data.get("augment") or {}).items()
+    out += [f"data.augment.{key}={quote(value)}" for key, value in (data.get("augment") or {}).items()
             if key in cfg.data.augment and not isinstance(value, dict | list)]
     out += model_overrides(info.model_type, model)
     # A stratified sample of the training split is replayed, not all of it: enough to keep a few
@@ -171,17 +161,17 @@ def train_overrides(served: Path, run_dir: Path, labels_csv: Path, cfg: DictConf
     out += [f"data.train_limit={'null' if replay is None else int(replay)}"]
     out += [str(o) for o in cfg.serve.retrain_overrides]
     # Last, so no extra override can change what the job is.
-    return out + [f"train.init_from={_quote(str(served))}", f"data.extra_labels={_quote(str(labels_csv))}",
+    return out + [f"train.init_from={quote(str(served))}", f"data.extra_labels={quote(str(labels_csv))}",
                   f"data.extra_copies={int(cfg.serve.retrain_copies)}", "train.eval=true",
-                  f"hydra.run.dir={_quote(str(run_dir))}"]
+                  f"hydra.run.dir={quote(str(run_dir))}"]
 
 
 def served_overrides(served: Path, run_dir: Path, cfg: DictConfig) -> list[str]:
     """The ``evaluate`` overrides scoring the served model on the same data and test split."""
     info = ModelInfo.read(served)
     data = (info.trained_with or {}).get("data") or {}
-    out = [f"model={info.model_type}", f"model_path={_quote(str(served))}", f"hydra.run.dir={_quote(str(run_dir))}",
-           f"paths.cache={_quote(str(cfg.paths.cache))}"]
+    out = [f"model={info.model_type}", f"model_path={quote(str(served))}", f"hydra.run.dir={quote(str(run_dir))}",
+           f"paths.cache={quote(str(cfg.paths.cache))}"]
     out += _data_overrides(data)
     return out
 

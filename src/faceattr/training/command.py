@@ -1,4 +1,5 @@
-"""``python src/main.py train``: training and optional test-split evaluation, for any model family.
+"""Training one run (the ``train`` command's work): training and optional test-split evaluation, for any
+model family.
 
 Flow: prepare data (index, dedup, split, rebalance the training split only) -> dataset
 statistics -> the trainer of ``model.name``'s family (``models.families``) -> Keras ``fit``
@@ -24,7 +25,6 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr import writes
-from faceattr.commands.promote import promote
 from faceattr.data.prepare import prepare_dataset
 from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.data.stats import write_statistics
@@ -36,6 +36,7 @@ from faceattr.models.engine.loop import backup_fingerprint, join_histories, sear
 from faceattr.models.export import export_tflite
 from faceattr.models.families import Trainer, family
 from faceattr.models.info import ModelInfo
+from faceattr.training.promote import promote
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,8 @@ def check_room(run_dir: Path, parameters: int = 0) -> None:
                          "or set hydra.run.dir=<a folder on a disk with room>")
 
 
-def train_command(cfg: DictConfig, run_dir: Path) -> dict:
-    """``python src/main.py train``: train, save to ``<run dir>/model``, optionally evaluate/promote.
+def train_run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train, save to ``<run dir>/model``, optionally evaluate/promote.
 
     A run folder whose training finished is left as it is (its summary comes back); an
     unfinished one resumes from its backups (``models.engine.backup``). A second ``train`` into a
@@ -112,7 +113,7 @@ def train_command(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
-    """The body of ``train_command``, with the run folder held."""
+    """The body of ``train_run``, with the run folder held."""
     finished = finished_summary(run_dir)
     if finished is not None:  # e.g. a sweep run again: its finished jobs are not trained twice
         log.info("%s", finished_message(run_dir, finished))

@@ -251,7 +251,7 @@ class AtomicBackup(keras.callbacks.Callback):
         self._save(f"epoch-{epoch + 1:04d}", complete=False)
 
     def on_train_end(self, logs=None):
-        # After early stopping put its best weights back: what train_command saves.
+        # After early stopping put its best weights back: what train_run saves.
         self._save("final", complete=True)
         self.model._initial_epoch = None
 

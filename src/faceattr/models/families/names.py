@@ -1,6 +1,6 @@
 """The registry's table, plain data: each family's ``model.name`` and the module defining it.
 
-Read by ``faceattr.config`` (``model.name`` choices), the CLI (``--model_type``) and
+Read by ``faceattr.config`` (``model.name`` choices), the CLI (``--model-type``) and
 ``models.info`` (``model_type``) without importing any family; ``models.families.family(name)``
 imports the module when the family itself is needed.
 """
