@@ -90,12 +90,13 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     from faceattr.models import io
     from faceattr.models.ensemble import build_ensemble
     from faceattr.models.families import family
+    from faceattr.models.info import ModelInfo
 
     cnn = family("normal")
     assert (cnn.trainable_file, cnn.input_spec(32).size, cnn.shares_trunk) == ("model.keras", 32, False)
     split = "image,split\na.jpg,train\nb.jpg,test\n"
     outs = [save_cnn_member(tmp_path / f"m{i}", seed=i, split_csv=split) for i in range(2)]
-    assert (tmp_path / "m0" / "model.keras").is_file() and io.ModelInfo.read(tmp_path / "m0").model_type == "normal"
+    assert (tmp_path / "m0" / "model.keras").is_file() and ModelInfo.read(tmp_path / "m0").model_type == "normal"
     loaded = io.load_model(tmp_path / "m0")  # the family's end-to-end model: the CNN itself
     np.testing.assert_allclose(loaded.model.predict_on_batch(FACES)["race"], outs[0]["race"], atol=1e-5)
 
@@ -106,7 +107,7 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     mean = io.load_model(tmp_path / "ens" / "model").model.predict_on_batch(FACES)
     for task in ("age", "gender", "race"):
         np.testing.assert_allclose(mean[task], (outs[0][task] + outs[1][task]) / 2, atol=1e-4)
-    info = io.ModelInfo.read(tmp_path / "ens" / "model")
+    info = ModelInfo.read(tmp_path / "ens" / "model")
     assert info.model_type == "normal" and info.ensemble["member_types"] == ["normal", "normal"]
 
 

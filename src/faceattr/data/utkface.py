@@ -39,7 +39,7 @@ import pandas as pd
 
 from faceattr.config import RebalanceConfig, settings
 from faceattr.errors import ConfigError, DataError
-from faceattr.inference.images import jpeg_is_complete
+from faceattr.jpeg import jpeg_is_complete
 from faceattr.labels import AGE_RANGE, DEFAULT_AGE_BIN_EDGES, GENDERS, RACES, age_to_bin
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def jpeg_problem(data: bytes) -> str:
     """Why the bytes ``data`` are not a whole JPEG ("" when they are), without decoding them.
 
     A file cut short (a copy or download that stopped) never reaches its end-of-image marker
-    (``inference.images.jpeg_is_complete``, the check ``run`` makes too); the training pipeline
+    (``faceattr.jpeg.jpeg_is_complete``, the check ``run`` makes too); the training pipeline
     would fail on it mid-epoch, far from the file's name.
     """
     if data[:3] != _JPEG_MAGIC:

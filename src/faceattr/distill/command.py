@@ -33,6 +33,8 @@ from faceattr.distill.student import check_student_family, fit_student, mix_targ
 from faceattr.distill.teacher import Teacher
 from faceattr.errors import ConfigError, DataError
 from faceattr.hashing import file_sha256
+from faceattr.inference.chips import align_training_photos
+from faceattr.inference.pipeline import FacePipeline
 from faceattr.labels import GENDERS, RACES, age_to_bin
 from faceattr.models.export import export_tflite
 from faceattr.training.state import write_atomic
@@ -65,8 +67,6 @@ def teacher_split(frame: pd.DataFrame, teacher: Teacher, cfg: DictConfig) -> pd.
 def make_reader(cfg: DictConfig, teacher: Teacher, held_out: dict[str, str]) -> SourceReader:
     """The unlabelled-source reader: ``run``'s face pipelines (photos; video frames with the
     detector's video settings) around the teacher; ``held_out``: sha256 -> split of refused images."""
-    from faceattr.inference.pipeline import FacePipeline
-
     predictor = teacher.predictor()
     return SourceReader(FacePipeline.from_config(cfg, predictor=predictor),
                         FacePipeline.from_config(cfg, predictor=predictor, video=True), held_out,
@@ -157,7 +157,7 @@ def distill_run(cfg: DictConfig, run_dir: Path) -> dict:
     check_student_family(cfg)
     teacher = Teacher(cfg, Path(str(cfg.distill.teacher)))  # refuses a teacher without split.csv
     keras.utils.set_random_seed(int(cfg.seed))
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
     frame = teacher_split(prepared.frame, teacher, cfg)
     write_split_csv(frame, run_dir / "split.csv")  # the teacher's split: the student's model folder carries it
     extra, sources = pd.DataFrame(), []

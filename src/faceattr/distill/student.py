@@ -9,7 +9,7 @@ Targets per training face (``distill.alpha`` = a, ``distill.temperature`` = T):
 
 Validation faces keep their true labels (one-hot), so ``val_loss`` and the checkpoint chosen on
 it measure the student against the truth, as for ``train``. The model is built, fitted
-(``training.fit_model``: the same callbacks, backups, schedules) and saved by the toolkit's own
+(``models.engine.loop.fit_model``: the same callbacks, backups, schedules) and saved by the toolkit's own
 code; only the losses of the class heads change, to cross-entropy on probability targets.
 """
 
@@ -29,7 +29,8 @@ from faceattr.data.pipeline import make_dataset
 from faceattr.data.targets import uses_weights
 from faceattr.errors import ConfigError
 from faceattr.labels import GENDERS, RACES
-from faceattr.models.families import ImageModelTrainer
+from faceattr.models.engine.loop import fit_model
+from faceattr.models.families import ImageModelTrainer, family, family_names
 from faceattr.models.heads import compile_args
 from faceattr.training.command import make_trainer
 
@@ -115,8 +116,6 @@ def student_dataset(frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg:
 def check_student_family(cfg: DictConfig) -> None:
     """Refuse a student family this module can't feed yet (before any data is touched): one
     whose models take a frozen trunk's cached outputs instead of the face image."""
-    from faceattr.models.families import family, family_names
-
     if family(str(cfg.model.name)).shares_trunk:
         takes_images = [name for name in family_names() if not family(name).shares_trunk]
         raise ConfigError(f"model={cfg.model.name}: distill trains students that take the face image "
@@ -134,8 +133,6 @@ def fit_student(trainer: ImageModelTrainer, frame: pd.DataFrame, targets: Mappin
                 run_dir: Path) -> pd.DataFrame:
     """Fit ``trainer.model`` (a toolkit trainer for ``model.name``) on the training rows of
     ``frame``, validating on its val rows; returns the epoch history (``history.csv``)."""
-    from faceattr.training.loop import fit_model
-
     train_rows = (frame["split"] == "train").to_numpy()
     val_rows = (frame["split"] == "val").to_numpy()
     train_ds = student_dataset(frame[train_rows], {k: v[train_rows] for k, v in targets.items()}, cfg, True)

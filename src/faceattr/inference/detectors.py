@@ -28,7 +28,6 @@ from omegaconf import OmegaConf
 from faceattr.config import DetectorConfig
 from faceattr.config import settings as config_settings
 from faceattr.errors import ConfigError, InputError, ModelError
-from faceattr.inference.detection import LANDMARK_NAMES as LANDMARK_NAMES  # re-exported
 from faceattr.inference.detection import Detection
 
 log = logging.getLogger(__name__)
@@ -115,7 +114,7 @@ class MTCNNDetector:
 
     def __init__(self, min_confidence: float = 0.9, min_size: int = 40, max_side: int | None = 1280,
                  cache_dir: str | Path | None = None) -> None:
-        from faceattr.inference.mtcnn_numpy import NumpyMTCNN
+        from faceattr.inference.mtcnn_numpy import NumpyMTCNN  # deferred: only the chosen detector's module
 
         self._mtcnn = NumpyMTCNN(Path(cache_dir) if cache_dir else None)
         self.min_confidence = float(min_confidence)
@@ -178,7 +177,7 @@ def make_detector(detector_cfg: Any, video: bool = False, cache_dir: str | Path 
         return MTCNNDetector(min_confidence=settings["min_confidence"], min_size=settings["min_size"],
                              max_side=settings["max_side"], cache_dir=cache_dir)
     if name == "blazeface":
-        from faceattr.inference.blazeface import BlazeFaceDetector
+        from faceattr.inference.blazeface import BlazeFaceDetector  # deferred: only the chosen detector's module
 
         return BlazeFaceDetector(min_confidence=settings["min_confidence"])
     if name == "none":

@@ -1,5 +1,5 @@
-"""The local web app (``python src/main.py serve``): upload a photo, see and correct every
-face, retrain on the corrections; browse runs and their plots.
+"""The local web app (``python src/main.py serve``; floor 8, above distill): upload a photo, see
+and correct every face, retrain on the corrections; browse runs and their plots.
 
 Routes over services. ``app`` composes the app (``create_app``) and serves it (``run_server``,
 what the ``serve`` command, ``commands/serve.py``, calls). Routes, each a few lines: ``pages``

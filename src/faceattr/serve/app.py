@@ -97,7 +97,7 @@ def serving_pipeline(cfg: DictConfig) -> FacePipeline:
 def run_server(cfg: DictConfig) -> NoReturn:
     """The ``serve`` command's work: load the model once, then serve until Ctrl-C (or another
     signal), which ends it as ``KeyboardInterrupt`` (the CLI's "interrupted", exit code 130)."""
-    import uvicorn
+    import uvicorn  # deferred: uvicorn, only when the server starts
 
     serve = cfg.serve
     host, port = str(serve.host), int(serve.port)

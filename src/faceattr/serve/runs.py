@@ -152,9 +152,9 @@ class RunsBrowser:
 def compare(runs: list[Run], out_dir: Path) -> dict[str, Any]:
     """The ``compare`` table and plot of ``runs``: rows of ``sweep.read_results`` and the
     comparison plot (``sweep.plot_sweep``) written into ``out_dir``."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas, only for the compare page
 
-    from faceattr.evaluation.sweep import plot_sweep, read_results
+    from faceattr.evaluation.sweep import plot_sweep, read_results  # deferred: Hydra's callback base; compare page only
 
     rows = [{"run": r.name, **read_results(r.path)} for r in runs]
     df = pd.DataFrame(rows)

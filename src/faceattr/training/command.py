@@ -3,12 +3,12 @@ model family.
 
 Flow: prepare data (index, dedup, split, rebalance the training split only) -> dataset
 statistics -> the trainer of ``model.name``'s family (``models.families``) -> Keras ``fit``
-(``training.loop``) with a best-on-validation checkpoint, early stopping, LR decay, TensorBoard
+(``models.engine.loop``) with a best-on-validation checkpoint, early stopping, LR decay, TensorBoard
 and CSV logs and atomic backups -> save to ``<run dir>/model`` -> optional test evaluation
 (``--eval``, ``evaluation.model_dir``) -> optional promotion to ``saved_model/`` (``promote=true``).
 
 Resume an interrupted run by running the same command with ``hydra.run.dir=<its folder>``
-(what Ctrl-C prints): it picks up after the last backed-up epoch (``training.backup``). The
+(what Ctrl-C prints): it picks up after the last backed-up epoch (``models.engine.backup``). The
 same command on a finished run changes nothing; ``train.init_from=<its model folder>`` trains on.
 """
 
@@ -30,10 +30,12 @@ from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_r
 from faceattr.data.stats import write_statistics
 from faceattr.errors import ConfigError, WriteError
 from faceattr.evaluation.model_dir import evaluate_split
+from faceattr.inference.chips import align_training_photos
+from faceattr.models.engine.backup import check_resumable, has_backup
+from faceattr.models.engine.loop import backup_fingerprint, join_histories, search_objective
+from faceattr.models.export import export_tflite
 from faceattr.models.families import Trainer, family
-from faceattr.models.io import ModelInfo
-from faceattr.training.backup import check_resumable, has_backup
-from faceattr.training.loop import backup_fingerprint, join_histories, search_objective
+from faceattr.models.info import ModelInfo
 from faceattr.training.promote import promote
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
 
@@ -103,7 +105,7 @@ def train_run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train, save to ``<run dir>/model``, optionally evaluate/promote.
 
     A run folder whose training finished is left as it is (its summary comes back); an
-    unfinished one resumes from its backups (``training.backup``). A second ``train`` into a
+    unfinished one resumes from its backups (``models.engine.backup``). A second ``train`` into a
     run folder in use is refused in one line naming the first (``writes.exclusive``).
     """
     with writes.exclusive(Path(run_dir), "train"):
@@ -153,7 +155,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     family(str(cfg.model.name))  # an unknown family is one line before the data is touched
     check_room(run_dir)  # a full disk is one line before the data is touched, too
     keras.utils.set_random_seed(int(cfg.seed))
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
     check_resumable(run_dir / "backup", backup_fingerprint(cfg, run_dir))  # before features and training
     write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
                      dpi=int(cfg.evaluation.dpi), plots=bool(cfg.train.data_plots))
@@ -181,8 +183,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     if resumed:
         summary["resumed"] = True  # train_seconds counts the last command only; app.log has them all
     if cfg.export.tflite:  # what `run` serves by default (models.export)
-        from faceattr.models.export import export_tflite
-
         summary["tflite"] = str(export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization)))
     summary.update(trainer.extra_summary())  # e.g. FaceNet's feature extraction cost
     if cfg.train.eval:

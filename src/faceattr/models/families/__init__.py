@@ -72,7 +72,7 @@ class Trainer(Protocol):
         ...
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> dict[str, np.ndarray]:
-        """Predictions for ``frame``'s rows (``evaluation.served.to_predictions``'s form)."""
+        """Predictions for ``frame``'s rows (``models.predictions.to_predictions``'s form)."""
         ...
 
     def save(self, model_dir: Path, trained_with: dict) -> None:
@@ -119,7 +119,7 @@ class ModelFamily(ABC):
 
     def load_trainable(self, model_dir: Path, info: ModelInfo) -> keras.Model:
         """The model folder's ``trainable_file`` (what :meth:`trainer` takes), safe mode."""
-        from faceattr.models.info import load_keras_file
+        from faceattr.models.info import load_keras_file  # deferred: models.info imports families.names: a cycle
 
         return load_keras_file(Path(model_dir) / self.trainable_file)
 
@@ -141,7 +141,7 @@ class ModelFamily(ABC):
     def feed_image(self, image: keras.KerasTensor, info: ModelInfo, index: int) -> keras.KerasTensor:
         """Ensemble: this member's input from the ensemble's face ``image`` (N, S, S, 3); by
         default the face shrunk to the member's size by box averaging, as in its training."""
-        from faceattr.models.layers import AreaResize
+        from faceattr.models.layers import AreaResize  # deferred: Keras (models.layers), not to find a family
 
         if info.input_size == image.shape[1]:
             return image

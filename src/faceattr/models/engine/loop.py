@@ -2,7 +2,7 @@
 
 ``fit_model`` compiles a model with the heads' losses and fits it with a best-on-validation
 checkpoint, early stopping, plateau or cosine learning-rate decay, TensorBoard and CSV logs
-and atomic backups (``training.backup``): an interrupted run goes on after its last backed-up
+and atomic backups (``models.engine.backup``): an interrupted run goes on after its last backed-up
 epoch. The family trainers (``models.families``) call it with their own datasets.
 """
 
@@ -20,8 +20,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr.config import LossWeights
+from faceattr.models.engine.backup import AtomicBackup, SafeInterrupt, fingerprint
 from faceattr.models.heads import compile_args
-from faceattr.training.backup import AtomicBackup, SafeInterrupt, fingerprint
 
 log = logging.getLogger(__name__)
 
