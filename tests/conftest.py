@@ -186,7 +186,8 @@ def save_tiny_cnn(model_dir: Path, size: int) -> Path:
     from omegaconf import OmegaConf
 
     from faceattr.models.cnn import build_cnn
-    from faceattr.models.io import ModelInfo, save_model
+    from faceattr.models.info import ModelInfo
+    from faceattr.models.io import save_model
 
     heads_cfg = {"hidden_units": [8], "dropout": 0.0, "age_loss": "huber", "huber_delta": 5.0,
                  "age_mode": "regression", "loss_weights": {"age": 0.1, "gender": 1.0, "race": 1.0}}

@@ -19,6 +19,7 @@ from faceattr.config import compose_config, group_node
 from faceattr.models import io
 from faceattr.models.cnn import build_cnn
 from faceattr.models.export import export_tflite
+from faceattr.models.info import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "run.py"
@@ -46,7 +47,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     cfg = OmegaConf.merge(group_node("model", "cnn"),
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("bench_model") / "model"
-    io.save_model(model_dir, io.ModelInfo(model_type="cnn", input_size=TINY_SIZE), build_cnn(cfg))
+    io.save_model(model_dir, ModelInfo(model_type="cnn", input_size=TINY_SIZE), build_cnn(cfg))
     export_tflite(model_dir)  # as training does: `run` serves the export, the Keras rows sit beside it
     return model_dir
 

@@ -232,3 +232,20 @@ def test_teacher_without_split_csv_is_refused(setup, tmp_path):
                     run_dir=tmp_path / "run")
     assert "no split.csv" in str(refused.value) and str(teacher) in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_student_from_a_model_that_trained_on_a_val_image_is_refused_as_train_refuses_it(tmp_path):
+    """``train.init_from`` for a student goes through ``train``'s own checks (``make_trainer``):
+    a starting model whose training split holds one of this run's val images is refused."""
+    from faceattr.distill.student import student_trainer
+
+    shipped = Path(__file__).resolve().parents[1] / "saved_model" / "cnn"
+    start = tmp_path / "start"
+    start.mkdir()
+    for name in ("model_info.json", "split.csv"):
+        shutil.copy(shipped / name, start / name)
+    seen = pd.read_csv(start / "split.csv").query("split == 'train'")["image"].iloc[0]
+    frame = pd.DataFrame({"image": [seen, "new.jpg"], "split": ["val", "train"]})
+    cfg = compose_config(["command=distill", "model=cnn", f"train.init_from={start}"])
+    with pytest.raises(ConfigError, match="was trained on 1 image\\(s\\) of this run's val/test split"):
+        student_trainer(cfg, frame)

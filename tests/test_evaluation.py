@@ -338,12 +338,13 @@ def test_evaluate_command_scores_a_saved_model_on_the_split_saved_with_it(tmp_pa
     from faceattr.evaluation.model_dir import evaluate_model
     from faceattr.models import io
     from faceattr.models.cnn import build_cnn
+    from faceattr.models.info import ModelInfo
 
     paths = make_fake_utkface(tmp_path / "UTKFace", 30)
     model_cfg = OmegaConf.merge(group_node("model", "cnn"),
                                 {"input_size": 32, "filters": [8], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path / "model"
-    io.save_model(model_dir, io.ModelInfo("cnn", 32, trained_with={"model": OmegaConf.to_container(model_cfg)}),
+    io.save_model(model_dir, ModelInfo("cnn", 32, trained_with={"model": OmegaConf.to_container(model_cfg)}),
                   build_cnn(model_cfg))
     names = [p.name for p in paths]  # the model's own split: its 10 test faces, whatever the data config says
     pd.DataFrame({"image": names, "split": ["test"] * 10 + ["train"] * 20}).to_csv(model_dir / "split.csv",

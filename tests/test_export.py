@@ -23,6 +23,7 @@ from faceattr.inference.runtime import KerasRunner, LiteRunner, open_runner
 from faceattr.models import io
 from faceattr.models.cnn import build_cnn
 from faceattr.models.export import TFLITE_FILE, export_tflite
+from faceattr.models.info import ModelInfo, load_keras_file, write_info
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
@@ -45,7 +46,7 @@ def exported(tmp_path_factory) -> dict[str, Path]:
     model = tiny_cnn(0)
     for quantization in ("float32", "dynamic"):
         folder = tmp_path_factory.mktemp(quantization)
-        io.save_model(folder, io.ModelInfo(model_type="cnn", input_size=SIZE), model)
+        io.save_model(folder, ModelInfo(model_type="cnn", input_size=SIZE), model)
         export_tflite(folder, quantization=quantization)
         out[quantization] = folder
     return out
@@ -57,7 +58,7 @@ def faces(n: int, seed: int = 0) -> np.ndarray:
 
 def test_export_records_its_source_and_matches_keras(exported):
     folder = exported["float32"]
-    info = io.ModelInfo.read(folder)
+    info = ModelInfo.read(folder)
     assert info.export["quantization"] == "float32"
     assert info.export["source_sha256"] == file_sha256(folder / "model.keras")
     assert info.export["bytes"] == (folder / TFLITE_FILE).stat().st_size
@@ -79,7 +80,7 @@ def test_saved_weights_are_float16_and_load_as_float32(tmp_path):
     x = faces(4)
     want = model.predict(x, verbose=0)
     keras.saving.save_model(model, tmp_path / "full.keras")  # as saved before STORAGE_DTYPE
-    io.save_model(tmp_path / "half", io.ModelInfo(model_type="cnn", input_size=SIZE), model)
+    io.save_model(tmp_path / "half", ModelInfo(model_type="cnn", input_size=SIZE), model)
     # In the file: every weight float16, half the bytes of the float32 weights.
     import zipfile
 
@@ -106,7 +107,7 @@ def test_saved_weights_are_float16_and_load_as_float32(tmp_path):
     # The saved model is left holding the stored weights: what it predicts after saving (the
     # evaluation at the end of training) is what the saved file predicts.
     np.testing.assert_array_equal(model.predict(x, verbose=0)["age"], got["age"])
-    old = io.load_keras_file(tmp_path / "full.keras")
+    old = load_keras_file(tmp_path / "full.keras")
     np.testing.assert_array_equal(old.predict(x, verbose=0)["age"], want["age"])
 
 
@@ -124,8 +125,8 @@ def test_auto_serves_a_current_export_and_falls_back_when_stale(exported, tmp_pa
     runner, _ = open_runner(folder, "auto")
     assert runner.backend == "tflite"
     # Retrain (new weights into model.keras): the export no longer describes the model.
-    io.save_model(folder, io.ModelInfo.read(folder), tiny_cnn(1))
-    info = io.ModelInfo.read(folder)
+    io.save_model(folder, ModelInfo.read(folder), tiny_cnn(1))
+    info = ModelInfo.read(folder)
     assert info.export is not None  # kept from the earlier export, now stale
     with caplog.at_level(logging.INFO):
         runner, _ = open_runner(folder, "auto")
@@ -140,9 +141,9 @@ def test_backend_errors_are_clear(exported, tmp_path):
     with pytest.raises(ConfigError, match="run.backend"):
         open_runner(folder, "onnx")
     (folder / TFLITE_FILE).write_bytes(b"not a flatbuffer")
-    info = io.ModelInfo.read(folder)
+    info = ModelInfo.read(folder)
     info.export["source_sha256"] = file_sha256(folder / "model.keras")
-    io.write_info(folder, info)
+    write_info(folder, info)
     with pytest.raises(ModelError, match="cannot load the TensorFlow Lite model"):
         open_runner(folder, "tflite")
     (folder / TFLITE_FILE).unlink()
@@ -186,11 +187,11 @@ def test_export_command_writes_the_file_run_serves(cnn_run, tmp_path):
     int8 weights, serves nearly what the float32 export it had does."""
     folder = tmp_path / "model"
     shutil.copytree(cnn_run / "model", folder)
-    assert io.ModelInfo.read(folder).export["quantization"] == "float32"
+    assert ModelInfo.read(folder).export["quantization"] == "float32"
     result = run_command("export", f"model_path={folder}", "export.quantization=dynamic",
                          f"paths.cache={tmp_path / 'cache'}", run_dir=tmp_path / "run")
     assert result == {"exported": str(folder / TFLITE_FILE), "quantization": "dynamic"}
-    info = io.ModelInfo.read(folder)
+    info = ModelInfo.read(folder)
     assert info.export["quantization"] == "dynamic" and info.export["bytes"] == (folder / TFLITE_FILE).stat().st_size
     assert info.export["source_sha256"] == file_sha256(folder / "model.keras")
     small = LiteRunner(folder / TFLITE_FILE)(faces(6))

@@ -19,6 +19,7 @@ from conftest import one_error_line, save_tiny_cnn
 from faceattr.errors import ConfigError, ModelError
 from faceattr.inference.images import read_image
 from faceattr.models import io
+from faceattr.models.info import FORMAT_VERSION, MODEL_INFO, ModelInfo, load_keras_file, write_info
 from faceattr.training.promote import promote
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,9 +147,9 @@ BAD_INFOS = {
 def bad_model_folder(folder: Path, tiny_model_dir: Path, content: bytes | dict) -> Path:
     folder.mkdir()
     (folder / "model.keras").write_bytes((tiny_model_dir / "model.keras").read_bytes())
-    info = json.loads((tiny_model_dir / io.MODEL_INFO).read_text())
+    info = json.loads((tiny_model_dir / MODEL_INFO).read_text())
     data = json.dumps({**info, **content}).encode() if isinstance(content, dict) else content
-    (folder / io.MODEL_INFO).write_bytes(data)
+    (folder / MODEL_INFO).write_bytes(data)
     return folder
 
 
@@ -158,7 +159,7 @@ def test_bad_model_info_is_one_line_naming_file_and_key(tmp_path, tiny_model_dir
     folder = bad_model_folder(tmp_path / "model", tiny_model_dir, content)
     res = main_py("run", "--img", small_photo(tmp_path / "a.jpg"), "--model_path", folder, "--no-display",
                   "detector=none", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert_one_error(res, str(folder / io.MODEL_INFO), expected)
+    assert_one_error(res, str(folder / MODEL_INFO), expected)
 
 
 def test_unknown_model_type_is_refused_even_with_an_export(tmp_path):
@@ -166,18 +167,18 @@ def test_unknown_model_type_is_refused_even_with_an_export(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "model.tflite").write_bytes(b"stand-in")
-    (folder / io.MODEL_INFO).write_text(json.dumps({"model_type": "resnet", "input_size": 64,
+    (folder / MODEL_INFO).write_text(json.dumps({"model_type": "resnet", "input_size": 64,
                                                     "export": {"tflite": "model.tflite"}}))
     with pytest.raises(ModelError, match=r"model_info\.json: model_type: expected 'facenet' or 'cnn', got \"resnet"):
-        io.ModelInfo.read(folder)
+        ModelInfo.read(folder)
 
 
 def test_model_info_lists_every_problem_in_one_line(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / io.MODEL_INFO).write_text(json.dumps({"input_size": 0, "races": "white", "export": {"tflite": "../x"}}))
+    (folder / MODEL_INFO).write_text(json.dumps({"input_size": 0, "races": "white", "export": {"tflite": "../x"}}))
     with pytest.raises(ModelError) as err:
-        io.ModelInfo.read(folder)
+        ModelInfo.read(folder)
     message = str(err.value)
     assert "\n" not in message
     for part in ("model_type: missing", "input_size: expected a positive", "races: expected a list",
@@ -208,7 +209,7 @@ def lambda_model_folder(folder: Path, variant: str) -> Path:
     inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
     fn = (lambda t: t / 255.0) if variant == "python_lambda" else scale_pixels
     keras.Model(inputs, heads(keras.layers.Lambda(fn, name="scale")(inputs))).save(folder / "model.keras")
-    io.write_info(folder, io.ModelInfo(model_type="cnn", input_size=TINY_SIZE))
+    write_info(folder, ModelInfo(model_type="cnn", input_size=TINY_SIZE))
     return folder
 
 
@@ -216,7 +217,7 @@ def lambda_model_folder(folder: Path, variant: str) -> Path:
 def test_lambda_layer_is_one_clear_line(tmp_path, tiny_model_dir, variant):
     folder = lambda_model_folder(tmp_path, variant)
     with pytest.raises(ModelError) as err:
-        io.load_keras_file(folder / "model.keras")
+        load_keras_file(folder / "model.keras")
     assert str(err.value) == (f"{folder / 'model.keras'}: the model file uses a Lambda layer (scale), which safe "
                               "loading refuses (it would run Python code stored in the file)")
 
@@ -309,11 +310,11 @@ def test_png_exif_orientation_is_honoured_like_jpeg(tmp_path, orientation):
 # 10. A model folder written by a newer faceattr
 # ---------------------------------------------------------------------------------------
 def test_newer_format_version_is_refused_in_one_line_naming_the_file(tmp_path, tiny_model_dir):
-    current = bad_model_folder(tmp_path / "current", tiny_model_dir, {"format_version": io.FORMAT_VERSION})
-    assert io.ModelInfo.read(current).format_version == io.FORMAT_VERSION
-    newer = bad_model_folder(tmp_path / "newer", tiny_model_dir, {"format_version": io.FORMAT_VERSION + 1})
+    current = bad_model_folder(tmp_path / "current", tiny_model_dir, {"format_version": FORMAT_VERSION})
+    assert ModelInfo.read(current).format_version == FORMAT_VERSION
+    newer = bad_model_folder(tmp_path / "newer", tiny_model_dir, {"format_version": FORMAT_VERSION + 1})
     with pytest.raises(ModelError) as err:
         io.load_model(newer)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"{newer / io.MODEL_INFO}: format_version {io.FORMAT_VERSION + 1} is newer")
+    assert message.startswith(f"{newer / MODEL_INFO}: format_version {FORMAT_VERSION + 1} is newer")

@@ -175,7 +175,7 @@ def fit_tiny(folder: Path, epochs: int = 6, crash_at: int | None = None, crash_b
     """
     import keras
 
-    from faceattr.training.backup import AtomicBackup
+    from faceattr.models.engine.backup import AtomicBackup
 
     class CrashAt(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -225,7 +225,7 @@ def test_damaged_backups_fall_back_in_one_log_line(tmp_path, caplog):
     backup = folder / "backup"
     assert sorted(p.name for p in backup.glob("*.json")) == ["epoch-0002.json", "epoch-0003.json"]
     (backup / "epoch-0003.json").write_text('{"epoch": 3, "fil')  # cut short
-    with caplog.at_level("INFO", logger="faceattr.training.backup"):
+    with caplog.at_level("INFO", logger="faceattr.models.engine.backup"):
         assert fit_tiny(folder) is not None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("faceattr")]
     assert len(warnings) == 1 and "epoch-0003.json" in warnings[0] and "after epoch 2" in warnings[0]
@@ -238,7 +238,7 @@ def test_damaged_backups_fall_back_in_one_log_line(tmp_path, caplog):
     for weights in (folder / "backup").glob("*.weights.h5"):
         weights.write_bytes(weights.read_bytes()[:300])
     caplog.clear()
-    with caplog.at_level("INFO", logger="faceattr.training.backup"):
+    with caplog.at_level("INFO", logger="faceattr.models.engine.backup"):
         assert fit_tiny(folder) is not None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("faceattr")]
     assert len(warnings) == 1 and "starting from scratch" in warnings[0]
@@ -257,7 +257,7 @@ def test_a_half_written_keras_backup_is_reported_not_fatal(tmp_path, caplog):
     model.fit(np.zeros((8, 4)), np.zeros((8, 1)), epochs=2, callbacks=[legacy], verbose=0)
     weights = folder / "backup" / "latest.weights.h5"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with caplog.at_level("INFO", logger="faceattr.training.backup"):
+    with caplog.at_level("INFO", logger="faceattr.models.engine.backup"):
         assert fit_tiny(folder, epochs=3) is not None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("faceattr")]
     assert len(warnings) == 1 and "latest.weights.h5" in warnings[0] and "starting from scratch" in warnings[0]
@@ -270,7 +270,7 @@ def test_a_later_phase_backup_of_either_kind_is_found(tmp_path):
     callback's kind or of Keras' older one (which deleted the heads' backup when that phase ended)."""
     import keras
 
-    from faceattr.training.backup import has_backup
+    from faceattr.models.engine.backup import has_backup
 
     assert not has_backup(tmp_path / "missing") and not has_backup(tmp_path)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
@@ -284,7 +284,7 @@ def test_a_later_phase_backup_of_either_kind_is_found(tmp_path):
 
 def test_a_backup_made_with_other_settings_is_refused_in_one_line(tmp_path):
     from faceattr.errors import ConfigError
-    from faceattr.training.backup import check_resumable
+    from faceattr.models.engine.backup import check_resumable
 
     ours = {"model": {"name": "cnn", "filters": [8, 16]}, "split_sha256": "a" * 64}
     assert fit_tiny(tmp_path, crash_at=0, fingerprint=ours) is None
@@ -299,7 +299,7 @@ def test_a_backup_made_with_other_settings_is_refused_in_one_line(tmp_path):
 def test_ctrl_c_during_fit_is_raised_at_a_batch_end_not_where_it_lands():
     import os
 
-    from faceattr.training.backup import SafeInterrupt
+    from faceattr.models.engine.backup import SafeInterrupt
 
     guard = SafeInterrupt()
     # Python's own handler, as `python src/main.py` has it (a pytest-xdist worker ignores SIGINT).
@@ -319,7 +319,7 @@ def test_ctrl_c_during_fit_is_raised_at_a_batch_end_not_where_it_lands():
 
 
 def test_history_is_cut_to_the_restored_epochs(tmp_path):
-    from faceattr.training.backup import truncate_history
+    from faceattr.models.engine.backup import truncate_history
 
     csv = tmp_path / "history.csv"
     # Rows of a run that went on past its last backup, a repeat, and a row cut short by a kill.
@@ -340,7 +340,7 @@ def test_two_phase_training_resumes_in_the_phase_it_was_stopped_in(tmp_path, cap
 
     from faceattr.config import model_settings
     from faceattr.models.cnn import build_cnn
-    from faceattr.training.loop import fit_model, join_histories
+    from faceattr.models.engine.loop import fit_model, join_histories
 
     cfg = OmegaConf.create({
         "model": OmegaConf.to_container(model_settings({"name": "cnn", "input_size": 32, "filters": [4, 8],
@@ -383,7 +383,7 @@ def test_two_phase_training_resumes_in_the_phase_it_was_stopped_in(tmp_path, cap
         both_phases(fail_after=5)  # the third fine-tuning epoch fails half-way
     heads = (tmp_path / "history_heads.csv").read_text()
     assert len(pd.read_csv(tmp_path / "history_finetune.csv")) == 2
-    with caplog.at_level("INFO", logger="faceattr.training.backup"):
+    with caplog.at_level("INFO", logger="faceattr.models.engine.backup"):
         both_phases()
     messages = [r.getMessage() for r in caplog.records]
     assert any("heads: resuming after epoch 2 (fit had finished)" in m for m in messages), messages

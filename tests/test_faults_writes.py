@@ -242,6 +242,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(tmp
 
     from faceattr.models import io
     from faceattr.models.cnn import build_cnn
+    from faceattr.models.info import ModelInfo
 
     full = tmpfs(tmp_path / "full", "4m")
     mounts.append(full)
@@ -250,7 +251,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(tmp
     cfg = OmegaConf.create({"name": "cnn", "input_size": 32, "filters": [8, 16], "convs_per_stage": 1,
                             "residual": True, "dropout": 0.0, "heads": heads_cfg})
     model_dir = full / "model"
-    io.save_model(model_dir, io.ModelInfo(model_type="cnn", input_size=32), build_cnn(cfg))
+    io.save_model(model_dir, ModelInfo(model_type="cnn", input_size=32), build_cnn(cfg))
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
     fill(full, 0)
     res = main_py("export", model_dir, f"hydra.run.dir={tmp_path / 'run'}", f"paths.cache={tmp_path / 'cache'}",

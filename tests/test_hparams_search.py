@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import cli, smoke
-from faceattr.training.loop import search_objective
+from faceattr.models.engine.loop import search_objective
 
 
 @pytest.mark.slow

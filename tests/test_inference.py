@@ -23,12 +23,13 @@ from faceattr.inference.detectors import Detection, make_detector
 from faceattr.inference.images import expand_inputs, read_image
 from faceattr.inference.photos_batch import COLUMNS
 from faceattr.inference.predictor import FacePrediction, Predictor
-from faceattr.inference.run import run_command
+from faceattr.inference.run import run_inputs
 from faceattr.inference.tracking import IoUTracker, greedy_match, iou, iou_matrix
 from faceattr.inference.video import FrameStats, run_video
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
 from faceattr.models import io
 from faceattr.models.cnn import build_cnn
+from faceattr.models.info import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
@@ -48,7 +49,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     cfg = OmegaConf.merge(group_node("model", "cnn"),
                           {"input_size": TINY_SIZE, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("tiny_model")
-    io.save_model(model_dir, io.ModelInfo(model_type="cnn", input_size=TINY_SIZE), build_cnn(cfg))
+    io.save_model(model_dir, ModelInfo(model_type="cnn", input_size=TINY_SIZE), build_cnn(cfg))
     export_tflite(model_dir)
     return model_dir
 
@@ -373,7 +374,7 @@ def test_run_images_folder_with_broken_files(tmp_path, tiny_model_dir, capsys, a
     cfg = compose_cfg(f"run.img=[{_q(folder)}]", f"model_path={_q(tiny_model_dir)}", "detector=haar",
                       f"run.output={_q(out)}")
     run_dir = tmp_path / "run"
-    result = run_command(cfg, run_dir)
+    result = run_inputs(cfg, run_dir)
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == len(bad)
@@ -397,13 +398,13 @@ def test_run_images_json_output_and_no_silent_overwrite(tmp_path, tiny_model_dir
     out = tmp_path / "p.json"
     args = [f"run.img=[{_q(ASTRONAUT)}]", f"model_path={_q(tiny_model_dir)}", f"run.output={_q(out)}",
             f"run.annotated_dir={_q(tmp_path / 'ann')}"]
-    run_command(compose_cfg(*args), tmp_path / "run")
+    run_inputs(compose_cfg(*args), tmp_path / "run")
     rows = json.loads(out.read_text())
     assert len(rows) == 1 and tuple(rows[0]) == COLUMNS
     assert rows[0]["image"] == str(ASTRONAUT) and rows[0]["gender"] in GENDERS and rows[0]["race"] in RACES
     with pytest.raises(InputError, match="already exists"):
-        run_command(compose_cfg(*args), tmp_path / "run2")
-    run_command(compose_cfg(*args, "run.overwrite=true"), tmp_path / "run3")
+        run_inputs(compose_cfg(*args), tmp_path / "run2")
+    run_inputs(compose_cfg(*args, "run.overwrite=true"), tmp_path / "run3")
     assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["astronaut-1.jpg", "astronaut.jpg"]
 
 
@@ -413,7 +414,7 @@ def test_run_images_aligned_column_and_no_annotate(tmp_path, tiny_model_dir, ast
     out = {}
     for det in ("mtcnn", "haar"):
         out[det] = tmp_path / f"{det}.csv"
-        run_command(compose_cfg(f"run.img=[{_q(ASTRONAUT)}]", f"model_path={_q(tiny_model_dir)}", f"detector={det}",
+        run_inputs(compose_cfg(f"run.img=[{_q(ASTRONAUT)}]", f"model_path={_q(tiny_model_dir)}", f"detector={det}",
                                 f"run.output={_q(out[det])}", "run.annotate=false"), tmp_path / det)
         assert not (tmp_path / det / "annotated").exists()
     rows = {det: list(csv.DictReader(path.open(newline=""))) for det, path in out.items()}
@@ -437,7 +438,7 @@ def test_run_images_save_faces_writes_what_the_model_saw(tmp_path, tiny_model_di
     cv2.imwrite(str(folder / "two.png"), np.hstack([astronaut, astronaut]))  # two faces
     cfg = compose_cfg(f"run.img=[{_q(folder)}]", f"model_path={_q(tiny_model_dir)}", "detector=mtcnn",
                       "run.annotate=false", "run.save_faces=true")
-    result = run_command(cfg, tmp_path / "run")
+    result = run_inputs(cfg, tmp_path / "run")
     with open(result["output"], newline="") as fh:
         rows = list(csv.DictReader(fh))
     faces_dir = tmp_path / "run" / "faces"
@@ -451,18 +452,18 @@ def test_run_images_save_faces_writes_what_the_model_saw(tmp_path, tiny_model_di
         saved = cv2.cvtColor(cv2.imread(str(faces_dir / f"two_face{i}.png")), cv2.COLOR_BGR2RGB)
         assert crop.aligned and saved.shape == (32, 32, 3) and np.array_equal(saved, crop.image)
     with pytest.raises(ConfigError, match="face crops are never written next to the inputs"):
-        run_command(compose_cfg(*[f"run.img=[{_q(folder)}]", f"model_path={_q(tiny_model_dir)}",
+        run_inputs(compose_cfg(*[f"run.img=[{_q(folder)}]", f"model_path={_q(tiny_model_dir)}",
                                   "run.save_faces=true", f"run.faces_dir={_q(folder)}"]), tmp_path / "run2")
     assert sorted(p.name for p in folder.iterdir()) == ["one.jpg", "two.png"]
 
 
 def test_run_images_unknown_suffix_and_all_failed(tmp_path, tiny_model_dir):
     with pytest.raises(InputError, match="unknown predictions output type"):
-        run_command(compose_cfg(f"run.img=[{_q(ASTRONAUT)}]", f"run.output={_q(tmp_path / 'p.xlsx')}",
+        run_inputs(compose_cfg(f"run.img=[{_q(ASTRONAUT)}]", f"run.output={_q(tmp_path / 'p.xlsx')}",
                                 f"model_path={_q(tiny_model_dir)}"), tmp_path / "run")
     bad = make_bad_files(tmp_path)
     with pytest.raises(InputError, match="none of the 3 inputs"):
-        run_command(compose_cfg(f"run.img=[{','.join(_q(p) for p in bad.values())}]",
+        run_inputs(compose_cfg(f"run.img=[{','.join(_q(p) for p in bad.values())}]",
                                 f"model_path={_q(tiny_model_dir)}"), tmp_path / "run")
 
 
@@ -472,7 +473,7 @@ def test_run_video_file_writes_every_frame(tmp_path, tiny_model_dir):
     n_in, shape_in, fps_in = count_frames(clip)
     out = tmp_path / "out.mp4"
     cfg = compose_cfg(f"run.video={_q(clip)}", f"run.output={_q(out)}", f"model_path={_q(tiny_model_dir)}")
-    result = run_command(cfg, tmp_path / "run")
+    result = run_inputs(cfg, tmp_path / "run")
     n_out, shape_out, fps_out = count_frames(out)
     assert n_in == 30 and n_out == n_in and shape_out == shape_in and fps_out == pytest.approx(fps_in)
     assert result["frames_read"] == result["frames_written"] == 30 and result["frames_processed"] >= 1
@@ -484,7 +485,7 @@ def test_run_video_sync_and_max_frames(tmp_path, tiny_model_dir):
     out = tmp_path / "out.mp4"
     cfg = compose_cfg(f"run.video={_q(clip)}", f"run.output={_q(out)}", f"model_path={_q(tiny_model_dir)}",
                       "run.sync=true", "run.max_frames=8")
-    result = run_command(cfg, tmp_path / "run")
+    result = run_inputs(cfg, tmp_path / "run")
     assert result["frames_processed"] == result["frames_written"] == 8 and count_frames(out)[0] == 8
 
 
@@ -656,7 +657,7 @@ def test_run_video_stream_whose_frames_change_size_writes_every_frame(tmp_path, 
     out = tmp_path / "out.mp4"
     cfg = compose_cfg(f"run.video={_q(stream)}", f"run.output={_q(out)}", "run.sync=true",
                       f"model_path={_q(tiny_model_dir)}", "detector=blazeface")
-    result = run_command(cfg, tmp_path / "run")
+    result = run_inputs(cfg, tmp_path / "run")
     assert result["frames_read"] == result["frames_written"] == 6
     assert count_frames(out)[:2] == (6, (160, 320))
 
@@ -665,18 +666,18 @@ def test_run_video_bad_tracker_setting_is_a_config_error(tmp_path, tiny_model_di
     clip = tmp_path / "clip.mp4"
     write_clip(clip, frames=3)
     with pytest.raises(ConfigError, match="run.tracker.refresh_every=0 is not allowed"):
-        run_command(compose_cfg(f"run.video={_q(clip)}", f"model_path={_q(tiny_model_dir)}",
+        run_inputs(compose_cfg(f"run.video={_q(clip)}", f"model_path={_q(tiny_model_dir)}",
                                 "run.tracker.refresh_every=0"), tmp_path / "run")
 
 
 def test_run_video_bad_sources(tmp_path, tiny_model_dir):
     with pytest.raises(InputError, match="no such video file"):
-        run_command(compose_cfg(f"run.video={_q(tmp_path / 'missing.mp4')}", f"model_path={_q(tiny_model_dir)}"),
+        run_inputs(compose_cfg(f"run.video={_q(tmp_path / 'missing.mp4')}", f"model_path={_q(tiny_model_dir)}"),
                     tmp_path / "run")
     fake = tmp_path / "fake.mp4"
     fake.write_text("not a video")
     with pytest.raises(InputError, match="cannot be opened as a video"):
-        run_command(compose_cfg(f"run.video={_q(fake)}", f"model_path={_q(tiny_model_dir)}"), tmp_path / "run")
+        run_inputs(compose_cfg(f"run.video={_q(fake)}", f"model_path={_q(tiny_model_dir)}"), tmp_path / "run")
 
 
 # ---------------------------------------------------------------------------------------

@@ -90,12 +90,13 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     from faceattr.models import io
     from faceattr.models.ensemble import build_ensemble
     from faceattr.models.families import family
+    from faceattr.models.info import ModelInfo
 
     cnn = family("cnn")
     assert (cnn.trainable_file, cnn.input_spec(32).size, cnn.shares_trunk) == ("model.keras", 32, False)
     split = "image,split\na.jpg,train\nb.jpg,test\n"
     outs = [save_cnn_member(tmp_path / f"m{i}", seed=i, split_csv=split) for i in range(2)]
-    assert (tmp_path / "m0" / "model.keras").is_file() and io.ModelInfo.read(tmp_path / "m0").model_type == "cnn"
+    assert (tmp_path / "m0" / "model.keras").is_file() and ModelInfo.read(tmp_path / "m0").model_type == "cnn"
     loaded = io.load_model(tmp_path / "m0")  # the family's end-to-end model: the CNN itself
     np.testing.assert_allclose(loaded.model.predict_on_batch(FACES)["race"], outs[0]["race"], atol=1e-5)
 
@@ -106,8 +107,9 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     mean = io.load_model(tmp_path / "ens" / "model").model.predict_on_batch(FACES)
     for task in ("age", "gender", "race"):
         np.testing.assert_allclose(mean[task], (outs[0][task] + outs[1][task]) / 2, atol=1e-4)
-    info = io.ModelInfo.read(tmp_path / "ens" / "model")
+    info = ModelInfo.read(tmp_path / "ens" / "model")
     assert info.model_type == "cnn" and info.ensemble["member_types"] == ["cnn", "cnn"]
+
 
 
 def test_a_folder_saved_as_normal_loads_evaluates_and_averages_as_cnn(tmp_path):
@@ -119,15 +121,16 @@ def test_a_folder_saved_as_normal_loads_evaluates_and_averages_as_cnn(tmp_path):
     from faceattr.config import model_settings
     from faceattr.models import io
     from faceattr.models.ensemble import build_ensemble
+    from faceattr.models.info import MODEL_INFO, ModelInfo
 
     split = "image,split\na.jpg,train\nb.jpg,test\n"
     outs = [save_cnn_member(tmp_path / f"m{i}", seed=i, split_csv=split) for i in range(2)]
     for i in range(2):  # as an older faceattr wrote them
-        path = tmp_path / f"m{i}" / io.MODEL_INFO
+        path = tmp_path / f"m{i}" / MODEL_INFO
         raw = json.loads(path.read_text())
         raw["model_type"], raw["trained_with"]["model"]["name"] = "normal", "normal"
         path.write_text(json.dumps(raw))
-    info = io.ModelInfo.read(tmp_path / "m0")
+    info = ModelInfo.read(tmp_path / "m0")
     assert info.model_type == "cnn" and info.trained_with["model"]["name"] == "normal"  # the record as written
     assert model_settings(info.trained_with["model"]).name == info.model_type  # what evaluate checks
     loaded = io.load_model(tmp_path / "m0")
@@ -137,7 +140,7 @@ def test_a_folder_saved_as_normal_loads_evaluates_and_averages_as_cnn(tmp_path):
                             "paths": {"cache": str(tmp_path / "cache"), "saved_models": str(tmp_path / "saved")},
                             "export": {"tflite": False}, "promote": False})
     build_ensemble(cfg, tmp_path / "ens")
-    written = json.loads((tmp_path / "ens" / "model" / io.MODEL_INFO).read_text())
+    written = json.loads((tmp_path / "ens" / "model" / MODEL_INFO).read_text())
     assert written["model_type"] == "cnn" and written["ensemble"]["member_types"] == ["cnn", "cnn"]
 
 

@@ -28,6 +28,7 @@ from faceattr.evaluation.photos import (
 from faceattr.models import io
 from faceattr.models.calibration import Calibration, adjust_probabilities, fit_age_map, fit_race_bias, map_ages
 from faceattr.models.cnn import build_cnn
+from faceattr.models.info import ModelInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
@@ -39,7 +40,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     cfg = OmegaConf.merge(group_node("model", "cnn"),
                           {"input_size": 32, "filters": [8, 16], "heads": {"hidden_units": [8]}})
     model_dir = tmp_path_factory.mktemp("tiny_model")
-    io.save_model(model_dir, io.ModelInfo(model_type="cnn", input_size=32), build_cnn(cfg))
+    io.save_model(model_dir, ModelInfo(model_type="cnn", input_size=32), build_cnn(cfg))
     return model_dir
 
 

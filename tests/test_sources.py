@@ -18,6 +18,7 @@ from faceattr.data.labelled import index_labelled, parse_age_group
 from faceattr.data.prepare import prepare_dataset
 from faceattr.data.targets import OPEN_END, label_arrays
 from faceattr.errors import InputError
+from faceattr.inference.chips import align_training_photos
 
 EXAMPLE = ROOT / "examples" / "astronaut.jpg"
 FAIRFACE = ROOT.parent / "shared/data/FairFace.tar.gz"
@@ -84,7 +85,7 @@ def _data_cfg(setup: dict, tmp_path: Path, **more) -> dict:
 
 def test_a_labelled_archive_trains_beside_utkface(labelled_archive, tmp_path):
     prepared = prepare_dataset(_data_cfg(labelled_archive, tmp_path), {"name": "none"}, tmp_path / "run",
-                               cache_dir=tmp_path / "weights")
+                               cache_dir=tmp_path / "weights", aligner=align_training_photos)
     frame = prepared.frame
     lab = frame[frame["source"] == "lab"].set_index("image")
     names = labelled_archive["names"]
@@ -134,12 +135,22 @@ def test_a_labelled_archive_trains_beside_utkface(labelled_archive, tmp_path):
 
 def test_aligning_is_cached(labelled_archive, tmp_path):
     cfg = _data_cfg(labelled_archive, tmp_path)
-    first = prepare_dataset(cfg, {"name": "none"}, tmp_path / "a", cache_dir=tmp_path / "weights")
+    first = prepare_dataset(cfg, {"name": "none"}, tmp_path / "a", cache_dir=tmp_path / "weights",
+                            aligner=align_training_photos)
     chips = sorted((tmp_path / "cache").glob("chips-*/*.jpg"))
     stamps = [p.stat().st_mtime_ns for p in chips]
-    again = prepare_dataset(cfg, {"name": "none"}, tmp_path / "b", cache_dir=tmp_path / "weights")
+    again = prepare_dataset(cfg, {"name": "none"}, tmp_path / "b", cache_dir=tmp_path / "weights",
+                            aligner=align_training_photos)
     assert [p.stat().st_mtime_ns for p in chips] == stamps  # nothing aligned or written twice
     assert again.frame["path"].tolist() == first.frame["path"].tolist()
+
+
+def test_an_aligned_source_needs_an_aligner(labelled_archive, tmp_path):
+    """The data step takes its face aligner from the caller (the detectors are a floor above it):
+    without one, a source with ``align`` is refused before its split is written."""
+    with pytest.raises(ValueError, match=r"source 'lab' is aligned \(align: true\) but no aligner was given"):
+        prepare_dataset(_data_cfg(labelled_archive, tmp_path), {"name": "none"}, tmp_path / "run")
+    assert not (tmp_path / "run" / "split.csv").exists()
 
 
 @pytest.mark.parametrize(("row", "problem"), [
@@ -191,7 +202,8 @@ def test_fairface_photos_onto_the_template(tmp_path):
     from faceattr.config import compose_config
 
     cfg = compose_config(["data=fairface", "data.limit=60", f"paths.cache={tmp_path / 'cache'}"])
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, tmp_path / "run", cache_dir=tmp_path / "weights")
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, tmp_path / "run", cache_dir=tmp_path / "weights",
+                               aligner=align_training_photos)
     frame = prepared.frame
     summary = prepared.summary["sources"]["fairface"]
     assert set(frame["split"]) <= {"train", "val"} and len(frame) == 60 - summary["left_out"]

@@ -117,7 +117,7 @@ def _report_finished_training() -> bool:
     given = [a for a in args if a.split("=", 1)[0] == "hydra.run.dir"]
     if not given:
         return False  # a new dated folder
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # deferred: Hydra's parser (slow)
 
     try:
         value = OverridesParser.create().parse_overrides(given[-1:])[0].value()

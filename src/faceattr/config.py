@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from faceattr.errors import ConfigError
 from faceattr.labels import DEFAULT_AGE_BIN_EDGES
@@ -493,7 +495,7 @@ def register(command_names: Iterable[str] | None = None) -> None:
     ``command_names``: the commands table's names, from the entry points above this module;
     they become the ``command`` key's choices (:data:`COMMAND_NAMES`). None leaves them as they are.
     """
-    from hydra.core.config_store import ConfigStore
+    from hydra.core.config_store import ConfigStore  # deferred: Hydra takes a second to import
 
     if command_names is not None:
         COMMAND_NAMES[:] = list(command_names)
@@ -551,8 +553,6 @@ def _node_type(schema: type, f: dataclasses.Field) -> Any:
 @functools.cache
 def _type_hints(schema: type) -> dict[str, Any]:
     """A schema's resolved field types (its annotations are strings: ``from __future__``)."""
-    import typing
-
     return typing.get_type_hints(schema)
 
 
@@ -633,8 +633,6 @@ def model_settings(values: Mapping[str, Any]) -> DictConfig:
 
 def composition_error(exc: BaseException) -> str:
     """One line for an error Hydra raised while composing (type errors, unknown keys and groups)."""
-    from omegaconf.errors import OmegaConfBaseException
-
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__
@@ -662,8 +660,8 @@ _TYPE_WORDS = {"Integer": "a whole number", "Float": "a number", "Boolean": "tru
 def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The config ``python src/main.py`` would compose, with ``overrides``, checked (in process:
     benchmarks, tests, notebooks). Include ``command=...`` to compose for a command."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from hydra import compose, initialize_config_dir  # deferred: Hydra takes a second to import
+    from hydra.core.global_hydra import GlobalHydra  # deferred: Hydra takes a second to import
 
     register()
     GlobalHydra.instance().clear()

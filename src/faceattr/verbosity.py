@@ -7,7 +7,7 @@ DeprecationWarnings of library code). ``-v``/``--verbose`` lets TensorFlow log e
 shows every warning once per place it is raised, DeprecationWarnings included.
 
 Warnings the toolkit caused were fixed where they came from, not hidden: Keras' "``shuffle=True``
-... will be ignored" (``training.loop`` passes ``shuffle=False``; the datasets shuffle themselves)
+... will be ignored" (``models.engine.loop`` passes ``shuffle=False``; the datasets shuffle themselves)
 and "Your input ran out of data" (``data.pipeline`` states each epoch's length, which Keras
 otherwise learns by running the first epoch until the data ends).
 

@@ -26,9 +26,10 @@ def handle(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     ``<run dir>/statistics``; returns the summary."""
     from faceattr.data.prepare import prepare_dataset  # deferred: data loads OpenCV and pandas
     from faceattr.data.stats import write_statistics  # deferred: matplotlib takes seconds to import
+    from faceattr.inference.chips import align_training_photos  # deferred: inference loads OpenCV
 
     run_dir = Path(run_dir)
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
     return write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
                             dpi=int(cfg.evaluation.dpi))
 

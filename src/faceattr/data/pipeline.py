@@ -88,7 +88,6 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
     """
     augment = config_settings(AugmentConfig, augment_cfg, "data.augment.")  # None: every op off
     n = tf.shape(images)[0]
-    h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
     seeds = tf.random.experimental.stateless_split(seed, num=5)
 
     def uniform(i: int, lo: float, hi: float, shape=None) -> tf.Tensor:
@@ -100,28 +99,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
     if bool(augment.flip):
         images = tf.where(per_image(uniform(0, 0.0, 1.0) < 0.5), tf.reverse(images, axis=[2]), images)
 
-    rotation = math.radians(float(augment.rotation_deg))
-    scale = float(augment.scale)
-    shift = float(augment.shift)
-    if rotation > 0 or scale > 0 or shift > 0:
-        angle = uniform(1, -rotation, rotation) if rotation > 0 else tf.zeros([n])
-        # Scale and shift draw from seeds split off the rotation's, so that turning them on
-        # leaves the other augmentations' draws (and older runs) unchanged.
-        geo = tf.random.experimental.stateless_split(seeds[1], num=3)
-        zoom = tf.random.stateless_uniform([n], geo[0], 1.0 - scale, 1.0 + scale) if scale > 0 else tf.ones([n])
-        tx, ty = (tf.random.stateless_uniform([n], geo[i], -shift, shift) * size if shift > 0 else tf.zeros([n])
-                  for i, size in ((1, w), (2, h)))
-        # Output pixel (x, y) samples input c + R(angle) (x - c) / zoom + t: a turn and a zoom
-        # (zoom > 1 magnifies) about the image centre c, then a shift t in pixels.
-        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
-        cx, cy = (w - 1) / 2, (h - 1) / 2
-        dx = cx - (cos * cx - sin * cy) + tx
-        dy = cy - (sin * cx + cos * cy) + ty
-        zeros = tf.zeros_like(angle)
-        transforms = tf.stack([cos, -sin, dx, sin, cos, dy, zeros, zeros], axis=1)
-        images = tf.raw_ops.ImageProjectiveTransformV3(
-            images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
-            interpolation="BILINEAR", fill_mode="REFLECT")
+    images = _turn_zoom_shift(images, seeds[1], augment)
 
     brightness = float(augment.brightness)
     if brightness > 0:
@@ -140,6 +118,36 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment_cfg: Mapping[str, 
         images = tf.where(per_image(uniform(4, 0.0, 1.0) < blur), blurred, images)
 
     return tf.clip_by_value(_real_photo_augment(images, seeds[4], augment), 0.0, 255.0)
+
+
+def _turn_zoom_shift(images: tf.Tensor, seed: tf.Tensor, augment: Any) -> tf.Tensor:
+    """``augment_batch``'s geometry: per image a rotation, a zoom and a shift about the centre
+    (reflected borders), drawn from ``seed`` (shape (2,)); float32 (N, H, W, 3) -> same."""
+    n = tf.shape(images)[0]
+    h, w = tf.cast(tf.shape(images)[1], tf.float32), tf.cast(tf.shape(images)[2], tf.float32)
+    rotation = math.radians(float(augment.rotation_deg))
+    scale = float(augment.scale)
+    shift = float(augment.shift)
+    if rotation > 0 or scale > 0 or shift > 0:
+        angle = tf.random.stateless_uniform([n], seed, -rotation, rotation) if rotation > 0 else tf.zeros([n])
+        # Scale and shift draw from seeds split off the rotation's, so that turning them on
+        # leaves the other augmentations' draws (and older runs) unchanged.
+        geo = tf.random.experimental.stateless_split(seed, num=3)
+        zoom = tf.random.stateless_uniform([n], geo[0], 1.0 - scale, 1.0 + scale) if scale > 0 else tf.ones([n])
+        tx, ty = (tf.random.stateless_uniform([n], geo[i], -shift, shift) * size if shift > 0 else tf.zeros([n])
+                  for i, size in ((1, w), (2, h)))
+        # Output pixel (x, y) samples input c + R(angle) (x - c) / zoom + t: a turn and a zoom
+        # (zoom > 1 magnifies) about the image centre c, then a shift t in pixels.
+        cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        dx = cx - (cos * cx - sin * cy) + tx
+        dy = cy - (sin * cx + cos * cy) + ty
+        zeros = tf.zeros_like(angle)
+        transforms = tf.stack([cos, -sin, dx, sin, cos, dy, zeros, zeros], axis=1)
+        images = tf.raw_ops.ImageProjectiveTransformV3(
+            images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+            interpolation="BILINEAR", fill_mode="REFLECT")
+    return images
 
 
 def _real_photo_augment(images: tf.Tensor, seed: tf.Tensor, augment: Any) -> tf.Tensor:
@@ -196,6 +204,16 @@ def _real_photo_augment(images: tf.Tensor, seed: tf.Tensor, augment: Any) -> tf.
     return images
 
 
+def _repeat_and_shuffle(ds: tf.data.Dataset, epoch_size: int, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
+    """``make_dataset``'s training order: each ``(x, y, w, copies)`` element ``copies`` times as
+    ``(x, y, w)`` (``epoch_size`` in all), shuffled anew each epoch."""
+    ds = ds.flat_map(lambda x, y, w, c: tf.data.Dataset.from_tensors((x, y, w)).repeat(c))
+    # flat_map hides the epoch's length; stated, Keras knows its steps per epoch up front
+    # instead of running the first epoch until the data ends ("Your input ran out of data").
+    ds = ds.apply(tf.data.experimental.assert_cardinality(epoch_size))
+    return ds.shuffle(max(1, int(shuffle_buffer)), seed=seed, reshuffle_each_iteration=True)
+
+
 def make_dataset(
     frame: pd.DataFrame,
     image_size: int,
@@ -239,11 +257,7 @@ def make_dataset(
     ds = ds.map(lambda p, y, w, c: (_decode(p, size), y, w, c), num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.cache()
     if training:
-        ds = ds.flat_map(lambda x, y, w, c: tf.data.Dataset.from_tensors((x, y, w)).repeat(c))
-        # flat_map hides the epoch's length; stated, Keras knows its steps per epoch up front
-        # instead of running the first epoch until the data ends ("Your input ran out of data").
-        ds = ds.apply(tf.data.experimental.assert_cardinality(int(copies.sum())))
-        ds = ds.shuffle(max(1, int(shuffle_buffer)), seed=seed, reshuffle_each_iteration=True)
+        ds = _repeat_and_shuffle(ds, int(copies.sum()), shuffle_buffer, seed)
     else:
         ds = ds.map(lambda x, y, w, c: (x, y, w))
     ds = ds.batch(int(batch_size))

@@ -23,16 +23,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from faceattr.config import DataConfig, settings
 from faceattr.data.archive import resolve_image_folder
+from faceattr.data.extra_labels import append_extra, extra_training_rows
 from faceattr.data.labelled import index_labelled
 from faceattr.data.labels_csv import LABELS_FILE
 from faceattr.data.utkface import (
@@ -73,7 +74,7 @@ class SourceIndex:
     kind: str  #: "utkface" (labels in file names) or "labels" (labels.csv)
     utkface: DatasetIndex | None = None  #: UTKFace's own index record (skipped names, duplicates)
     left_out: list[dict[str, str]] = field(default_factory=list)  #: {"image", "reason"} after indexing
-    chips: dict[str, int] = field(default_factory=dict)  #: alignment outcome counts (``inference.chips``)
+    chips: dict[str, int] = field(default_factory=dict)  #: alignment outcome counts (:class:`FaceAligner`)
 
 
 @dataclass
@@ -190,25 +191,40 @@ def split_source(entry: SourceIndex, split_cfg: Mapping[str, Any], seed: int) ->
     return split_index(frame, split_cfg, seed)
 
 
-def align_source(entry: SourceIndex, frame: pd.DataFrame, data_cfg: Mapping[str, Any], cache_dir: Path) -> pd.DataFrame:
-    """``frame`` (the source's split rows) with each photo replaced by its chip (``inference.chips``):
-    ``path`` and ``sha1`` become the chip's; photos that could not be used are left out and recorded.
+class AlignedPhoto(Protocol):
+    """One photo's outcome from a :class:`FaceAligner`."""
 
-    The photos are framed as ``run`` frames a face with its default detector (MTCNN, its schema
-    settings) on the shipped models' chip template (UTKFace's)."""
-    # The face pipeline is imported here: only sources of photos need the detector.
-    from faceattr.inference.chips import AlignSettings, align_photos, count_states
-    from faceattr.inference.detectors import detector_settings
+    status: str  #: aligned | box | fallback | skipped
+    chip: Path | None  #: the written chip (a JPEG), None when skipped
+    reason: str  #: why it fell back or was skipped
 
-    detector = detector_settings({"name": "mtcnn"})
-    align = AlignSettings(pad=float(data_cfg["align_pad"]), min_confidence=float(detector["min_confidence"]),
-                          min_size=int(detector["min_size"]), margin=float(detector["margin"]),
-                          shift_y=float(detector["shift_y"]))
+
+class FaceAligner(Protocol):
+    """Puts a source's photos onto the chip template, cached in ``cache_dir``.
+
+    ``photos``: ``(sha1 of the photo's bytes, path)`` pairs; ``pad``: fraction of a photo's side
+    added on every edge before detection; ``workers``: processes (None: the CPU count);
+    ``weights_dir``: where the detector keeps its converted weights; ``desc``: the progress bar's
+    label. Returns one :class:`AlignedPhoto` per pair, in order, and ``{state: n}`` for every state.
+
+    The data step can't detect faces itself (the detectors are the inference floor's, above
+    this one), so the commands that prepare data pass ``inference.chips.align_training_photos``:
+    data stays free of the face pipeline, and a source without ``align`` never loads it.
+    """
+
+    def __call__(self, photos: Sequence[tuple[str, str]], cache_dir: Path, pad: float, workers: int | None,
+                 weights_dir: str, desc: str) -> tuple[Sequence[AlignedPhoto], dict[str, int]]: ...
+
+
+def align_source(entry: SourceIndex, frame: pd.DataFrame, data_cfg: Mapping[str, Any], cache_dir: Path,
+                 aligner: FaceAligner) -> pd.DataFrame:
+    """``frame`` (the source's split rows) with each photo replaced by its chip (``aligner``):
+    ``path`` and ``sha1`` become the chip's; photos that could not be used are left out and recorded."""
     workers = data_cfg["align_workers"]
-    results = align_photos(list(zip(frame["sha1"], frame["path"], strict=True)), Path(str(data_cfg["extract_dir"])),
-                           align, workers=None if workers is None else int(workers), weights_dir=str(cache_dir),
-                           desc=f"aligning {entry.source.name}")
-    entry.chips = count_states(results)
+    results, entry.chips = aligner(list(zip(frame["sha1"], frame["path"], strict=True)),
+                                   Path(str(data_cfg["extract_dir"])), float(data_cfg["align_pad"]),
+                                   None if workers is None else int(workers), str(cache_dir),
+                                   f"aligning {entry.source.name}")
     log.info("%s: %s onto the chip template", entry.source.name,
              ", ".join(f"{n} {state}" for state, n in entry.chips.items()))
     keep = np.array([r.chip is not None for r in results])
@@ -293,10 +309,14 @@ def summarize(prepared_sources: list[SourceIndex], frame: pd.DataFrame,
 
 
 def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any], out_dir: Path,
-                    cache_dir: Path | None = None) -> PreparedData:
+                    cache_dir: Path | None = None, aligner: FaceAligner | None = None) -> PreparedData:
     """Resolve, index, deduplicate, split, align and rebalance every source of ``data_cfg`` (the
     ``cfg.data`` node); write ``split.csv`` into ``out_dir``. ``cache_dir`` keeps the detector's
-    converted weights when photos are aligned (default: the extraction folder)."""
+    converted weights when photos are aligned (default: the extraction folder).
+
+    ``aligner`` puts the photos of sources with ``align`` onto the chip template (see
+    :class:`FaceAligner`); it is needed only when such a source is configured.
+    """
     start = time.perf_counter()
     data_cfg = settings(DataConfig, data_cfg, "data.")
     extract_dir = Path(str(data_cfg["extract_dir"]))
@@ -314,7 +334,10 @@ def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any
         part = split_source(entry, split_cfg, seed)
         part = limit_training(part, data_cfg["train_limit"], seed)
         if entry.source.align:
-            part = align_source(entry, part, data_cfg, Path(cache_dir or extract_dir))
+            if aligner is None:
+                raise ValueError(f"prepare_dataset: source {entry.source.name!r} is aligned (align: true) but no "
+                                 "aligner was given (inference.chips.align_training_photos)")
+            part = align_source(entry, part, data_cfg, Path(cache_dir or extract_dir), aligner)
         parts.append(part)
     frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     frame = frame.drop(columns=["own_split"])
@@ -324,8 +347,6 @@ def prepare_dataset(data_cfg: Mapping[str, Any], rebalance_cfg: Mapping[str, Any
     frame = rebalance(frame, rebalance_cfg)
     frame = apply_mixing_weights(frame, {e.source.name: e.source.weight for e in entries})
     if data_cfg["extra_labels"]:  # extra chips join the training split only, after split and rebalance
-        from faceattr.data.extra_labels import append_extra, extra_training_rows
-
         extra = extra_training_rows(str(data_cfg["extra_labels"]), edges, int(data_cfg["extra_copies"]))
         frame = append_extra(frame, extra)
         log.info("data.extra_labels: %d extra training chips (x%d)", len(extra), int(data_cfg["extra_copies"]))

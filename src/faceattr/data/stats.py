@@ -25,7 +25,7 @@ from faceattr import writes
 from faceattr.data.labelled import age_midpoint
 from faceattr.data.prepare import PreparedData
 from faceattr.data.utkface import SPLITS
-from faceattr.evaluation.plots import save_figure
+from faceattr.figures import save_figure
 from faceattr.labels import AGE_RANGE, GENDERS, RACES, age_bin_labels
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ import pandas as pd
 
 from faceattr.config import RebalanceConfig, settings
 from faceattr.errors import ConfigError, DataError
-from faceattr.inference.images import jpeg_is_complete
+from faceattr.jpeg import jpeg_is_complete
 from faceattr.labels import AGE_RANGE, DEFAULT_AGE_BIN_EDGES, GENDERS, RACES, age_to_bin
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def jpeg_problem(data: bytes) -> str:
     """Why the bytes ``data`` are not a whole JPEG ("" when they are), without decoding them.
 
     A file cut short (a copy or download that stopped) never reaches its end-of-image marker
-    (``inference.images.jpeg_is_complete``, the check ``run`` makes too); the training pipeline
+    (``faceattr.jpeg.jpeg_is_complete``, the check ``run`` makes too); the training pipeline
     would fail on it mid-epoch, far from the file's name.
     """
     if data[:3] != _JPEG_MAGIC:
@@ -206,6 +206,43 @@ def stratified_sample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> 
     return np.sort(np.argsort(u, kind="stable")[:n])
 
 
+def _scan_names(folder: Path) -> tuple[list[os.DirEntry], dict[str, Labels], list[tuple[str, int, int]],
+                                       list[tuple[str, str]]]:
+    """The files directly in ``folder`` (hidden ones and folders left out), sorted by name; the
+    labels of those whose names parse; their (name, bytes, mtime in ns) for hashing; and
+    (name, reason) of those whose names don't parse."""
+    with os.scandir(folder) as it:
+        entries = sorted((e for e in it if not e.name.startswith(".") and e.is_file()), key=lambda e: e.name)
+    skipped: list[tuple[str, str]] = []
+    parsed: dict[str, Labels] = {}
+    files: list[tuple[str, int, int]] = []
+    for entry in entries:
+        labels = parse_name(entry.name)
+        if isinstance(labels, str):
+            skipped.append((entry.name, labels))
+            continue
+        st = entry.stat()
+        parsed[entry.name] = labels
+        files.append((entry.name, st.st_size, st.st_mtime_ns))
+    return entries, parsed, files, skipped
+
+
+def _drop_conflicting(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """Byte-identical files (same ``sha1``): the rows of ``frame`` without the groups whose labels
+    disagree, and those groups (``sha1``, ``images``, ``labels``), each logged."""
+    n_labels = frame.groupby("sha1")[["age", "gender", "race"]].nunique().max(axis=1)
+    conflicting_sha1 = set(n_labels.index[n_labels > 1])
+    conflicting = []
+    for sha1, group in frame[frame["sha1"].isin(conflicting_sha1)].groupby("sha1", sort=True):
+        conflicting.append({"sha1": sha1, "images": group["image"].tolist(),
+                            "labels": group[["age", "gender", "race"]].to_numpy().tolist()})
+        log.debug("dropped %d identical images under conflicting labels: %s", len(group), ", ".join(group["image"]))
+    if conflicting:
+        log.warning("dropped %d byte-identical images in %d groups under conflicting labels (listed in "
+                    "data_summary.json)", sum(len(c["images"]) for c in conflicting), len(conflicting))
+    return frame[~frame["sha1"].isin(conflicting_sha1)], conflicting
+
+
 def index_images(
     folder: Path,
     limit: int | None = None,
@@ -229,19 +266,7 @@ def index_images(
         raise ConfigError(f"data.limit: must be a positive number of images or null, got {limit}")
     edges = [float(e) for e in age_bin_edges]
 
-    with os.scandir(folder) as it:
-        entries = sorted((e for e in it if not e.name.startswith(".") and e.is_file()), key=lambda e: e.name)
-    skipped: list[tuple[str, str]] = []
-    parsed: dict[str, Labels] = {}
-    files: list[tuple[str, int, int]] = []
-    for entry in entries:
-        labels = parse_name(entry.name)
-        if isinstance(labels, str):
-            skipped.append((entry.name, labels))
-            continue
-        st = entry.stat()
-        parsed[entry.name] = labels
-        files.append((entry.name, st.st_size, st.st_mtime_ns))
+    entries, parsed, files, skipped = _scan_names(folder)
     hashes = content_hashes(folder, files, cache_dir)
 
     rows = []
@@ -260,18 +285,7 @@ def index_images(
         raise DataError(f"{folder}: no usable images ({len(entries)} files, {len(skipped)} skipped)")
     frame["age_bin"] = age_to_bin(frame["age"].to_numpy(), edges)
 
-    # Byte-identical files: keep one per group when the labels agree, drop the group if not.
-    n_labels = frame.groupby("sha1")[["age", "gender", "race"]].nunique().max(axis=1)
-    conflicting_sha1 = set(n_labels.index[n_labels > 1])
-    conflicting = []
-    for sha1, group in frame[frame["sha1"].isin(conflicting_sha1)].groupby("sha1", sort=True):
-        conflicting.append({"sha1": sha1, "images": group["image"].tolist(),
-                            "labels": group[["age", "gender", "race"]].to_numpy().tolist()})
-        log.debug("dropped %d identical images under conflicting labels: %s", len(group), ", ".join(group["image"]))
-    if conflicting:
-        log.warning("dropped %d byte-identical images in %d groups under conflicting labels (listed in "
-                    "data_summary.json)", sum(len(c["images"]) for c in conflicting), len(conflicting))
-    kept = frame[~frame["sha1"].isin(conflicting_sha1)]
+    kept, conflicting = _drop_conflicting(frame)
     unique = kept.drop_duplicates("sha1", keep="first")  # frame is sorted: the first name wins
     duplicates_removed = len(kept) - len(unique)
     unique = unique.reset_index(drop=True)

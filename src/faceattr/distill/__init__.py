@@ -1,1 +1,2 @@
-"""Teacher/student distillation (``python src/main.py distill``): see ``distill.command``."""
+"""Teacher/student distillation (``python src/main.py distill``; floor 7, above training): see
+``distill.command``."""

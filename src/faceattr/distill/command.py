@@ -33,6 +33,8 @@ from faceattr.distill.student import check_student_family, fit_student, mix_targ
 from faceattr.distill.teacher import Teacher
 from faceattr.errors import ConfigError, DataError
 from faceattr.hashing import file_sha256
+from faceattr.inference.chips import align_training_photos
+from faceattr.inference.pipeline import FacePipeline
 from faceattr.labels import GENDERS, RACES, age_to_bin
 from faceattr.models.export import export_tflite
 from faceattr.training.state import write_atomic
@@ -65,8 +67,6 @@ def teacher_split(frame: pd.DataFrame, teacher: Teacher, cfg: DictConfig) -> pd.
 def make_reader(cfg: DictConfig, teacher: Teacher, held_out: dict[str, str]) -> SourceReader:
     """The unlabelled-source reader: ``run``'s face pipelines (photos; video frames with the
     detector's video settings) around the teacher; ``held_out``: sha256 -> split of refused images."""
-    from faceattr.inference.pipeline import FacePipeline
-
     predictor = teacher.predictor()
     return SourceReader(FacePipeline.from_config(cfg, predictor=predictor),
                         FacePipeline.from_config(cfg, predictor=predictor, video=True), held_out,
@@ -119,30 +119,23 @@ def unlabeled_faces(cfg: DictConfig, teacher: Teacher, frame: pd.DataFrame, run_
     return table, sources
 
 
-def distill_run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train a student on ``distill.teacher``'s outputs into ``<run dir>/model``; report both."""
-    run_dir = Path(run_dir)
-    if (run_dir / SUMMARY).is_file():  # its model and report stay as they are
-        raise ConfigError(f"hydra.run.dir: {run_dir} holds a finished distill run; give another folder")
-    check_student_family(cfg)
-    teacher = Teacher(cfg, Path(str(cfg.distill.teacher)))  # refuses a teacher without split.csv
-    keras.utils.set_random_seed(int(cfg.seed))
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
-    frame = teacher_split(prepared.frame, teacher, cfg)
-    write_split_csv(frame, run_dir / "split.csv")  # the teacher's split: the student's model folder carries it
-    extra, sources = pd.DataFrame(), []
-    if len(cfg.distill.unlabeled):
-        extra, sources = unlabeled_faces(cfg, teacher, frame, run_dir)
-
-    start = time.perf_counter()
+def training_faces(cfg: DictConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame``'s training split the student learns from: all, or with
+    ``distill.train_limit`` that many, sampled by ``seed`` (sorted by image name)."""
     train = frame[frame["split"] == "train"]
     if cfg.distill.train_limit is not None and len(train) > int(cfg.distill.train_limit):
         train = train.sample(n=int(cfg.distill.train_limit), random_state=int(cfg.seed)).sort_values("image")
         log.info("distill.train_limit: %d of the teacher's %d training faces", len(train),
                  int((frame["split"] == "train").sum()))
-    teacher_out = teacher.label_photos(train)
-    log.info("teacher outputs for %d training faces (%d computed, the rest cached in %s)", len(train),
-             teacher.cache.labelled, teacher.cache.path)
+    return train
+
+
+def student_rows(frame: pd.DataFrame, train: pd.DataFrame, teacher_out: dict[str, np.ndarray],
+                 extra: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The rows the student fits on: ``train`` (with ``teacher_out``, the teacher's outputs for
+    them), ``frame``'s val rows (teacher outputs NaN: they keep their true labels) and the
+    unlabelled ``extra`` faces (their outputs in ``_<task>`` columns). Returns the rows and the
+    teacher's outputs per task, float32 (N, ...) in row order."""
     fit = pd.concat([train, frame[frame["split"] == "val"]]).assign(labelled=True).reset_index(drop=True)
     outputs = {t: np.full((len(fit), *np.shape(v)[1:]), np.nan, np.float32) for t, v in teacher_out.items()}
     train_at = np.flatnonzero(fit["split"].to_numpy() == "train")
@@ -153,6 +146,30 @@ def distill_run(cfg: DictConfig, run_dir: Path) -> dict:
             outputs[t] = np.concatenate([outputs[t], np.stack(extra[f"_{t}"].to_numpy()).astype(np.float32)])
         fit = pd.concat([fit, extra.drop(columns=[c for c in extra if c.startswith("_") or c == "teacher_index"])],
                         ignore_index=True)
+    return fit, outputs
+
+
+def distill_run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train a student on ``distill.teacher``'s outputs into ``<run dir>/model``; report both."""
+    run_dir = Path(run_dir)
+    if (run_dir / SUMMARY).is_file():  # its model and report stay as they are
+        raise ConfigError(f"hydra.run.dir: {run_dir} holds a finished distill run; give another folder")
+    check_student_family(cfg)
+    teacher = Teacher(cfg, Path(str(cfg.distill.teacher)))  # refuses a teacher without split.csv
+    keras.utils.set_random_seed(int(cfg.seed))
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
+    frame = teacher_split(prepared.frame, teacher, cfg)
+    write_split_csv(frame, run_dir / "split.csv")  # the teacher's split: the student's model folder carries it
+    extra, sources = pd.DataFrame(), []
+    if len(cfg.distill.unlabeled):
+        extra, sources = unlabeled_faces(cfg, teacher, frame, run_dir)
+
+    start = time.perf_counter()
+    train = training_faces(cfg, frame)
+    teacher_out = teacher.label_photos(train)
+    log.info("teacher outputs for %d training faces (%d computed, the rest cached in %s)", len(train),
+             teacher.cache.labelled, teacher.cache.path)
+    fit, outputs = student_rows(frame, train, teacher_out, extra)
     targets = mix_targets(fit, outputs, float(cfg.distill.alpha), float(cfg.distill.temperature))
 
     trainer = student_trainer(cfg, frame)

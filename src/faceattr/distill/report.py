@@ -23,7 +23,8 @@ from omegaconf import DictConfig
 from faceattr import writes
 from faceattr.evaluation.model_dir import evaluate_model_dir
 from faceattr.inference.predictor import Predictor
-from faceattr.models.io import ModelInfo, trainable_file
+from faceattr.models.info import ModelInfo
+from faceattr.models.io import trainable_file
 
 log = logging.getLogger(__name__)
 

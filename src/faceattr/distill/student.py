@@ -9,7 +9,7 @@ Targets per training face (``distill.alpha`` = a, ``distill.temperature`` = T):
 
 Validation faces keep their true labels (one-hot), so ``val_loss`` and the checkpoint chosen on
 it measure the student against the truth, as for ``train``. The model is built, fitted
-(``training.fit_model``: the same callbacks, backups, schedules) and saved by the toolkit's own
+(``models.engine.loop.fit_model``: the same callbacks, backups, schedules) and saved by the toolkit's own
 code; only the losses of the class heads change, to cross-entropy on probability targets.
 """
 
@@ -29,7 +29,10 @@ from faceattr.data.pipeline import make_dataset
 from faceattr.data.targets import uses_weights
 from faceattr.errors import ConfigError
 from faceattr.labels import GENDERS, RACES
+from faceattr.models.engine.loop import fit_model
+from faceattr.models.families import ImageModelTrainer, family, family_names
 from faceattr.models.heads import compile_args
+from faceattr.training.command import make_trainer
 
 log = logging.getLogger(__name__)
 
@@ -113,47 +116,23 @@ def student_dataset(frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg:
 def check_student_family(cfg: DictConfig) -> None:
     """Refuse a student family this module can't feed yet (before any data is touched): one
     whose models take a frozen trunk's cached outputs instead of the face image."""
-    from faceattr.models.families import family, family_names
-
     if family(str(cfg.model.name)).shares_trunk:
         takes_images = [name for name in family_names() if not family(name).shares_trunk]
         raise ConfigError(f"model={cfg.model.name}: distill trains students that take the face image "
                           f"({', '.join(takes_images)}); a {cfg.model.name} student is not supported yet")
 
 
-def student_trainer(cfg: DictConfig, frame: pd.DataFrame):
-    """The trainer of ``model.name`` from the family registry (``train.init_from``: its weights,
-    checked against ``frame``'s split as ``train`` checks them)."""
-    from faceattr.models.families import family
-    from faceattr.models.io import ModelInfo
-
-    chosen = family(str(cfg.model.name))
-    if not cfg.train.init_from:
-        return chosen.trainer(cfg)
-    init_dir = Path(str(cfg.train.init_from))
-    info = ModelInfo.read(init_dir)
-    if info.model_type != chosen.name or info.input_size != int(cfg.model.input_size):
-        raise ConfigError(f"train.init_from: {init_dir} holds a {info.model_type} model at {info.input_size}px, "
-                          f"this run trains {chosen.name} at {cfg.model.input_size}px")
-    chosen.check_init_from(cfg, init_dir, info)
-    split_csv = init_dir / "split.csv"
-    if not split_csv.is_file():
-        raise ConfigError(f"train.init_from: {split_csv} missing; without the starting model's split "
-                          "its training images can't be kept out of the teacher's val/test split")
-    seen = set(pd.read_csv(split_csv).query("split == 'train'")["image"])
-    leaked = frame[frame["split"].isin(["val", "test"]) & frame["image"].isin(seen)]
-    if len(leaked):
-        raise ConfigError(f"train.init_from: {init_dir} was trained on {len(leaked)} image(s) of the teacher's "
-                          f"val/test split (e.g. {leaked['image'].iloc[0]})")
-    return chosen.trainer_from(cfg, init_dir, info)
+def student_trainer(cfg: DictConfig, frame: pd.DataFrame) -> ImageModelTrainer:
+    """The trainer of ``model.name`` as ``train`` makes it (``training.command.make_trainer``;
+    ``train.init_from``: its weights, checked against ``frame``'s split). A student's family takes
+    the face image (``check_student_family``), so its trainer holds the whole model it fits."""
+    return make_trainer(cfg, frame)
 
 
-def fit_student(trainer, frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg: DictConfig,
+def fit_student(trainer: ImageModelTrainer, frame: pd.DataFrame, targets: Mapping[str, np.ndarray], cfg: DictConfig,
                 run_dir: Path) -> pd.DataFrame:
     """Fit ``trainer.model`` (a toolkit trainer for ``model.name``) on the training rows of
     ``frame``, validating on its val rows; returns the epoch history (``history.csv``)."""
-    from faceattr.training.loop import fit_model
-
     train_rows = (frame["split"] == "train").to_numpy()
     val_rows = (frame["split"] == "val").to_numpy()
     train_ds = student_dataset(frame[train_rows], {k: v[train_rows] for k, v in targets.items()}, cfg, True)

@@ -28,9 +28,12 @@ from tqdm import tqdm
 from faceattr.config import model_settings
 from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
+from faceattr.inference.predictor import Predictor
 from faceattr.labels import GENDERS, RACES
 from faceattr.models.calibration import Calibration
-from faceattr.models.io import MODEL_INFO, ModelInfo, trainable_file
+from faceattr.models.families import family
+from faceattr.models.info import MODEL_INFO, ModelInfo
+from faceattr.models.io import load_trainable, trainable_file
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +153,6 @@ class Teacher:
     def trainer(self):
         """The model as ``evaluate`` holds it (FaceNet: the trained top over cached trunk features)."""
         if self._trainer is None:
-            from faceattr.models.families import family
-            from faceattr.models.io import load_trainable
-
             stored = (self.info.trained_with or {}).get("model")
             teacher_cfg = self.cfg.copy()
             with open_dict(teacher_cfg):
@@ -163,8 +163,6 @@ class Teacher:
     def predictor(self):
         """The model as ``run`` serves it (Keras, so labels don't depend on an export's quantization)."""
         if self._predictor is None:
-            from faceattr.inference.predictor import Predictor
-
             self._predictor = Predictor.load(self.dir, self.cfg.paths.cache, batch_size=int(self.cfg.run.batch_size),
                                              tta_flip=self.tta_flip, backend="keras")
         return self._predictor

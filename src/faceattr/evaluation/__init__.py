@@ -1,12 +1,15 @@
-"""Evaluation: metrics, reports, plots, a fairness breakdown and sweep comparison.
+"""Evaluation (floor 5, above inference): metrics, reports, plots, a fairness breakdown and sweep
+comparison.
 
 - ``metrics``: numbers (age MAE/RMSE/R², accuracies, macro F1) and per-task report tables.
 - ``fairness``: the same numbers for every race x gender group, so failures are visible.
-- ``plots``: confusion heatmaps, training curves, age plots, a grid of test faces.
+- ``plots``: confusion heatmaps, training curves, age plots, a grid of test faces (written
+  by ``faceattr.figures.save_figure``).
 - ``report``: ``write_evaluation`` writes all of the above for one test split.
 - ``model_dir``: the ``evaluate`` command; a saved model scored on the split saved with it
   (``evaluate``, ``train --eval``).
-- ``served``: the common form of predictions, and the model as ``run`` serves it.
+- ``served``: the model as ``run`` serves it, scoring a split (``models.predictions`` is the
+  form every scorer returns).
 - ``sweep``: one table and one plot comparing the runs of a sweep (``compare`` command and a
   Hydra callback that runs when a multirun ends).
 

@@ -19,23 +19,27 @@ import numpy as np
 import pandas as pd
 
 from faceattr import writes
+from faceattr.data.prepare import prepare_dataset
 from faceattr.data.split_file import read_split
 from faceattr.errors import ModelError
+from faceattr.evaluation.served import ServedModel
+from faceattr.inference.chips import align_training_photos
+from faceattr.inference.predictor import Predictor
 from faceattr.labels import RACES
 from faceattr.models.calibration import Calibration, fit_age_map, fit_race_bias
+from faceattr.models.info import ModelInfo, write_info
+from faceattr.models.io import resolve_model_dir
 
 log = logging.getLogger(__name__)
 
 
 def validation_rows(cfg: Any, model_dir: Path, run_dir: Path) -> pd.DataFrame:
     """The model's validation faces (from its ``split.csv``) in the configured data."""
-    from faceattr.data.prepare import prepare_dataset
-
     split_csv = model_dir / "split.csv"
     if not split_csv.is_file():
         raise ModelError(f"{model_dir}: no split.csv, so its validation faces are unknown; cannot calibrate")
     names = set(read_split(model_dir, "val")["image"])  # checked: a damaged file is one line
-    frame = prepare_dataset(cfg.data, cfg.rebalance, run_dir).frame
+    frame = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos).frame
     val = frame[frame["image"].isin(names)]
     if val.empty:
         raise ModelError(f"{model_dir}: none of its validation images were found in {cfg.data.path}")
@@ -44,10 +48,6 @@ def validation_rows(cfg: Any, model_dir: Path, run_dir: Path) -> pd.DataFrame:
 
 def calibrate_model(cfg: Any, run_dir: Path) -> dict:
     """Fit, store and report the calibration of ``model_path`` (or the shipped model)."""
-    from faceattr.evaluation.served import ServedModel
-    from faceattr.inference.predictor import Predictor
-    from faceattr.models.io import ModelInfo, resolve_model_dir, write_info
-
     model_dir = resolve_model_dir(cfg)
     info = ModelInfo.read(model_dir)
     val = validation_rows(cfg, model_dir, run_dir)

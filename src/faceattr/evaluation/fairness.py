@@ -17,7 +17,8 @@ import pandas as pd
 import seaborn as sns
 
 from faceattr.evaluation.metrics import predicted_classes
-from faceattr.evaluation.plots import new_figure, plot_style, save_figure
+from faceattr.evaluation.plots import new_figure, plot_style
+from faceattr.figures import save_figure
 from faceattr.labels import GENDERS, RACES
 
 log = logging.getLogger(__name__)

@@ -34,6 +34,8 @@ from faceattr.evaluation.metrics import (
     classification_report_frame,
     compute_metrics,
 )
+from faceattr.inference.images import read_image
+from faceattr.inference.pipeline import FacePipeline
 from faceattr.labels import DEFAULT_AGE_BIN_EDGES, GENDERS, RACES
 
 if TYPE_CHECKING:  # the face pipeline (and TensorFlow Lite) load only when photos are scored
@@ -126,8 +128,6 @@ def predict_photos(pipeline, labels: pd.DataFrame, batch: int = CHUNK) -> pd.Dat
     ``race_pred`` (class names), ``gender_confidence``, ``race_confidence`` and ``p_race_<name>``.
     An unreadable photo is reported in one line and skipped (``read`` False).
     """
-    from faceattr.inference.images import read_image
-
     table = labels.reset_index(drop=True).copy()
     n = len(table)
     cols: dict[str, list] = {k: [None] * n for k in ("read", "found", "faces", "aligned", "x", "y", "w", "h",
@@ -234,8 +234,6 @@ def write_photo_evaluation(out_dir: Path, table: pd.DataFrame, eval_cfg: Any, so
 def model_view(pipeline, path: str) -> np.ndarray | None:
     """What the model saw of a photo: its largest face as ``pipeline`` crops it, (S, S, 3) uint8
     RGB; None when the photo can't be read or has no face."""
-    from faceattr.inference.images import read_image
-
     try:
         faces = pipeline.crops(read_image(path))
     except InputError:
@@ -301,8 +299,6 @@ def write_face_grids(out_dir: Path, table: pd.DataFrame, pipeline, n: int, forma
 def evaluate_photos(cfg: Any, run_dir: Path, pipeline=None) -> dict[str, Any]:
     """``evaluate --labels PATH``: the model of ``model_path`` (or the shipped one) with the
     configured detector, over the photos of ``evaluation.labels``; reports into ``run_dir``."""
-    from faceattr.inference.pipeline import FacePipeline
-
     source = str(cfg.evaluation.labels)
     labels = read_labels(source)  # a bad labels file fails before any model loads
     log.info("evaluating on %d labelled photos of %s", len(labels), source)

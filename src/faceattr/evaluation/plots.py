@@ -3,7 +3,8 @@
 Figures are drawn on matplotlib's Agg canvas without ``pyplot``, so plotting never opens a
 window, never changes the global backend (safe inside notebooks and sweep jobs) and leaves
 no figure open. Each ``plot_*`` function takes an output *stem* (a path without suffix) and
-writes ``<stem>.png`` plus ``<stem>.svg`` when "svg" is in ``formats``; it returns the paths.
+writes ``<stem>.png`` plus ``<stem>.svg`` when "svg" is in ``formats`` (``faceattr.figures.save_figure``);
+it returns the paths.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from faceattr.evaluation.metrics import age_by_bin_frame, class_names, confusion_counts, predicted_classes
+from faceattr.figures import save_figure
 from faceattr.labels import AGE_UNIT, DEFAULT_AGE_BIN_EDGES, GENDERS, RACES
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,6 @@ RC: dict[str, object] = {
     "figure.titleweight": "bold",
     "svg.fonttype": "none",  # text stays text in SVGs
 }
-SUPPORTED_FORMATS = ("png", "svg", "pdf")
 
 
 @contextlib.contextmanager
@@ -53,28 +54,6 @@ def new_figure(figsize: tuple[float, float]) -> Figure:
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png",), dpi: int = 120,
-                bbox_inches: str | None = None) -> list[Path]:
-    """Write ``fig`` as ``<stem>.<fmt>`` for each format ("png" always); returns the paths.
-
-    The one figure saver of the toolkit (evaluation plots and the dataset statistics);
-    ``bbox_inches="tight"`` trims the margins.
-    """
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    fmts = ["png", *(f for f in dict.fromkeys(str(f).lower() for f in formats) if f != "png")]
-    paths = []
-    for fmt in fmts:
-        if fmt not in SUPPORTED_FORMATS:
-            log.warning("plot format %r not supported (%s); skipped", fmt, "|".join(SUPPORTED_FORMATS))
-            continue
-        path = stem.with_suffix(f".{fmt}")
-        fig.savefig(path, dpi=dpi, format=fmt, bbox_inches=bbox_inches)
-        paths.append(path)
-    fig.clear()
-    return paths
 
 
 def plot_confusion(task: str, y_true: np.ndarray, y_pred: np.ndarray, stem: Path,
@@ -255,7 +234,7 @@ def plot_age_groups(pred: np.ndarray, lo: np.ndarray, hi: np.ndarray, stem: Path
 
 
 def _load_rgb(path: object, size: int = 128) -> np.ndarray | None:
-    import cv2
+    import cv2  # deferred: OpenCV, only to read the faces of the grid
 
     if not isinstance(path, str | Path) or not str(path):
         return None

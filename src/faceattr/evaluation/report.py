@@ -95,19 +95,12 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = frame.reset_index(drop=True)
     n = len(frame)
-    for key in ("age", "gender", "race"):
-        if len(np.asarray(predictions[key])) != n:
-            raise ValueError(f"predictions[{key!r}] has {len(np.asarray(predictions[key]))} rows for {n} {split} rows")
+    y_true, y_pred = _truth_and_predictions(frame, predictions, split)
     eval_cfg = settings(EvaluationConfig, eval_cfg, "evaluation.")  # keys left out: the schema's defaults
     formats = [str(f) for f in eval_cfg.formats]
     dpi = int(eval_cfg.dpi)
     grid_faces = int(eval_cfg.grid_faces)
     edges = [float(e) for e in age_bin_edges]
-
-    y_true = {"age": frame["age"].to_numpy(float), "gender": frame["gender"].to_numpy(int),
-              "race": frame["race"].to_numpy(int)}
-    y_pred = {"age": np.asarray(predictions["age"], dtype=float).reshape(-1),
-              "gender": np.asarray(predictions["gender"]), "race": np.asarray(predictions["race"])}
 
     metrics = compute_metrics(y_true, y_pred)
     record = {**_json_safe(metrics), "split": split}  # val when choosing between models
@@ -132,9 +125,30 @@ def write_evaluation(out_dir: Path, frame: pd.DataFrame, predictions: Mapping[st
         elif history_csv is not None:
             log.warning("%s not found; no training curves", history_csv)
 
+    _log_metrics(split, n, metrics)
+    log.info("evaluation reports and plots written to %s", out_dir)
+    return metrics
+
+
+def _truth_and_predictions(frame: pd.DataFrame, predictions: Mapping[str, np.ndarray],
+                           split: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``write_evaluation``'s labels and predictions as arrays: ``age`` (N,) years, ``gender`` and
+    ``race`` class indices (N,) true, probabilities (N, K) predicted; ``ValueError`` when the
+    predictions' rows don't match ``frame``'s."""
+    n = len(frame)
+    for key in ("age", "gender", "race"):
+        if len(np.asarray(predictions[key])) != n:
+            raise ValueError(f"predictions[{key!r}] has {len(np.asarray(predictions[key]))} rows for {n} {split} rows")
+    y_true = {"age": frame["age"].to_numpy(float), "gender": frame["gender"].to_numpy(int),
+              "race": frame["race"].to_numpy(int)}
+    y_pred = {"age": np.asarray(predictions["age"], dtype=float).reshape(-1),
+              "gender": np.asarray(predictions["gender"]), "race": np.asarray(predictions["race"])}
+    return y_true, y_pred
+
+
+def _log_metrics(split: str, n: int, metrics: Mapping[str, float]) -> None:
+    """The split's key figures as one log line."""
     log.info("%s split (n=%d): age MAE %.2f y, gender accuracy %.1f%%, race accuracy %.1f%% (balanced %.1f%%, "
              "macro F1 %.3f; recall %s)", split, n, metrics["age_mae"], 100 * metrics["gender_accuracy"],
              100 * metrics["race_accuracy"], 100 * metrics["race_balanced_accuracy"], metrics["race_macro_f1"],
              ", ".join(f"{r} {100 * metrics[f'race_recall_{r}']:.0f}%" for r in RACES if f"race_recall_{r}" in metrics))
-    log.info("evaluation reports and plots written to %s", out_dir)
-    return metrics

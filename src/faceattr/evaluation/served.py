@@ -1,39 +1,22 @@
-"""Predictions on a split's rows: the common form, and the model as ``run`` serves it.
+"""The model as ``run`` serves it, scoring a split's rows.
 
-Every scorer of a split (a family's trainer, or :class:`ServedModel`) has
-``predict(frame, tta_flip) -> Predictions``: ``age`` (N,) years clipped to the label range,
-``gender`` (N, 2) and ``race`` (N, 5) probabilities, row-aligned with ``frame``.
+:class:`ServedModel` is a scorer like a family's trainer: ``predict(frame, tta_flip)`` returns
+``models.predictions.Predictions`` (the form every scorer returns), row-aligned with ``frame``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from faceattr.labels import AGE_RANGE
+from faceattr.models.predictions import Predictions, to_predictions
 from faceattr.models.preprocessing import load_face
 
 if TYPE_CHECKING:
     from faceattr.inference.predictor import Predictor
-
-Predictions = dict[str, np.ndarray]  # age (N,) years, gender (N, 2) probs, race (N, 5) probs
-
-
-def to_predictions(outputs: list[dict[str, Any]]) -> Predictions:
-    """Average model outputs (e.g. image and mirror) into flat prediction arrays.
-
-    ``outputs``: one dict per view with ``age`` (N,) or (N, 1) years, ``gender`` (N, 2) and
-    ``race`` (N, 5) probabilities.
-    """
-    mean = {k: np.mean([np.asarray(o[k], dtype=np.float64) for o in outputs], axis=0) for k in outputs[0]}
-    return {
-        "age": np.clip(mean["age"].reshape(-1), *AGE_RANGE),
-        "gender": mean["gender"],
-        "race": mean["race"],
-    }
 
 
 class ServedModel:

@@ -24,10 +24,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import yaml
 from hydra.experimental.callback import Callback
 
 from faceattr.config import EvaluationConfig, settings
 from faceattr.errors import InputError
+from faceattr.figures import save_figure
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,7 +73,7 @@ def find_runs(folder: Path) -> list[Path]:
 
 def _parse_value(text: str) -> Any:
     """The typed value of an override's right-hand side (``0.5`` -> float, ``true`` -> bool)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # deferred: Hydra's parser (slow)
 
     try:
         value = OverridesParser.create().parse_override(f"k={text}").value()
@@ -80,8 +83,6 @@ def _parse_value(text: str) -> Any:
 
 
 def _raw_overrides(run: Path) -> list:
-    import yaml
-
     raw = yaml.safe_load((Path(run) / OVERRIDES).read_text()) or []
     if not isinstance(raw, list):
         raise ValueError("not a list of key=value overrides")
@@ -109,7 +110,7 @@ def read_results(run: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     history = run / "history.csv"
     if history.is_file():
-        import pandas as pd
+        import pandas as pd  # deferred: pandas; every command loads this module (Hydra's callback)
 
         try:
             df = pd.read_csv(history)
@@ -155,7 +156,7 @@ def summarize_runs(dirs: Iterable[Path]) -> pd.DataFrame:
     metrics ``val_*``, ages in years, accuracies in [0, 1]). Runs of ``compare`` itself are
     skipped. Raises ``InputError`` for a missing folder or one without runs.
     """
-    import pandas as pd
+    import pandas as pd  # deferred: pandas; every command loads this module (Hydra's callback)
 
     runs: list[Path] = []
     for d in dirs:
@@ -188,7 +189,7 @@ def summarize_runs(dirs: Iterable[Path]) -> pd.DataFrame:
 
 def has_results(df: pd.DataFrame) -> pd.Series:
     """Boolean per row: did the run write any compared metric (test or validation)?"""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas; every command loads this module (Hydra's callback)
 
     cols = [c for base, _, _ in MAIN_METRICS for c in (base, f"val_{base}") if c in df] + \
         (["val_loss"] if "val_loss" in df else [])
@@ -234,10 +235,9 @@ def plot_sweep(df: pd.DataFrame, stem: Path, formats: Sequence[str] = ("png",), 
     Uses the test metric where runs have one, else the validation metric (the panel title
     says which). The best run of each panel is outlined and starred. Returns the paths.
     """
-    import numpy as np
-    import seaborn as sns
+    import seaborn as sns  # deferred: seaborn; every command loads this module
 
-    from faceattr.evaluation.plots import new_figure, plot_style, save_figure
+    from faceattr.evaluation.plots import new_figure, plot_style  # deferred: every command loads this module
 
     panels = [(col, title, lower) for base, title, lower in MAIN_METRICS if (col := _pick_metric(df, base))]
     if not panels and "val_loss" in df and df["val_loss"].notna().any():
@@ -271,7 +271,7 @@ def plot_sweep(df: pd.DataFrame, stem: Path, formats: Sequence[str] = ("png",), 
             ax.set_title(f"{title}\n({scope}; {'lower' if lower else 'higher'} is better)")
             ax.set_xlabel(col)
             if "accuracy" in col:
-                import matplotlib as mpl
+                import matplotlib as mpl  # deferred: matplotlib; every command loads this module
 
                 ax.xaxis.set_major_locator(mpl.ticker.FixedLocator([0, 0.25, 0.5, 0.75, 1.0]))
                 ax.xaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0, decimals=0))

@@ -1,12 +1,15 @@
-"""Inference: image or frame -> detect -> align onto the chip template (or crop the box with margin) ->
-``Predictor`` (the saved model's own preprocessing) -> labels with confidences -> tracks
-(video) -> annotated output and result rows.
+"""Inference (floor 4, above models): image or frame -> detect -> align onto the chip template
+(or crop the box with margin) -> ``Predictor`` (the saved model's own preprocessing) -> labels
+with confidences -> tracks (video) -> annotated output and result rows.
 
 Modules:
 
-- ``detectors``: ``Detection`` and ``make_detector`` (MTCNN, Haar, or the whole image);
-  ``mtcnn_numpy``: MTCNN's networks and cascade in NumPy (no TensorFlow import).
+- ``detection``: ``Detection``, one face (box, score, landmarks in ``faceattr.landmarks`` order).
+- ``detectors``: ``make_detector`` (MTCNN, Haar, or the whole image); ``mtcnn_numpy``: MTCNN's
+  networks and cascade in NumPy (no TensorFlow import).
 - ``align``: the chip template and ``align_face``, a face mapped onto it by its landmarks.
+- ``chips``: training photos onto the chip template, cached; ``align_training_photos`` is the
+  aligner the commands hand the data step (``data.prepare``).
 - ``crop``: ``crop_face``, the square box crop with margin (faces without usable landmarks).
 - ``pipeline``: ``FacePipeline``, image -> faces as the model sees them -> predictions; shared
   by ``run`` and ``evaluate --labels``.

@@ -14,17 +14,22 @@ live in ``template`` (a detector may use them without importing the alignment).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
 from faceattr.inference.crop import crop_face
-from faceattr.inference.detection import LANDMARK_NAMES, Detection
+from faceattr.inference.detection import Detection
+from faceattr.inference.detectors import make_detector
+from faceattr.inference.images import read_image
 from faceattr.inference.template import MAX_RESIDUAL as MAX_RESIDUAL  # re-exported
 from faceattr.inference.template import UTKFACE_TEMPLATE as UTKFACE_TEMPLATE  # re-exported
 from faceattr.inference.template import ChipTemplate, residual, similarity
+from faceattr.landmarks import LANDMARK_NAMES
 
 
 def fit(landmarks: np.ndarray | None, template: ChipTemplate, size: int) -> tuple[np.ndarray | None, float]:
@@ -146,13 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     ``split.csv``), chosen at random with seed 0, and prints the template, the residuals'
     percentiles and the spread of the chip-to-template similarity (for augmentation).
     """
-    import sys
-    from pathlib import Path
-
-    import pandas as pd
-
-    from faceattr.inference.detectors import make_detector
-    from faceattr.inference.images import read_image
+    import pandas as pd  # deferred: pandas, only for this measuring script; `run` imports this module
 
     args = list(sys.argv[1:] if argv is None else argv)
     folder, split_csv = Path(args[0]), Path(args[1])

@@ -179,7 +179,7 @@ def letterbox(image_rgb: np.ndarray, size: int = INPUT_SIZE) -> tuple[np.ndarray
 
 def keypoints_to_landmarks(keypoints: np.ndarray) -> np.ndarray | None:
     """A face's six keypoints (pixels) -> MTCNN-style landmarks (5, 2) float32 pixels in
-    ``detectors.LANDMARK_NAMES`` order, or None where they fit ``KEYPOINT_FRAME`` badly.
+    ``faceattr.landmarks.LANDMARK_NAMES`` order, or None where they fit ``KEYPOINT_FRAME`` badly.
 
     The similarity that carries the eyes, nose tip and mouth centre onto ``KEYPOINT_FRAME`` is
     fitted; its inverse carries ``UTKFACE_TEMPLATE``'s five points into the photo.
@@ -211,7 +211,7 @@ class BlazeFaceDetector:
 
     def __init__(self, min_confidence: float = 0.5, threads: int = 1, weights: str | Path = WEIGHTS) -> None:
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter  # deferred: LiteRT's native runtime
         except ImportError:
             raise ModelError("detector=blazeface needs the ai-edge-litert package "
                              "(pip install -r requirements.txt)") from None

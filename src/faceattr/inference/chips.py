@@ -4,7 +4,8 @@ A labelled photo that is not a UTKFace chip (FairFace's crops, a lab's photos) m
 model framed like the faces ``run`` gives it: detected (MTCNN), its five landmarks carried onto
 the model's chip template (``align.ChipTemplate``) by a similarity warp (``align.align_face``).
 ``align_photos`` does that for a list of photos and writes each result as a ``CHIP_SIZE`` JPEG
-chip (UTKFace's own size and format, so the data pipeline reads it like any chip).
+chip (UTKFace's own size and format, so the data pipeline reads it like any chip);
+``align_training_photos`` is the aligner the commands hand the data step (``data.prepare``).
 
 Tight crops (FairFace's face fills the frame) hide the chin and forehead from the detector, so
 each photo is first padded by ``pad`` x its side on every edge (border replicated). Where a photo
@@ -46,7 +47,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from faceattr.inference.align import ChipTemplate, align_face, fit, similarity, warp
-from faceattr.inference.detectors import Detection, MTCNNDetector
+from faceattr.inference.detectors import Detection, MTCNNDetector, detector_settings
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +246,16 @@ def count_states(results: Sequence[ChipResult]) -> dict[str, int]:
         counts[r.status] += 1
     return counts
 
+
+def align_training_photos(photos: Sequence[tuple[str, str]], cache_dir: Path, pad: float, workers: int | None,
+                          weights_dir: str, desc: str) -> tuple[list[ChipResult], dict[str, int]]:
+    """The data step's aligner (``data.prepare.FaceAligner``): ``photos`` onto the shipped models'
+    chip template (UTKFace's), framed as ``run`` frames a face with its default detector (MTCNN,
+    its schema settings), ``pad`` x a photo's side added on every edge first. Returns the results
+    (:func:`align_photos`) and their counts (:func:`count_states`)."""
+    detector = detector_settings({"name": "mtcnn"})
+    settings = AlignSettings(pad=float(pad), min_confidence=float(detector["min_confidence"]),
+                             min_size=int(detector["min_size"]), margin=float(detector["margin"]),
+                             shift_y=float(detector["shift_y"]))
+    results = align_photos(photos, cache_dir, settings, workers=workers, weights_dir=weights_dir, desc=desc)
+    return results, count_states(results)

@@ -1,14 +1,11 @@
-"""One detected face (``Detection``) and the order of its five landmarks: the type every
-detector returns (``detectors``) and alignment, cropping and tracking take."""
+"""One detected face (``Detection``): the type every detector returns (``detectors``) and
+alignment, cropping and tracking take. Its landmarks come in ``faceattr.landmarks`` order."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-
-#: Order of the five landmarks (image left/right, i.e. "left_eye" is the one further left).
-LANDMARK_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
 @dataclass

@@ -31,7 +31,6 @@ from omegaconf import OmegaConf
 from faceattr.config import DETECTORS, DetectorConfig
 from faceattr.config import settings as config_settings
 from faceattr.errors import ConfigError, InputError, ModelError
-from faceattr.inference.detection import LANDMARK_NAMES as LANDMARK_NAMES  # re-exported
 from faceattr.inference.detection import Detection
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,7 @@ class MTCNNDetector:
 
     def __init__(self, min_confidence: float = 0.9, min_size: int = 40, max_side: int | None = 1280,
                  cache_dir: str | Path | None = None) -> None:
-        from faceattr.inference.mtcnn_numpy import NumpyMTCNN
+        from faceattr.inference.mtcnn_numpy import NumpyMTCNN  # deferred: only the chosen detector's module
 
         self._mtcnn = NumpyMTCNN(Path(cache_dir) if cache_dir else None)
         self.min_confidence = float(min_confidence)
@@ -196,5 +195,5 @@ def make_detector(detector_cfg: Any, video: bool = False, cache_dir: str | Path 
     if name not in DETECTORS:
         raise ConfigError(f"detector.name: unknown detector {name!r} ({'|'.join(DETECTORS)})")
     module, class_name = DETECTORS[name].split(":")
-    detector_class = getattr(importlib.import_module(module), class_name)  # BlazeFace's module only when chosen
+    detector_class = getattr(importlib.import_module(module), class_name)  # deferred: only the chosen detector's module
     return detector_class.from_settings(settings, cache_dir)

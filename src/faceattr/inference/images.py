@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from faceattr.errors import InputError
+from faceattr.jpeg import JPEG_SOI, jpeg_is_complete
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".
 #: How files that may hold several frames or pages begin (GIF, TIFF either byte order).
 MULTI_FRAME_MAGIC = (b"GIF87a", b"GIF89a", b"II*\0", b"MM\0*")
 _GLOB_CHARS = set("*?[")
-JPEG_SOI, JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 PNG_SIGNATURE, PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
 EXIF_ORIENTATION_TAG = 0x0112
 #: What each file type is called when it isn't a regular file (``stat.S_IFMT`` -> name).
@@ -87,38 +87,13 @@ def expand_inputs(items: list[str]) -> list[Path]:
     return out
 
 
-def jpeg_is_complete(data: bytes) -> bool:
-    """Whether a JPEG's main image reaches its end-of-image marker.
-
-    The header segments (EXIF with its own thumbnail JPEG inside, tables) are skipped by their
-    lengths up to the first start-of-scan; after that, 0xFF in the scan data is always byte-
-    stuffed, so an ``FF D9`` found there is the main image's end (trailers after it are fine).
-    """
-    i = 2
-    n = len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return False
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0xDA:  # start of scan
-            return JPEG_EOI in data[i:]
-        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
-            i += 2
-            continue
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return False
-
-
 def frame_count(data: bytes) -> int:
     """Frames (an animated GIF) or pages (a TIFF) in the file ``data``; 1 for other formats or
     when they can't be counted. Reads the file's structure only (Pillow), no pixels of later frames."""
     if not data.startswith(MULTI_FRAME_MAGIC):
         return 1
     try:
-        from PIL import Image
+        from PIL import Image  # deferred: Pillow, only for multi-frame files
 
         with Image.open(io.BytesIO(data)) as img:
             return max(1, int(getattr(img, "n_frames", 1)))

@@ -7,11 +7,15 @@ and the box crop's calibration, on training chips, beside MTCNN:
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from faceattr.inference.blazeface import BlazeFaceDetector
+from faceattr.inference.detectors import make_detector
+from faceattr.inference.images import read_image
 from faceattr.inference.template import UTKFACE_TEMPLATE, residual, similarity
 
 
@@ -26,13 +30,6 @@ def main(argv: list[str] | None = None) -> None:
     BlazeFace's landmarks lands from MTCNN's (chip-side fractions) and the box crop's calibration
     (``margin``, ``shift_y`` as ``conf/detector/*.yaml`` take them).
     """
-    import sys
-
-    import pandas as pd
-
-    from faceattr.inference.detectors import make_detector
-    from faceattr.inference.images import read_image
-
     args = list(sys.argv[1:] if argv is None else argv)
     folder, split_csv = Path(args[0]), Path(args[1])
     n = int(args[2]) if len(args) > 2 else 2000

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from faceattr.errors import ModelError
 
@@ -56,7 +57,7 @@ def load_weights(cache_dir: Path | None = None) -> dict[str, list[np.ndarray]]:
     if cached is not None and cached.is_file():
         with np.load(cached, allow_pickle=False) as data:
             return {n: [data[f"{n}_{i}"] for i in range(int(data[f"{n}_count"]))] for n in NETS}
-    import joblib  # the package's own format (pickle of its own files); slow to import, so only once
+    import joblib  # deferred: slow to import, used once (on the package's own files: a pickle of its own)
 
     weights = {n: [np.asarray(w, dtype=np.float32) for w in joblib.load(folder / f"{n}.lz4")] for n in NETS}
     if cached is not None:
@@ -227,8 +228,6 @@ class NumpyMTCNN:
     """MTCNN face detection on (H, W, 3) uint8 RGB images; see the module docstring."""
 
     def __init__(self, cache_dir: Path | None = None) -> None:
-        from threadpoolctl import ThreadpoolController
-
         self.weights = load_weights(cache_dir)
         self._threads = ThreadpoolController()
 

@@ -114,121 +114,160 @@ def write_rows(rows: list[dict], path: Path) -> None:
             writer.writerows(rows)
 
 
-def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> dict:
-    """Images mode of ``run``; see the module docstring.
+@dataclass
+class ImagesPlan:
+    """What an images run reads and writes, checked before any image is read: the input
+    ``paths``, the predictions file ``out_path``, and the folders of annotated copies and face
+    crops with whether each is written (``annotate``, ``save_faces``)."""
 
-    ``cfg``: the composed config (``run.*``, ``detector``, the model); ``pipeline``: use this
-    one instead of building it from ``cfg`` on the first readable image. Returns a summary dict
-    (counts, where the results went).
-    """
+    paths: list[Path]
+    out_path: Path
+    overwrite: bool
+    annotated_dir: Path
+    annotate: bool
+    faces_dir: Path
+    save_faces: bool
+
+
+def plan_images(cfg: Any, run_dir: Path) -> ImagesPlan:
+    """The inputs and outputs of ``run --img`` from ``cfg.run``; ``InputError`` when no image
+    is found or the output file exists, ``ConfigError`` for an output folder that can't be
+    written or holds input images (nothing is ever written next to the inputs)."""
     items = cfg.run.img
     items = [items] if isinstance(items, str) else [str(i) for i in items]
     paths = expand_inputs(items)
     if not paths:
         raise InputError(f"{', '.join(items)}: no image files found")
     overwrite = bool(cfg.run.overwrite)
-    out_path = output_path(cfg.run.output, run_dir / "predictions.csv", TABLE_SUFFIXES, overwrite, "predictions")
-    annotated_dir = (Path(cfg.run.annotated_dir).expanduser().absolute() if cfg.run.annotated_dir
-                     else run_dir / "annotated")
-    annotate_images = bool(cfg.run.annotate)
-    faces_dir = Path(cfg.run.faces_dir).expanduser().absolute() if cfg.run.faces_dir else run_dir / "faces"
-    save_faces = bool(cfg.run.save_faces)
+    plan = ImagesPlan(
+        paths, output_path(cfg.run.output, run_dir / "predictions.csv", TABLE_SUFFIXES, overwrite, "predictions"),
+        overwrite, Path(cfg.run.annotated_dir).expanduser().absolute() if cfg.run.annotated_dir
+        else run_dir / "annotated", bool(cfg.run.annotate),
+        Path(cfg.run.faces_dir).expanduser().absolute() if cfg.run.faces_dir else run_dir / "faces",
+        bool(cfg.run.save_faces))
     input_dirs = {p.parent.resolve() for p in paths if p.exists()}
-    for key, folder, wanted, what in (("run.annotated_dir", annotated_dir, annotate_images, "annotated copies"),
-                                      ("run.faces_dir", faces_dir, save_faces, "face crops")):
+    for key, folder, wanted, what in (("run.annotated_dir", plan.annotated_dir, plan.annotate, "annotated copies"),
+                                      ("run.faces_dir", plan.faces_dir, plan.save_faces, "face crops")):
         problem = write_problem(folder, folder=True) if wanted else None
         if problem is not None:
             raise ConfigError(f"{key}: {folder}: cannot be written ({problem})")
         if wanted and folder.resolve() in input_dirs:
             raise ConfigError(f"{key}: {folder} holds input images; {what} are never written next to the inputs, "
                               "choose another folder")
-    display = want_display(bool(cfg.run.display))
-    built: list[FacePipeline] = [pipeline] if pipeline is not None else []
+    return plan
 
-    def get_pipeline() -> FacePipeline:
-        # Built on the first readable image, so a batch of bad paths fails before TF loads a model.
-        if not built:
-            built.append(FacePipeline.from_config(cfg))
-        return built[0]
 
-    single = len(paths) == 1
-    stats = ImageRunStats(images=len(paths))
-    pending: list[_Pending] = []
+class ImageBatches:
+    """The faces of several images through the model together, then each image's outputs.
 
-    def flush() -> None:
-        nonlocal display
-        if not pending:
+    ``add`` queues an image's faces; once ``run.batch_size`` faces (or ``PENDING_BYTES`` of
+    decoded images) wait, ``flush`` predicts them in one call and writes each image's rows
+    (into ``stats.rows``), face crops, annotated copy, and shows it when ``display``. The
+    pipeline is built from ``cfg`` on first use, so a batch of bad paths fails before TF
+    loads a model.
+    """
+
+    def __init__(self, cfg: Any, plan: ImagesPlan, stats: ImageRunStats, pipeline: FacePipeline | None,
+                 display: bool) -> None:
+        self.cfg = cfg
+        self.plan = plan
+        self.stats = stats
+        self._pipeline = pipeline
+        self.display = display
+        self.pending: list[_Pending] = []
+
+    @property
+    def pipeline(self) -> FacePipeline:
+        """The face pipeline, built on first use."""
+        if self._pipeline is None:
+            self._pipeline = FacePipeline.from_config(self.cfg)
+        return self._pipeline
+
+    def add(self, path: Path, image: np.ndarray, faces: list[FaceCrop]) -> None:
+        """Queue ``image``'s faces; flush when a model call's worth (or too many bytes) waits."""
+        self.pending.append(_Pending(path, image, faces))
+        # Faces of several images share a model call; big photos are flushed sooner so a batch of
+        # 24-megapixel images doesn't pile up gigabytes while waiting for batch_size faces.
+        if (sum(len(p.faces) for p in self.pending) >= self.pipeline.predictor.batch_size
+                or sum(p.image.nbytes for p in self.pending) >= PENDING_BYTES):
+            self.flush()
+
+    def flush(self) -> None:
+        """Predict every waiting face in one model call, then write each image's outputs."""
+        if not self.pending:
             return
-        preds = iter(get_pipeline().predict([f for p in pending for f in p.faces]))
-        for item in pending:
-            faces = [(f, next(preds)) for f in item.faces]
-            stats.rows.extend(face_row(item.path, i, f, p) for i, (f, p) in enumerate(faces))
-            if save_faces:
-                faces_dir.mkdir(parents=True, exist_ok=True)
-                for i, f in enumerate(item.faces):
-                    write_image(unique_path(faces_dir, f"{item.path.stem}_face{i}", ".png"),
-                                cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
-            if not annotate_images and not display:
-                continue
-            drawn = annotate(item.image, [(f.detection.box, p) for f, p in faces])
-            if annotate_images:
-                annotated_dir.mkdir(parents=True, exist_ok=True)
-                suffix = item.path.suffix.lower() if item.path.suffix.lower() in ANNOTATED_SUFFIXES else ".png"
-                write_image(unique_path(annotated_dir, item.path.stem, suffix), drawn)
-            if display:
-                key = show(drawn, 0)
-                if key is None or key in QUIT_KEYS:  # q/Esc: stop showing, keep processing
-                    display = False
-                    close_windows()
-        pending.clear()
+        preds = iter(self.pipeline.predict([f for p in self.pending for f in p.faces]))
+        for item in self.pending:
+            self._write(item, [(f, next(preds)) for f in item.faces])
+        self.pending.clear()
 
-    with writes.exclusive(out_path, "run"), writes.terminate_as_interrupt():  # a second run to this file: one line
-        if out_path.exists() and not overwrite:  # written by a run that ended while this one started
-            raise InputError(f"{out_path}: already exists; choose another --output or set run.overwrite=true")
-        try:
-            with tqdm(paths, desc="images", unit="img", disable=len(paths) <= 3, file=sys.stderr) as bar:
-                for path in bar:
-                    try:
-                        image = read_image(path)
-                    except InputError as exc:
-                        if single:
-                            raise  # the command's one error line
-                        stats.errors.append(str(exc))
-                        log.warning("%s", exc)
-                        report(f"error: {exc}", sys.stderr)
-                        continue
-                    stats.read += 1
-                    faces = get_pipeline().crops(image)
-                    if not faces:
-                        stats.no_face.append(str(path))
-                        log.info("%s: no face found", path)
-                        report(f"{path}: no face found")
-                        continue
-                    stats.faces += len(faces)
-                    pending.append(_Pending(path, image, faces))
-                    # Faces of several images share a model call; big photos are flushed sooner so a batch of
-                    # 24-megapixel images doesn't pile up gigabytes while waiting for batch_size faces.
-                    if (sum(len(p.faces) for p in pending) >= get_pipeline().predictor.batch_size
-                            or sum(p.image.nbytes for p in pending) >= PENDING_BYTES):
-                        flush()
-                flush()
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was done, say so, then stop as asked
-            with writes.signals_held():
-                if stats.rows:
-                    write_rows(stats.rows, out_path)
-                    report(f"stopped: the {counted(len(stats.rows), 'face')} labelled so far "
-                           f"(of {counted(stats.images, 'image')}) are in {out_path}", sys.stderr)
-                else:
-                    report("stopped before any face was labelled; nothing written", sys.stderr)
-            raise
-        if display:
-            close_windows()
-        if stats.read == 0:
-            raise InputError(f"none of the {stats.images} inputs could be read ({len(stats.errors)} errors above)")
-        write_rows(stats.rows, out_path)
+    def _write(self, item: _Pending, faces: list[tuple[FaceCrop, FacePrediction]]) -> None:
+        """One image's rows, face crops and annotated copy, and showing it."""
+        plan = self.plan
+        self.stats.rows.extend(face_row(item.path, i, f, p) for i, (f, p) in enumerate(faces))
+        if plan.save_faces:
+            plan.faces_dir.mkdir(parents=True, exist_ok=True)
+            for i, f in enumerate(item.faces):
+                write_image(unique_path(plan.faces_dir, f"{item.path.stem}_face{i}", ".png"),
+                            cv2.cvtColor(f.image, cv2.COLOR_RGB2BGR))
+        if not plan.annotate and not self.display:
+            return
+        drawn = annotate(item.image, [(f.detection.box, p) for f, p in faces])
+        if plan.annotate:
+            plan.annotated_dir.mkdir(parents=True, exist_ok=True)
+            suffix = item.path.suffix.lower() if item.path.suffix.lower() in ANNOTATED_SUFFIXES else ".png"
+            write_image(unique_path(plan.annotated_dir, item.path.stem, suffix), drawn)
+        if self.display:
+            key = show(drawn, 0)
+            if key is None or key in QUIT_KEYS:  # q/Esc: stop showing, keep processing
+                self.display = False
+                close_windows()
+
+
+def label_images(plan: ImagesPlan, batches: ImageBatches) -> None:
+    """Read every input, find its faces and queue them (``batches``), counting into
+    ``batches.stats``; an unreadable input is one ``error:`` line and skipped (the error itself
+    when it is the only input)."""
+    stats = batches.stats
+    with tqdm(plan.paths, desc="images", unit="img", disable=len(plan.paths) <= 3, file=sys.stderr) as bar:
+        for path in bar:
+            try:
+                image = read_image(path)
+            except InputError as exc:
+                if len(plan.paths) == 1:
+                    raise  # the command's one error line
+                stats.errors.append(str(exc))
+                log.warning("%s", exc)
+                report(f"error: {exc}", sys.stderr)
+                continue
+            stats.read += 1
+            faces = batches.pipeline.crops(image)
+            if not faces:
+                stats.no_face.append(str(path))
+                log.info("%s: no face found", path)
+                report(f"{path}: no face found")
+                continue
+            stats.faces += len(faces)
+            batches.add(path, image, faces)
+        batches.flush()
+
+
+def keep_rows_when_stopped(stats: ImageRunStats, out_path: Path) -> None:
+    """After Ctrl-C or SIGTERM: write the rows done so far to ``out_path`` and say so (signals held)."""
+    with writes.signals_held():
+        if stats.rows:
+            write_rows(stats.rows, out_path)
+            report(f"stopped: the {counted(len(stats.rows), 'face')} labelled so far "
+                   f"(of {counted(stats.images, 'image')}) are in {out_path}", sys.stderr)
+        else:
+            report("stopped before any face was labelled; nothing written", sys.stderr)
+
+
+def report_images(plan: ImagesPlan, stats: ImageRunStats) -> dict:
+    """Log the run's compact record, print its readable summary; the summary dict ``run_images`` returns."""
     # app.log gets a compact record (only the outputs written); the console gets the readable summary.
-    written = {"output": out_path, "annotated": annotated_dir if annotate_images else None,
-               "face_crops": faces_dir if save_faces else None}
+    written = {"output": plan.out_path, "annotated": plan.annotated_dir if plan.annotate else None,
+               "face_crops": plan.faces_dir if plan.save_faces else None}
     log.info("summary: images=%d read=%d faces=%d no_face=%d unreadable=%d %s", stats.images, stats.read,
              stats.faces, len(stats.no_face), len(stats.errors),
              " ".join(f"{key}={value}" for key, value in written.items() if value is not None))
@@ -240,11 +279,39 @@ def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) ->
     if stats.errors:
         line += f"; {len(stats.errors)} unreadable (skipped)"
     print(line)
-    print(f"Predictions: {out_path}")
-    print(f"Annotated images: {annotated_dir}" if annotate_images else "Annotated images: none (run.annotate=false)")
-    if save_faces:
-        print(f"Faces as the model saw them: {faces_dir}")
+    print(f"Predictions: {plan.out_path}")
+    print(f"Annotated images: {plan.annotated_dir}" if plan.annotate
+          else "Annotated images: none (run.annotate=false)")
+    if plan.save_faces:
+        print(f"Faces as the model saw them: {plan.faces_dir}")
     return {"mode": "images", "images": stats.images, "read": stats.read, "faces": stats.faces,
-            "no_face": stats.no_face, "errors": stats.errors, "output": str(out_path),
-            "annotated_dir": str(annotated_dir) if annotate_images else None,
-            "faces_dir": str(faces_dir) if save_faces else None}
+            "no_face": stats.no_face, "errors": stats.errors, "output": str(plan.out_path),
+            "annotated_dir": str(plan.annotated_dir) if plan.annotate else None,
+            "faces_dir": str(plan.faces_dir) if plan.save_faces else None}
+
+
+def run_images(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None) -> dict:
+    """Images mode of ``run``; see the module docstring.
+
+    ``cfg``: the composed config (``run.*``, ``detector``, the model); ``pipeline``: use this
+    one instead of building it from ``cfg`` on the first readable image. Returns a summary dict
+    (counts, where the results went).
+    """
+    plan = plan_images(cfg, run_dir)
+    stats = ImageRunStats(images=len(plan.paths))
+    batches = ImageBatches(cfg, plan, stats, pipeline, want_display(bool(cfg.run.display)))
+    out_path = plan.out_path
+    with writes.exclusive(out_path, "run"), writes.terminate_as_interrupt():  # a second run to this file: one line
+        if out_path.exists() and not plan.overwrite:  # written by a run that ended while this one started
+            raise InputError(f"{out_path}: already exists; choose another --output or set run.overwrite=true")
+        try:
+            label_images(plan, batches)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep what was done, say so, then stop as asked
+            keep_rows_when_stopped(stats, out_path)
+            raise
+        if batches.display:
+            close_windows()
+        if stats.read == 0:
+            raise InputError(f"none of the {stats.images} inputs could be read ({len(stats.errors)} errors above)")
+        write_rows(stats.rows, out_path)
+    return report_images(plan, stats)

@@ -20,13 +20,16 @@ import numpy as np
 
 from faceattr.errors import InputError, ModelError
 from faceattr.inference.align import ChipTemplate
+from faceattr.inference.runtime import KerasRunner, open_runner
 from faceattr.labels import AGE_RANGE, GENDERS, RACES
 from faceattr.models.calibration import Calibration
+from faceattr.models.io import resolve_model_dir
 from faceattr.models.preprocessing import resize_face
 
 if TYPE_CHECKING:  # TensorFlow/Keras load on first use (never, with the TensorFlow Lite runner)
     from faceattr.inference.runtime import Runner
-    from faceattr.models.io import LoadedModel, ModelInfo
+    from faceattr.models.info import ModelInfo
+    from faceattr.models.io import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,6 @@ class Predictor:
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, *, batch_size: int = 32, tta_flip: bool = True) -> Predictor:
         """From ``models.io.load_model``'s result (the Keras model)."""
-        from faceattr.inference.runtime import KerasRunner
-
         return cls(KerasRunner(loaded.model, loaded.info.input_size), loaded.info.input_size,
                    batch_size=batch_size, tta_flip=tta_flip,
                    info=loaded.info, path=loaded.path)
@@ -108,8 +109,6 @@ class Predictor:
              tta_flip: bool = True, backend: str = "auto", threads: int | None = None) -> Predictor:
         """Load a model folder (``model_info.json`` + weights) with ``backend`` (auto | tflite |
         keras, see ``inference.runtime``) and wrap it."""
-        from faceattr.inference.runtime import open_runner
-
         runner, info = open_runner(Path(model_dir), backend, Path(cache_dir) if cache_dir else None, threads)
         log.info("Loaded %s model from %s (input %dpx, %s)", info.model_type, model_dir, info.input_size,
                  runner.backend)
@@ -119,8 +118,6 @@ class Predictor:
     def from_config(cls, cfg: Any) -> Predictor:
         """From the composed config: ``model_path`` (or the shipped model), ``run.batch_size``,
         ``run.tta_flip``, ``run.backend``, ``run.threads``, ``run.calibrate`` and ``paths.cache``."""
-        from faceattr.models.io import resolve_model_dir
-
         run = cfg.run
         predictor = cls.load(resolve_model_dir(cfg), cfg.paths.cache, batch_size=int(run.batch_size),
                              tta_flip=bool(run.tta_flip), backend=str(run.backend),

@@ -15,15 +15,8 @@ from typing import Any
 import cv2
 
 from faceattr.errors import ConfigError, FaceAttrError, InputError
-from faceattr.inference.display import display_problem, screen_available
-from faceattr.inference.outputs import write_problem
-from faceattr.inference.photos_batch import COLUMNS, run_images, write_rows
-from faceattr.inference.pipeline import FacePipeline
-from faceattr.inference.video import VIDEO_CODECS, run_video
-
-#: Names other modules have imported from here; they live in the modules named above.
-__all__ = ["COLUMNS", "VIDEO_CODECS", "FacePipeline", "display_problem", "run_images", "run_inputs", "run_video",
-           "screen_available", "write_problem", "write_rows"]
+from faceattr.inference.photos_batch import run_images
+from faceattr.inference.video import run_video
 
 
 def run_inputs(cfg: Any, run_dir: Path) -> dict:

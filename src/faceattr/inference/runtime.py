@@ -25,7 +25,8 @@ import numpy as np
 
 from faceattr.errors import ConfigError, ModelError
 from faceattr.hashing import file_sha256
-from faceattr.models.io import ModelInfo, trainable_file
+from faceattr.models.info import ModelInfo
+from faceattr.models.io import load_model, trainable_file
 from faceattr.resources import program_name
 from faceattr.verbosity import native_startup_lines_dropped
 
@@ -53,7 +54,7 @@ class KerasRunner:
     backend = "keras"
 
     def __init__(self, model: Any, input_size: int) -> None:
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow takes seconds to import; only for the Keras backend
 
         self.model = model
         self._tf = tf
@@ -80,7 +81,7 @@ class LiteRunner:
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.interpreter import Interpreter  # deferred: LiteRT's native runtime
         except ImportError:
             raise ModelError(f"{path}: run.backend=tflite needs the ai-edge-litert package "
                              "(pip install -r requirements.txt)") from None
@@ -152,7 +153,6 @@ def open_runner(model_dir: Path, backend: str = "auto", cache_dir: Path | None =
         if backend == "tflite":
             raise ModelError(f"{model_dir}: {problem}")
         log.info("Using the Keras model of %s: %s", model_dir, problem)
-    from faceattr.models.io import load_model
 
     loaded = load_model(model_dir, cache_dir)
     return KerasRunner(loaded.model, info.input_size), info

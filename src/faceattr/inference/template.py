@@ -1,6 +1,6 @@
 """The chip template and the similarity fit that alignment (``align``) is built on.
 
-``ChipTemplate`` says where the five landmarks (``detection.LANDMARK_NAMES``) sit in a training
+``ChipTemplate`` says where the five landmarks (``faceattr.landmarks.LANDMARK_NAMES``) sit in a training
 chip; ``similarity`` is the least-squares similarity transform (rotation, uniform scale, shift)
 between two point sets and ``residual`` how well it fits. Plain NumPy, importing no detector, so
 a detector (``blazeface``) can carry its own keypoints onto the template's landmarks.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from faceattr.inference.detection import LANDMARK_NAMES
+from faceattr.landmarks import LANDMARK_NAMES
 
 #: UTKFace's chip template: where MTCNN puts the five landmarks (``LANDMARK_NAMES`` order) in a
 #: training chip, as fractions of the chip side (x right, y down). The median over the 1,964 of

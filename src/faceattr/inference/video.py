@@ -270,6 +270,188 @@ def open_source(source: str) -> tuple[cv2.VideoCapture, str, bool]:
     return cap, name, is_camera
 
 
+def video_output_path(cfg: Any, run_dir: Path, source: str) -> Path | None:
+    """Where ``run.output`` writes the annotated video (None: not written); ``InputError`` when
+    it exists (unless ``run.overwrite``) or is the input video itself."""
+    if not cfg.run.output:
+        return None
+    out_path = output_path(cfg.run.output, run_dir / "annotated.mp4", tuple(VIDEO_CODECS), bool(cfg.run.overwrite),
+                           "video")
+    if not source.isdigit() and Path(source).exists() and out_path.resolve() == Path(source).resolve():
+        raise InputError(f"{out_path}: the output would overwrite the input video")
+    return out_path
+
+
+def first_frame(cap: cv2.VideoCapture, name: str, is_camera: bool) -> np.ndarray:
+    """The source's first frame, (H, W, 3) BGR; ``InputError`` (the capture released) when it has none."""
+    ok, frame = cap.read()
+    if not ok or frame is None:
+        cap.release()
+        raise InputError(f"{name}: cannot be opened" + (" (no frames)" if is_camera else " as a video (no frames)"))
+    return frame
+
+
+def frame_rate(cap: cv2.VideoCapture, name: str) -> tuple[float, int]:
+    """(frames per second, frames a file's header announces: 0 or -1 for a camera); 30 fps when
+    the source reports a rate outside 0.5 to 1000 (cameras often report 0)."""
+    fps_in = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    frames_announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    if not 0.5 <= fps_in <= 1000.0:
+        log.info("%s reports %.3g fps; using 30", name, fps_in)
+        fps_in = 30.0
+    return fps_in, frames_announced
+
+
+class VideoOutput:
+    """The annotated video, written at ``fps`` frames/s and ``size`` (width, height) pixels.
+
+    It is written beside ``path`` under a temporary name (same suffix: it picks the container)
+    and renamed into place by :meth:`close` once finalised, so ``path`` is never a file without
+    its index. ``path`` None: nothing is written. ``InputError`` when the codec can't write it.
+    """
+
+    def __init__(self, path: Path | None, fps: float, size: tuple[int, int]) -> None:
+        self.path = path
+        self.size = size
+        self.written = 0
+        self.partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}") if path else None
+        self.writer: cv2.VideoWriter | None = None
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        codec = VIDEO_CODECS[path.suffix.lower()]
+        self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*codec), fps, size)
+        if not self.writer.isOpened():
+            self.partial.unlink(missing_ok=True)
+            raise InputError(f"{path}: cannot be written as a video (codec {codec} unavailable)")
+
+    def write(self, drawn: np.ndarray) -> None:
+        """Append a frame (resized to the video's size when the stream changed its own)."""
+        if self.writer is None:
+            return
+        if drawn.shape[:2] != (self.size[1], self.size[0]):
+            drawn = cv2.resize(drawn, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(drawn)
+        self.written += 1
+
+    def close(self) -> None:
+        """Finalise the video and rename it into place (a playable video of the frames so far);
+        with no frame written, remove it."""
+        if self.writer is None:
+            return
+        self.writer.release()
+        if self.written:
+            os.replace(self.partial, self.path)
+        else:
+            self.partial.unlink(missing_ok=True)
+
+
+class CaptureLoop:
+    """``run --video``'s capture loop: read, hand the frame to ``worker``, draw its latest
+    tracks and the rates, write (``output``), call ``on_frame``, pace a file at ``fps_in``
+    unless ``sync`` (without a screen), show; until the source ends, ``max_frames``, q/Esc,
+    Ctrl-C or SIGTERM (``interrupted``, ``terminated``). Counts: ``read``, ``output.written``;
+    ``loop_fps``: the smoothed frame rate drawn on the frames."""
+
+    def __init__(self, cap: cv2.VideoCapture, name: str, live: bool, fps_in: float, frames_announced: int,
+                 worker: InferenceWorker, output: VideoOutput) -> None:
+        self.cap, self.name, self.live = cap, name, live
+        self.fps_in, self.frames_announced = fps_in, frames_announced
+        self.worker, self.output = worker, output
+        self.read = 0
+        self.loop_fps = 0.0
+        self.interrupted = self.terminated = False
+        self.t_start = self.t_prev = time.perf_counter()
+
+    def run(self, frame: np.ndarray, display: bool, sync: bool, max_frames: int | None,
+            on_frame: FrameHook | None, totals: Callable[[], StageTotals]) -> None:
+        """Loop from ``frame`` (the first one read); ``totals``: the model side's stage times now."""
+        with writes.terminate_as_interrupt():  # SIGTERM stops like Ctrl-C: the video is finalised
+            try:
+                while frame is not None:
+                    self.read += 1
+                    self.worker.submit(frame.copy())  # the worker's own copy: capture may reuse its buffer
+                    tracks = self.worker.latest
+                    drawn = self._draw(frame, tracks)
+                    self.output.write(drawn)
+                    if on_frame is not None:
+                        on_frame(FrameStats(self.read, self.output.written, time.perf_counter() - self.t_start,
+                                            self.loop_fps, self.worker.processed, self.worker.fps, totals(),
+                                            tuple(tracks)))
+                    if not self.live and (display or not sync):
+                        self._pace()
+                    if display:
+                        key = show(drawn, 1)
+                        if key is None:
+                            display = False
+                        elif key in QUIT_KEYS:
+                            log.info("Stopped by the user after %d frames", self.read)
+                            break
+                    if self.worker.error is not None or (max_frames is not None and self.read >= max_frames):
+                        break
+                    frame = self._next_frame()
+            except KeyboardInterrupt as exc:
+                self.interrupted = True
+                self.terminated = isinstance(exc, writes.Terminated)
+                log.info("%s after %d frames", "Terminated" if self.terminated else "Interrupted", self.read)
+            finally:
+                with writes.signals_held():  # the video is finalised and renamed whatever arrives now
+                    self.worker.stop()
+                    self.cap.release()
+                    self.output.close()
+                    if display:
+                        close_windows()
+
+    def _draw(self, frame: np.ndarray, tracks: Sequence[TrackView]) -> np.ndarray:
+        """The frame with the tracks and the rates (the loop's, smoothed, and the model's)."""
+        drawn = draw_tracks(frame, tracks)
+        now = time.perf_counter()
+        dt, self.t_prev = now - self.t_prev, now
+        if dt > 0:  # smoothed, so the number is readable
+            self.loop_fps = 1.0 / dt if self.loop_fps == 0.0 else 0.9 * self.loop_fps + 0.1 / dt
+        draw_fps(drawn, f"{self.loop_fps:.1f} fps | model {self.worker.fps:.1f} fps")
+        return drawn
+
+    def _pace(self) -> None:
+        """Play a file at its own frame rate, like a camera: decoding runs far ahead of any model,
+        and unpaced, the model would see a handful of frames of the file."""
+        delay = self.t_start + self.read / self.fps_in - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _next_frame(self) -> np.ndarray | None:
+        """The next frame, or None at the end (said when a stream stops or a file ends early)."""
+        ok, frame = self.cap.read()
+        if ok:
+            return frame
+        if self.live:
+            log.warning("%s: no frame delivered after frame %d; stopping", self.name, self.read)
+        elif self.read < 0.95 * self.frames_announced - 1:  # decoders may round the count a little
+            log.warning("%s: the video ends at frame %d of the %d its header announces; the file "
+                        "may be cut short or damaged", self.name, self.read, self.frames_announced)
+        return None
+
+
+def report_video(loop: CaptureLoop, process: TrackingProcess) -> dict:
+    """Log the run's compact record, print its summary line; the summary dict ``run_video`` returns."""
+    read, written, out_path, worker = loop.read, loop.output.written, loop.output.path, loop.worker
+    elapsed = time.perf_counter() - loop.t_start
+    skipped = process.totals.skipped
+    beyond = f"; {counted(skipped, 'face')} beyond run.max_faces={process.max_faces} skipped" if skipped else ""
+    summary = (f"Video {loop.name}: {counted(read, 'frame')} read, {written} written"
+               f"{f' to {out_path}' if out_path else ''}; model ran on {counted(worker.processed, 'frame')} "
+               f"at {worker.fps:.1f} fps; {read / elapsed if elapsed > 0 else 0.0:.1f} frames/s overall"
+               f"{beyond}"
+               f"{' (interrupted)' if loop.interrupted else ''}")
+    log.info("summary: source=%s read=%d written=%d processed=%d model_fps=%.2f output=%s", loop.name, read,
+             written, worker.processed, worker.fps, out_path)
+    print(summary)
+    return {"mode": "video", "source": loop.name, "frames_read": read, "frames_written": written,
+            "frames_processed": worker.processed, "model_fps": worker.fps,
+            "fps": read / elapsed if elapsed > 0 else 0.0, "faces_skipped": skipped,
+            "output": str(out_path) if out_path else None}
+
+
 def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
               on_frame: FrameHook | None = None) -> dict:
     """Video mode of ``run``; see the module docstring.
@@ -280,12 +462,7 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
     propagates). Returns a summary dict (frames read, written, processed; rates in frames/s).
     """
     source = str(cfg.run.video).strip()
-    overwrite = bool(cfg.run.overwrite)
-    out_path = None
-    if cfg.run.output:
-        out_path = output_path(cfg.run.output, run_dir / "annotated.mp4", tuple(VIDEO_CODECS), overwrite, "video")
-        if not source.isdigit() and Path(source).exists() and out_path.resolve() == Path(source).resolve():
-            raise InputError(f"{out_path}: the output would overwrite the input video")
+    out_path = video_output_path(cfg, run_dir, source)
     max_frames = int(cfg.run.max_frames) if cfg.run.max_frames else None
     try:
         tracker = IoUTracker(**cfg.run.tracker)
@@ -295,123 +472,27 @@ def run_video(cfg: Any, run_dir: Path, pipeline: FacePipeline | None = None,
     display = want_display(bool(cfg.run.display))
     if out_path is None and not display:
         log.warning("Neither a screen nor run.output: the video is processed but nothing is shown or written")
-    ok, frame = cap.read()
-    if not ok or frame is None:
-        cap.release()
-        raise InputError(f"{name}: cannot be opened" + (" (no frames)" if is_camera else " as a video (no frames)"))
+    frame = first_frame(cap, name, is_camera)
     try:
         pipeline = pipeline or FacePipeline.from_config(cfg, video=True)
         pipeline.predictor.warmup(tta_flip=bool(cfg.run.video_tta_flip))  # trace the model now, not on frame 1
+        fps_in, frames_announced = frame_rate(cap, name)
+        output = VideoOutput(out_path, fps_in, (frame.shape[1], frame.shape[0]))
     except BaseException:
         cap.release()
         raise
-    fps_in = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    frames_announced = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)  # a file's header; 0 or -1 for a camera
-    if not 0.5 <= fps_in <= 1000.0:  # cameras often report 0
-        log.info("%s reports %.3g fps; using 30", name, fps_in)
-        fps_in = 30.0
-    height, width = frame.shape[:2]
-    writer = None
-    # The video is written beside its target under a temporary name (same suffix: it picks the
-    # container) and renamed into place once finalised, so out.mp4 is never a file without its index.
-    partial = out_path.with_name(f".{out_path.stem}.{os.getpid()}.partial{out_path.suffix}") if out_path else None
-    if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*VIDEO_CODECS[out_path.suffix.lower()]),
-                                 fps_in, (width, height))
-        if not writer.isOpened():
-            partial.unlink(missing_ok=True)
-            cap.release()
-            raise InputError(f"{out_path}: cannot be written as a video "
-                             f"(codec {VIDEO_CODECS[out_path.suffix.lower()]} unavailable)")
-
     live = is_camera or "://" in source
     sync = bool(cfg.run.sync) and not live
     process = tracking_process(pipeline, tracker, int(cfg.run.max_faces), bool(cfg.run.video_tta_flip))
     worker = InferenceWorker(process, threaded=not sync)
     worker.start()
-    read = written = 0
-    interrupted = terminated = False
-    loop_fps = 0.0
-    t_start = t_prev = time.perf_counter()
-    log.info("Video %s: %dx%d at %.1f fps%s%s", name, width, height, fps_in,
+    loop = CaptureLoop(cap, name, live, fps_in, frames_announced, worker, output)
+    log.info("Video %s: %dx%d at %.1f fps%s%s", name, frame.shape[1], frame.shape[0], fps_in,
              f", writing {out_path}" if out_path else "", ", every frame through the model (run.sync)" if sync else "")
-    with writes.terminate_as_interrupt():  # SIGTERM stops like Ctrl-C: the video is finalised
-        try:
-            while frame is not None:
-                read += 1
-                worker.submit(frame.copy())  # the worker's own copy: capture may reuse its buffer
-                tracks = worker.latest
-                drawn = draw_tracks(frame, tracks)
-                now = time.perf_counter()
-                dt, t_prev = now - t_prev, now
-                if dt > 0:  # smoothed, so the number is readable
-                    loop_fps = 1.0 / dt if loop_fps == 0.0 else 0.9 * loop_fps + 0.1 / dt
-                draw_fps(drawn, f"{loop_fps:.1f} fps | model {worker.fps:.1f} fps")
-                if writer is not None:
-                    if drawn.shape[:2] != (height, width):
-                        drawn = cv2.resize(drawn, (width, height), interpolation=cv2.INTER_AREA)
-                    writer.write(drawn)
-                    written += 1
-                if on_frame is not None:
-                    on_frame(FrameStats(read, written, time.perf_counter() - t_start, loop_fps, worker.processed,
-                                        worker.fps, process.totals, tuple(tracks)))
-                if not live and (display or not sync):
-                    # Play a file at its own frame rate, like a camera: decoding runs far ahead of
-                    # any model, and unpaced, the model would see a handful of frames of the file.
-                    delay = t_start + read / fps_in - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                if display:
-                    key = show(drawn, 1)
-                    if key is None:
-                        display = False
-                    elif key in QUIT_KEYS:
-                        log.info("Stopped by the user after %d frames", read)
-                        break
-                if worker.error is not None or (max_frames is not None and read >= max_frames):
-                    break
-                ok, frame = cap.read()
-                if not ok:
-                    frame = None
-                    if live:
-                        log.warning("%s: no frame delivered after frame %d; stopping", name, read)
-                    elif read < 0.95 * frames_announced - 1:  # decoders may round the count a little
-                        log.warning("%s: the video ends at frame %d of the %d its header announces; the file "
-                                    "may be cut short or damaged", name, read, frames_announced)
-        except KeyboardInterrupt as exc:
-            interrupted = True
-            terminated = isinstance(exc, writes.Terminated)
-            log.info("%s after %d frames", "Terminated" if terminated else "Interrupted", read)
-        finally:
-            with writes.signals_held():  # the video is finalised and renamed whatever arrives now
-                worker.stop()
-                cap.release()
-                if writer is not None:
-                    writer.release()
-                    if written:  # finalised (its index written): a playable video of the frames so far
-                        os.replace(partial, out_path)
-                    else:
-                        partial.unlink(missing_ok=True)
-                if display:
-                    close_windows()
+    loop.run(frame, display, sync, max_frames, on_frame, lambda: process.totals)
     if worker.error is not None:
         raise worker.error
-    elapsed = time.perf_counter() - t_start
-    skipped = process.totals.skipped
-    beyond = f"; {counted(skipped, 'face')} beyond run.max_faces={process.max_faces} skipped" if skipped else ""
-    summary = (f"Video {name}: {counted(read, 'frame')} read, {written} written"
-               f"{f' to {out_path}' if out_path else ''}; model ran on {counted(worker.processed, 'frame')} "
-               f"at {worker.fps:.1f} fps; {read / elapsed if elapsed > 0 else 0.0:.1f} frames/s overall"
-               f"{beyond}"
-               f"{' (interrupted)' if interrupted else ''}")
-    log.info("summary: source=%s read=%d written=%d processed=%d model_fps=%.2f output=%s", name, read, written,
-             worker.processed, worker.fps, out_path)
-    print(summary)
-    if terminated:
+    summary = report_video(loop, process)
+    if loop.terminated:
         raise writes.Terminated()  # after the summary: exit 143, what was written is kept
-    return {"mode": "video", "source": name, "frames_read": read, "frames_written": written,
-            "frames_processed": worker.processed, "model_fps": worker.fps,
-            "fps": read / elapsed if elapsed > 0 else 0.0, "faces_skipped": skipped,
-            "output": str(out_path) if out_path else None}
-
+    return summary

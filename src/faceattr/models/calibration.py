@@ -134,7 +134,7 @@ def fit_age_map(pred: np.ndarray, true: np.ndarray, bands: int = 20,
     above the uncalibrated one, the one with the smallest mean absolute signed error over the
     bands wins. Returns (knots or None for share 0, share, one row per share).
     """
-    from sklearn.isotonic import IsotonicRegression  # here: `run` only applies a map, and starts faster
+    from sklearn.isotonic import IsotonicRegression  # deferred: scikit-learn; `run` only applies a map
 
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)

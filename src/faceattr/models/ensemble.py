@@ -48,8 +48,10 @@ from omegaconf import OmegaConf
 from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_record
 from faceattr.errors import ConfigError
 from faceattr.labels import TASKS
+from faceattr.models.export import export_tflite
 from faceattr.models.families import family
-from faceattr.models.io import ModelInfo, history_of, load_trainable, model_folder, save_model
+from faceattr.models.info import ModelInfo
+from faceattr.models.io import history_of, load_trainable, model_folder, save_model
 from faceattr.resources import program_name
 
 if TYPE_CHECKING:  # TensorFlow is imported once the members have passed check_members
@@ -69,7 +71,7 @@ def average_models(members: list[keras.Model], name: str = "ensemble",
     The members take the same input (e.g. images (N, S, S, 3), or FaceNet features) and return
     ``age`` (N, 1) years, ``gender`` (N, 2) and ``race`` (N, 5) probabilities; so does the result.
     """
-    import keras
+    import keras  # deferred: Keras imports TensorFlow (seconds)
 
     first = members[0].inputs[0]
     inputs = keras.Input(tuple(first.shape[1:]), name=first.name.split(":")[0] or "inputs")
@@ -86,9 +88,9 @@ def mean_outputs(outputs: list[dict], weights: list[float] | None = None) -> dic
     """The members' output dicts (``age``, ``gender``, ``race`` tensors) averaged task by task;
     with ``weights`` (one per member, summing to 1) their weighted mean, which keeps the class
     probabilities summing to 1."""
-    from keras import layers
+    from keras import layers  # deferred: Keras imports TensorFlow (seconds)
 
-    from faceattr.models.layers import WeightedMean
+    from faceattr.models.layers import WeightedMean  # deferred: models.layers imports Keras (TensorFlow, seconds)
 
     if weights is None:
         return {key: layers.Average(name=key)([out[key] for out in outputs]) for key in TASKS}
@@ -209,8 +211,6 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
     if any(s.get("resumed") for s in summaries):
         summary["resumed"] = True  # a member's train_seconds count its last command only
     if cfg.export.tflite:
-        from faceattr.models.export import export_tflite
-
         summary["tflite"] = str(export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization)))
     for folder in (Path(run_dir), model_dir):
         (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))

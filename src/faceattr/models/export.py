@@ -29,7 +29,8 @@ from typing import Any
 from faceattr import writes
 from faceattr.errors import ConfigError
 from faceattr.hashing import file_sha256
-from faceattr.models.io import ModelInfo, load_model, trainable_file, write_info
+from faceattr.models.info import ModelInfo, write_info
+from faceattr.models.io import load_model, trainable_file
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def export_tflite(model_dir: Path, cache_dir: Path | None = None, quantization: 
     """
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"export.quantization: {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow takes seconds to import
 
     model_dir = Path(model_dir)
     loaded = load_model(model_dir, cache_dir)
@@ -82,7 +83,7 @@ def _converter(model: Any) -> Any:
     identical (measured on the same faces). The variables ride along in a ``tf.Module``, so the
     converter freezes their values into the file.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow takes seconds to import
 
     holder = tf.Module()
     holder.weights = [getattr(v, "value", v) for v in model.variables]  # Keras 3 wraps tf.Variables

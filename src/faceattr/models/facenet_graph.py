@@ -107,7 +107,7 @@ def _graph_sha256(path: Path) -> str:
 
 
 def _read_graph_def(path: Path) -> Any:
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow takes seconds to import
 
     graph_def = tf.compat.v1.GraphDef()
     try:
@@ -138,7 +138,7 @@ def _keras_name(scope: str) -> str:
 
 def _convert_graph(path: Path) -> dict[str, np.ndarray]:
     """Every constant the Keras model needs, read from the frozen graph (float32)."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow takes seconds to import
 
     graph_def = _read_graph_def(path)
     nodes = {n.name: n for n in graph_def.node}
@@ -499,7 +499,7 @@ def build_facenet(
 
 @functools.cache
 def _frozen_session() -> tuple[Any, Any, dict[str, Any]]:
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: TensorFlow takes seconds to import
 
     graph_def = _read_graph_def(facenet_graph_path())
     graph = tf.Graph()

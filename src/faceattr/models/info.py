@@ -19,10 +19,13 @@ from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from faceattr import writes
 from faceattr.config import canonical_family, family_entry, family_names
 from faceattr.errors import ModelError
 from faceattr.labels import AGE_UNIT, GENDERS, RACES
+from faceattr.landmarks import LANDMARK_NAMES
 
 if TYPE_CHECKING:
     import keras
@@ -59,8 +62,6 @@ def _is_file_name(v: Any) -> bool:
 
 
 def _is_points(v: Any) -> bool:
-    from faceattr.inference.detectors import LANDMARK_NAMES
-
     return (isinstance(v, list) and len(v) == len(LANDMARK_NAMES)
             and all(isinstance(p, list) and len(p) == 2 and _is_numbers(p) for p in v))
 
@@ -179,8 +180,6 @@ def save_keras(model_dir: Path, info: ModelInfo, keras_model: keras.Model, file_
     ``keras_model`` is left holding its weights as stored (rounded to ``STORAGE_DTYPE``), so what
     it predicts afterwards (the evaluation at the end of training) is what the saved model does.
     """
-    import numpy as np
-
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     name = file_name
@@ -209,13 +208,13 @@ def load_keras_file(path: Path) -> keras.Model:
     if lambdas := lambda_layers(path):
         raise ModelError(f"{path}: the model file uses a Lambda layer ({', '.join(lambdas)}), "
                          "which safe loading refuses (it would run Python code stored in the file)")
-    import keras
+    import keras  # deferred: Keras imports TensorFlow (seconds); a model folder is read without it
 
     # Register every custom layer safe mode may meet (a file names them, but loads no module):
     # the heads' AgeExpectation, FaceNet's prewhitening and scaling, the ensemble's AreaResize.
-    import faceattr.models.facenet_graph
-    import faceattr.models.heads
-    import faceattr.models.layers  # noqa: F401
+    import faceattr.models.facenet_graph  # deferred: registers custom layers; imports Keras (TensorFlow, seconds)
+    import faceattr.models.heads  # deferred: registers custom layers; imports Keras (TensorFlow, seconds)
+    import faceattr.models.layers  # deferred: registers custom layers; imports Keras (TensorFlow, seconds)  # noqa: F401
 
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
@@ -254,8 +253,7 @@ def store_weights_as(keras_file: Path, dtype: str = STORAGE_DTYPE) -> None:
     The model's config is untouched: loading casts the stored values back into its float32
     variables, so computation stays float32 (no float16 graph is ever built).
     """
-    import h5py
-    import numpy as np
+    import h5py  # deferred: h5py, only to rewrite a saved file's weights
 
     def copy(source: h5py.Group, target: h5py.Group) -> None:
         target.attrs.update(source.attrs)

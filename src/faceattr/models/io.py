@@ -28,29 +28,11 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from faceattr.config import family_entry
-from faceattr.models.info import (
-    FORMAT_VERSION,
-    INFO_SCHEMA,
-    MODEL_INFO,
-    STORAGE_DTYPE,
-    ModelInfo,
-    info_problems,
-    lambda_layers,
-    load_keras_file,
-    save_keras,
-    store_weights_as,
-    write_info,
-)
+from faceattr.models.families import family
+from faceattr.models.info import MODEL_INFO, ModelInfo, save_keras
 
 if TYPE_CHECKING:
     import keras
-
-__all__ = [  # the folder primitives of models.info, used through this module too
-    "FORMAT_VERSION", "INFO_SCHEMA", "MODEL_INFO", "STORAGE_DTYPE", "ModelInfo", "info_problems",
-    "lambda_layers", "load_keras_file", "store_weights_as", "write_info",
-    "LoadedModel", "history_of", "load_model", "load_trainable", "model_folder", "resolve_model_dir", "save_model",
-    "shipped_model_dir", "trainable_file",
-]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +55,6 @@ def save_model(model_dir: Path, info: ModelInfo, keras_model: keras.Model) -> Pa
 def trainable_file(model_type: str) -> str:
     """The file holding what a model folder's training produced (its family's ``trainable_file``):
     the whole CNN, or FaceNet's top."""
-    from faceattr.models.families import family
-
     return family(model_type).trainable_file
 
 
@@ -86,8 +66,6 @@ def history_of(model_dir: Path) -> Path | None:
 
 def load_trainable(model_dir: Path, info: ModelInfo) -> keras.Model:
     """The Keras model a trainer holds (the CNN, or FaceNet's trainable top), safe mode."""
-    from faceattr.models.families import family
-
     return family(info.model_type).load_trainable(model_dir, info)
 
 
@@ -96,8 +74,6 @@ def load_model(model_dir: Path, cache_dir: Path | None = None) -> LoadedModel:
 
     ``cache_dir`` holds the converted FaceNet weights (made once from the pip package).
     """
-    from faceattr.models.families import family
-
     model_dir = Path(model_dir)
     info = ModelInfo.read(model_dir)  # its model_type is a family's (checked there)
     model = family(info.model_type).end_to_end(load_trainable(model_dir, info), info, cache_dir)

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from faceattr.config import model_schema
 from faceattr.errors import FaceAttrError, InputError
@@ -106,8 +106,6 @@ def write_corrections(store: Store, session: str, folder: Path) -> int:
 def model_overrides(family: str, stored: dict[str, Any]) -> list[str]:
     """``model.<key>=<value>`` for every setting of a model's stored config that its family's
     schema still has (nested ones as dotted keys), so the retrained model is built as it was."""
-    from omegaconf import OmegaConf
-
     schema = OmegaConf.structured(model_schema(family))
     out: list[str] = []
 

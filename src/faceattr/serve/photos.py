@@ -34,7 +34,7 @@ class TooLarge(InputError):
 def header_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) in pixels from an image file's header, without decoding its pixels;
     None when no known format's header is found."""
-    from PIL import Image
+    from PIL import Image  # deferred: Pillow, only to read an upload's header
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow warns of large images; the caller decides

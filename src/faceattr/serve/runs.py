@@ -10,13 +10,17 @@ uploads), or it is not found.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from faceattr.serve.errors import ApiError
 
 #: Files of a run the browser shows or serves, by suffix.
 PLOT_SUFFIXES = (".png", ".svg")
@@ -28,6 +32,8 @@ SWEEP_MARKERS = ("sweep_summary.csv", "multirun.yaml")
 SKIP_DIRS = {"tensorboard", "checkpoints", "backup", ".hydra", "__pycache__", "model", "annotated", "corrections"}
 MAX_DEPTH = 6
 CACHE_SECONDS = 10.0
+#: A comparison's key: the SHA-1 (hex) of its runs' sorted names.
+COMPARE_KEY = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass
@@ -146,9 +152,9 @@ class RunsBrowser:
 def compare(runs: list[Run], out_dir: Path) -> dict[str, Any]:
     """The ``compare`` table and plot of ``runs``: rows of ``sweep.read_results`` and the
     comparison plot (``sweep.plot_sweep``) written into ``out_dir``."""
-    import pandas as pd
+    import pandas as pd  # deferred: pandas, only for the compare page
 
-    from faceattr.evaluation.sweep import plot_sweep, read_results
+    from faceattr.evaluation.sweep import plot_sweep, read_results  # deferred: Hydra's callback base; compare page only
 
     rows = [{"run": r.name, **read_results(r.path)} for r in runs]
     df = pd.DataFrame(rows)
@@ -159,3 +165,29 @@ def compare(runs: list[Run], out_dir: Path) -> dict[str, Any]:
     table = [[None if isinstance(v, float) and not math.isfinite(v) else v for v in row]
              for row in df.itertuples(index=False)]
     return {"columns": columns, "rows": table, "plot": plots[0] if plots else None}
+
+
+class Comparisons:
+    """``compare`` of runs of ``browser`` chosen by name, each comparison written once into
+    ``folder/<key>/`` (``key``: the SHA-1 of the runs' sorted names)."""
+
+    def __init__(self, browser: RunsBrowser, folder: Path) -> None:
+        self.browser = browser
+        self.folder = folder
+
+    def compare(self, names: list[str]) -> dict[str, Any]:
+        """The compare page's context of the runs named ``names`` that exist: ``table``
+        (:func:`compare`), ``plot`` (the plot's URL, or None) and ``names``; ``ApiError(404)``
+        unless two or more exist."""
+        chosen = [r for r in (self.browser.run(n) for n in names) if r is not None]
+        if len(chosen) < 2:
+            raise ApiError(404, "compare: choose two or more runs that exist")
+        key = hashlib.sha1("\n".join(sorted(r.name for r in chosen)).encode()).hexdigest()
+        result = compare(chosen, self.folder / key)
+        plot = f"/runs/compare/plot/{key}.png" if result["plot"] else None
+        return {"table": result, "plot": plot, "names": [r.name for r in chosen]}
+
+    def plot(self, key: str) -> Path | None:
+        """The plot of comparison ``key`` (a PNG file), or None when there is none."""
+        path = self.folder / key / "comparison.png"
+        return path if COMPARE_KEY.fullmatch(key) and path.is_file() else None

@@ -145,6 +145,12 @@ class Store:
             return "the database file is missing"
         return None
 
+    def check_usable(self) -> None:
+        """Raise ``StorageError`` naming :meth:`problem` when there is one (the routes answer 503)."""
+        problem = self.problem()
+        if problem:
+            raise StorageError(problem)
+
     def health(self) -> str | None:
         """:meth:`problem`, then a file and a database row actually written: None when usable."""
         problem = self.problem() or self._write_probe()

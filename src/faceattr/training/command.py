@@ -3,12 +3,12 @@ model family.
 
 Flow: prepare data (index, dedup, split, rebalance the training split only) -> dataset
 statistics -> the trainer of ``model.name``'s family (``models.families``) -> Keras ``fit``
-(``training.loop``) with a best-on-validation checkpoint, early stopping, LR decay, TensorBoard
+(``models.engine.loop``) with a best-on-validation checkpoint, early stopping, LR decay, TensorBoard
 and CSV logs and atomic backups -> save to ``<run dir>/model`` -> optional test evaluation
 (``--eval``, ``evaluation.model_dir``) -> optional promotion to ``saved_model/`` (``promote=true``).
 
 Resume an interrupted run by running the same command with ``hydra.run.dir=<its folder>``
-(what Ctrl-C prints): it picks up after the last backed-up epoch (``training.backup``). The
+(what Ctrl-C prints): it picks up after the last backed-up epoch (``models.engine.backup``). The
 same command on a finished run changes nothing; ``train.init_from=<its model folder>`` trains on.
 """
 
@@ -30,10 +30,12 @@ from faceattr.data.split_file import RECORD_KEY, SPLIT_FILE, read_split, split_r
 from faceattr.data.stats import write_statistics
 from faceattr.errors import ConfigError, WriteError
 from faceattr.evaluation.model_dir import evaluate_split
+from faceattr.inference.chips import align_training_photos
+from faceattr.models.engine.backup import check_resumable, has_backup
+from faceattr.models.engine.loop import backup_fingerprint, join_histories, search_objective
+from faceattr.models.export import export_tflite
 from faceattr.models.families import Trainer, family
-from faceattr.models.io import ModelInfo
-from faceattr.training.backup import check_resumable, has_backup
-from faceattr.training.loop import backup_fingerprint, join_histories, search_objective
+from faceattr.models.info import ModelInfo
 from faceattr.training.promote import promote
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
 
@@ -103,11 +105,40 @@ def train_run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train, save to ``<run dir>/model``, optionally evaluate/promote.
 
     A run folder whose training finished is left as it is (its summary comes back); an
-    unfinished one resumes from its backups (``training.backup``). A second ``train`` into a
+    unfinished one resumes from its backups (``models.engine.backup``). A second ``train`` into a
     run folder in use is refused in one line naming the first (``writes.exclusive``).
     """
     with writes.exclusive(Path(run_dir), "train"):
         return _train(cfg, Path(run_dir))
+
+
+def save_model(trainer: Trainer, cfg: DictConfig, run_dir: Path) -> Path:
+    """Save the trained model into ``<run dir>/model`` with the run's exact split and training
+    curves (a continued model's: its whole training, earlier runs first); the model folder."""
+    model_dir = run_dir / "model"
+    trainer.save(model_dir, trained_with=OmegaConf.to_container(cfg, resolve=True))
+    # The exact test split and the training curves travel with the model (evaluate, promote).
+    shutil.copy(run_dir / "split.csv", model_dir / "split.csv")
+    init_from = cfg.train.init_from
+    if init_from:  # a continued model's curves show its whole training, earlier runs first
+        join_histories(Path(str(init_from)) / "history.csv", run_dir / "history.csv", model_dir / "history.csv")
+    else:
+        shutil.copy(run_dir / "history.csv", model_dir / "history.csv")
+    return model_dir
+
+
+def evaluate_trained(trainer: Trainer, frame: pd.DataFrame, cfg: DictConfig, run_dir: Path) -> dict:
+    """``train --eval``: the trained model's figures on ``frame``'s test split (reports in the
+    run folder) as ``{"test": ...}``, with ``"val"`` for the sources without a test split."""
+    test = frame[frame.split == "test"]
+    out = {"test": evaluate_split(trainer, test, cfg, run_dir, run_dir / "history.csv")}
+    # A source with no test split of its own (FairFace's train/val) is reported on its val split.
+    val = frame[(frame.split == "val") & ~frame["source"].isin(set(test["source"]))]
+    if len(val):
+        out["val"] = evaluate_split(trainer, val, cfg, run_dir / "val", None, split="val")
+        log.info("%s: no test split; their validation split's evaluation is in %s",
+                 ", ".join(sorted(set(val["source"]))), run_dir / "val")
+    return out
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -124,7 +155,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     family(str(cfg.model.name))  # an unknown family is one line before the data is touched
     check_room(run_dir)  # a full disk is one line before the data is touched, too
     keras.utils.set_random_seed(int(cfg.seed))
-    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir)
+    prepared = prepare_dataset(cfg.data, cfg.rebalance, run_dir, aligner=align_training_photos)
     check_resumable(run_dir / "backup", backup_fingerprint(cfg, run_dir))  # before features and training
     write_statistics(prepared, run_dir / "statistics", formats=tuple(cfg.evaluation.formats),
                      dpi=int(cfg.evaluation.dpi), plots=bool(cfg.train.data_plots))
@@ -137,15 +168,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     history = trainer.fit(frame, run_dir)
     train_seconds = time.perf_counter() - start
-    model_dir = run_dir / "model"
-    trainer.save(model_dir, trained_with=OmegaConf.to_container(cfg, resolve=True))
-    # The exact test split and the training curves travel with the model (evaluate, promote).
-    shutil.copy(run_dir / "split.csv", model_dir / "split.csv")
+    model_dir = save_model(trainer, cfg, run_dir)
     init_from = cfg.train.init_from
-    if init_from:  # a continued model's curves show its whole training, earlier runs first
-        join_histories(Path(str(init_from)) / "history.csv", run_dir / "history.csv", model_dir / "history.csv")
-    else:
-        shutil.copy(run_dir / "history.csv", model_dir / "history.csv")
     summary = {
         "model_dir": str(model_dir),
         "train_seconds": round(train_seconds, 1),
@@ -159,19 +183,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     if resumed:
         summary["resumed"] = True  # train_seconds counts the last command only; app.log has them all
     if cfg.export.tflite:  # what `run` serves by default (models.export)
-        from faceattr.models.export import export_tflite
-
         summary["tflite"] = str(export_tflite(model_dir, Path(cfg.paths.cache), str(cfg.export.quantization)))
     summary.update(trainer.extra_summary())  # e.g. FaceNet's feature extraction cost
     if cfg.train.eval:
-        test = frame[frame.split == "test"]
-        summary["test"] = evaluate_split(trainer, test, cfg, run_dir, run_dir / "history.csv")
-        # A source with no test split of its own (FairFace's train/val) is reported on its val split.
-        val = frame[(frame.split == "val") & ~frame["source"].isin(set(test["source"]))]
-        if len(val):
-            summary["val"] = evaluate_split(trainer, val, cfg, run_dir / "val", None, split="val")
-            log.info("%s: no test split; their validation split's evaluation is in %s",
-                     ", ".join(sorted(set(val["source"]))), run_dir / "val")
+        summary.update(evaluate_trained(trainer, frame, cfg, run_dir))
     # The model keeps its training record when promoted; the run folder's copy, written last,
     # marks the run finished, and its backups are no longer needed.
     for folder in (model_dir, run_dir):

@@ -18,7 +18,7 @@ import numpy as np
 from faceattr import writes
 from faceattr.errors import ModelError
 from faceattr.inference.runtime import open_runner
-from faceattr.models.io import ModelInfo
+from faceattr.models.info import ModelInfo
 
 log = logging.getLogger(__name__)
 

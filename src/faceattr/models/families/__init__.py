@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from faceattr.config import MODEL_FAMILIES, FamilyEntry, family_entry, family_names
 from faceattr.errors import ConfigError
+from faceattr.models.info import load_keras_file
 
 if TYPE_CHECKING:
     import keras
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     from faceattr.models.info import ModelInfo
 
-__all__ = ["InputSpec", "ModelFamily", "Trainer", "family", "family_names", "register_family"]
+__all__ = ["ImageModelTrainer", "InputSpec", "ModelFamily", "Trainer", "family", "family_names", "register_family"]
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,15 @@ class InputSpec:
 
 
 class Trainer(Protocol):
-    """A family's trainer: holds the Keras model it trains (built or loaded) and scores splits."""
+    """A family's trainer: trains its model (built or loaded), scores splits and saves it. What it
+    holds of the model is its own (:class:`ImageModelTrainer`: the whole model, as ``model``)."""
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
         """Train on ``frame``'s train rows, validate on its val rows; returns the epoch history."""
         ...
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> dict[str, np.ndarray]:
-        """Predictions for ``frame``'s rows (``evaluation.served.to_predictions``'s form)."""
+        """Predictions for ``frame``'s rows (``models.predictions.to_predictions``'s form)."""
         ...
 
     def save(self, model_dir: Path, trained_with: dict) -> None:
@@ -80,6 +82,14 @@ class Trainer(Protocol):
     def extra_summary(self) -> dict[str, Any]:
         """Keys this family adds to ``train_summary.json`` (e.g. feature extraction cost)."""
         ...
+
+
+class ImageModelTrainer(Trainer, Protocol):
+    """The trainer of a family whose model takes the face image (``shares_trunk`` False): it
+    holds the whole Keras model it trains, ``model`` (what ``distill`` fits a student through).
+    A family on a frozen trunk's cached outputs trains only its top, so its trainer has none."""
+
+    model: keras.Model
 
 
 class ModelFamily(ABC):
@@ -110,8 +120,6 @@ class ModelFamily(ABC):
 
     def load_trainable(self, model_dir: Path, info: ModelInfo) -> keras.Model:
         """The model folder's ``trainable_file`` (what :meth:`trainer` takes), safe mode."""
-        from faceattr.models.info import load_keras_file
-
         return load_keras_file(Path(model_dir) / self.trainable_file)
 
     def end_to_end(self, trainable: keras.Model, info: ModelInfo, cache_dir: Path | None = None) -> keras.Model:
@@ -132,7 +140,7 @@ class ModelFamily(ABC):
     def feed_image(self, image: keras.KerasTensor, info: ModelInfo, index: int) -> keras.KerasTensor:
         """Ensemble: this member's input from the ensemble's face ``image`` (N, S, S, 3); by
         default the face shrunk to the member's size by box averaging, as in its training."""
-        from faceattr.models.layers import AreaResize
+        from faceattr.models.layers import AreaResize  # deferred: Keras (models.layers), not to find a family
 
         if info.input_size == image.shape[1]:
             return image

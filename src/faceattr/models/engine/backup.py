@@ -31,8 +31,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from faceattr import writes
 from faceattr.errors import ConfigError
-from faceattr.training.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def truncate_history(csv_path: Path, epochs: int, logs: Sequence[dict] | None = 
             log.warning("%s: holds %d of the %d epochs the backup covers", csv_path, len(rows), epochs)
         new_text = header + "".join(rows[e] for e in sorted(rows))
     if new_text != text:
-        write_atomic(csv_path, new_text)
+        writes.write_text(csv_path, new_text)
 
 
 class AtomicBackup(keras.callbacks.Callback):
@@ -279,7 +279,7 @@ class AtomicBackup(keras.callbacks.Callback):
             os.replace(tmp, self.dir / name)
         meta = {"slot": slot, "epoch": self.epochs_done, "complete": complete, "files": files,
                 "history": self.history, "monitors": monitors, "fingerprint": self.fingerprint}
-        write_atomic(self.dir / f"{slot}.json", json.dumps(meta, indent=1))  # the commit
+        writes.write_text(self.dir / f"{slot}.json", json.dumps(meta, indent=1))  # the commit
         _fsync(self.dir)
         keep = {slot, self._committed}
         for meta in _slots(self.dir):

@@ -2,7 +2,7 @@
 
 ``fit_model`` compiles a model with the heads' losses and fits it with a best-on-validation
 checkpoint, early stopping, plateau or cosine learning-rate decay, TensorBoard and CSV logs
-and atomic backups (``training.backup``): an interrupted run goes on after its last backed-up
+and atomic backups (``models.engine.backup``): an interrupted run goes on after its last backed-up
 epoch. The family trainers (``models.families``) call it with their own datasets.
 """
 
@@ -20,8 +20,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr.config import LossWeights
+from faceattr.models.engine.backup import AtomicBackup, SafeInterrupt, fingerprint
 from faceattr.models.heads import compile_args
-from faceattr.training.backup import AtomicBackup, SafeInterrupt, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ def backup_fingerprint(cfg: DictConfig, run_dir: Path) -> dict:
     return fingerprint(OmegaConf.to_container(cfg.model, resolve=True), run_dir / "split.csv")
 
 
+def _learning_rate(schedule: str, learning_rate: float,
+                   steps: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The optimiser's learning rate: ``learning_rate`` (``plateau``: the callback lowers it), or
+    for ``cosine`` its decay to 1 % over ``steps`` optimiser steps."""
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.01)
+    return learning_rate
+
+
 def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Path,
               images_per_epoch: int, learning_rate: float, phase: str = "",
               epochs: int | None = None, losses: dict | None = None) -> pd.DataFrame:
@@ -87,10 +96,7 @@ def fit_model(model: keras.Model, train_ds, val_ds, cfg: DictConfig, run_dir: Pa
     """
     schedule = str(cfg.train.schedule)  # plateau | cosine (faceattr.config checked it)
     epochs = int(cfg.train.epochs if epochs is None else epochs)
-    lr: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
-    if schedule == "cosine":
-        steps = math.ceil(images_per_epoch / int(cfg.train.batch_size)) * epochs
-        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.01)
+    lr = _learning_rate(schedule, learning_rate, math.ceil(images_per_epoch / int(cfg.train.batch_size)) * epochs)
     if cfg.train.run_eagerly:
         log.info("train.run_eagerly: training steps run as plain Python, not traced into a graph")
     model.compile(optimizer=keras.optimizers.AdamW(lr, weight_decay=cfg.train.weight_decay),
