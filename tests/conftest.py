@@ -218,6 +218,11 @@ def cli(*args: Any) -> int:
 
     root = logging.getLogger()
     handlers, level, argv = root.handlers[:], root.level, sys.argv[:]
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None:
+        # Hydra's logging setup closes every live handler; absl's closes the stream it was made
+        # with unless that is the current sys.stderr, and under capsys that stream is pytest's own.
+        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
     try:
         return main([str(a) for a in args])
     except SystemExit as exc:
