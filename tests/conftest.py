@@ -1,4 +1,4 @@
-"""Fixtures shared by the test files.
+"""Fixtures shared by the test files of ``tests/unit`` and ``tests/integration``.
 
 - fake UTKFace folders of tiny random JPEGs (:func:`make_fake_utkface`, ``fake_utkface``, ``fake_data``);
 - :func:`run_command`: a command run in this process, as ``python src/main.py`` runs it (the

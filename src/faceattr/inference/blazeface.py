@@ -3,7 +3,7 @@
 The network is mediapipe's ``face_detection_short_range.tflite`` (Apache 2.0, carried in
 ``inference/weights/`` with its licence and provenance). Everything around it is written here,
 after mediapipe 0.10.21's ``face_detection_short_range`` graph, and checked against that graph's
-own outputs (``tests/test_blazeface.py``):
+own outputs (``tests/unit/test_blazeface.py``):
 
 - **Input**: the image letterboxed into 128 x 128 (scaled to fit, centred, zero border; bilinear,
   corners mapped onto corners), RGB scaled to [-1, 1].

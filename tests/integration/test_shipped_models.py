@@ -17,7 +17,7 @@ import pytest
 from conftest import new_cache
 from faceattr.labels import GENDERS, RACES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "saved_model"
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 #: Run in a fresh interpreter: each shipped model through its Keras file and through its export,

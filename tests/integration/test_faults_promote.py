@@ -18,7 +18,7 @@ from conftest import save_tiny_cnn
 from faceattr import writes
 from faceattr.training.promote import promote
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_SIZE = 32
 
 

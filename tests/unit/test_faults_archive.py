@@ -23,7 +23,7 @@ from faceattr.data import archive as archive_mod
 from faceattr.data.archive import MARKER, resolve_image_folder
 from faceattr.errors import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 40
 
 

@@ -25,7 +25,7 @@ from conftest import built_once, make_fake_utkface, run_command
 from faceattr.config import compose_config
 from faceattr.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_CNN = ["model.input_size=32", "model.filters=[8,16]", "model.heads.hidden_units=[16]"]
 
 
@@ -239,7 +239,7 @@ def test_student_from_a_model_that_trained_on_a_val_image_is_refused_as_train_re
     a starting model whose training split holds one of this run's val images is refused."""
     from faceattr.distill.student import student_trainer
 
-    shipped = Path(__file__).resolve().parents[1] / "saved_model" / "cnn"
+    shipped = Path(__file__).resolve().parents[2] / "saved_model" / "cnn"
     start = tmp_path / "start"
     start.mkdir()
     for name in ("model_info.json", "split.csv"):

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import make_fake_utkface
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "src" / "main.py"
 EPOCHS = 4
 TINY_CNN = ["model.input_size=32", "model.filters=[8,16]", "model.heads.hidden_units=[16]"]

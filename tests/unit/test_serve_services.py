@@ -16,7 +16,7 @@ from faceattr.serve.runs import Comparisons, RunsBrowser
 from faceattr.serve.store import Store
 from faceattr.serve.uploads import Uploads, validate_label
 
-SERVE = Path(__file__).resolve().parents[1] / "src" / "faceattr" / "serve"
+SERVE = Path(__file__).resolve().parents[2] / "src" / "faceattr" / "serve"
 ROUTE_MODULES = ("api.py", "files.py", "pages.py")
 MAX_ROUTE_LINES = 12  # def to last line, docstring and decorator left out
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 
 from faceattr.models import families
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 PACKAGE = SRC / "faceattr"
 FAMILIES_DIR = PACKAGE / "models" / "families"

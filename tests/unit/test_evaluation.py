@@ -33,7 +33,7 @@ from faceattr.evaluation.report import OUTPUT_FILES, write_evaluation
 from faceattr.evaluation.sweep import SweepSummaryCallback, compare_runs, summarize_runs, write_sweep_summary
 from faceattr.labels import GENDERS, RACES, age_bin_labels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "explore_runs.ipynb"
 REQUIRED_METRICS = ("age_mae", "age_rmse", "age_r2", "gender_accuracy", "race_accuracy", "race_macro_f1", "n")
 

@@ -21,7 +21,7 @@ from faceattr.models.cnn import build_cnn
 from faceattr.models.export import export_tflite
 from faceattr.models.info import ModelInfo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "run.py"
 TINY_SIZE = 32
 #: The sections measured in this process and its subprocesses (serve and distill have their own tests).

@@ -21,7 +21,7 @@ from faceattr.data.labels_csv import read_labels
 from faceattr.errors import InputError
 from faceattr.evaluation.report import write_evaluation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_NORMAL = ROOT / "saved_model" / "cnn"
 EDGES = [0, 10, 20, 30, 40, 60, 80, math.inf]
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import main_py, one_error_line
 from faceattr import writes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 SHIPPED_NORMAL = ROOT / "saved_model" / "cnn"
 

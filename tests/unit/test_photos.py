@@ -30,7 +30,7 @@ from faceattr.models.calibration import Calibration, adjust_probabilities, fit_a
 from faceattr.models.cnn import build_cnn
 from faceattr.models.info import ModelInfo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 FAIRFACE_DEV = ROOT.parent / "shared" / "data" / "external" / "fairface-dev"
 

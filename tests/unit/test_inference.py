@@ -31,7 +31,7 @@ from faceattr.models import io
 from faceattr.models.cnn import build_cnn
 from faceattr.models.info import ModelInfo
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 TINY_SIZE = 32
 

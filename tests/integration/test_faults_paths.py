@@ -14,7 +14,7 @@ from conftest import main_py
 from faceattr.cli import flags_to_overrides
 from faceattr.config import compose_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 SHIPPED_NORMAL = ROOT / "saved_model" / "cnn"
 ODD_PATHS = [

@@ -30,7 +30,7 @@ from faceattr.inference.blazeface import (
 )
 from faceattr.inference.detectors import make_detector
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 

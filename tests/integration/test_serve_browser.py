@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 SCREENSHOT = ROOT / "docs" / "images" / "serve.png"
 PHONE_SCREENSHOT = ROOT / "docs" / "images" / "serve-phone.png"

@@ -22,7 +22,7 @@ from faceattr.models import io
 from faceattr.models.info import FORMAT_VERSION, MODEL_INFO, ModelInfo, load_keras_file, write_info
 from faceattr.training.promote import promote
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 SHIPPED_NORMAL = ROOT / "saved_model" / "cnn"
 TINY_SIZE = 32

@@ -25,7 +25,7 @@ from faceattr.models.cnn import build_cnn
 from faceattr.models.export import TFLITE_FILE, export_tflite
 from faceattr.models.info import ModelInfo, load_keras_file, write_info
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 SIZE = 32
 
