@@ -199,6 +199,7 @@ def _frames(path: Path) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_video_section_runs_the_run_video_loop_with_its_hook(tmp_path, parts, tiny_entry, capsys):
     from faceattr.inference.pipeline import FacePipeline
     from faceattr.inference.video import FrameStats, run_video

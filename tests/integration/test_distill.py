@@ -130,12 +130,14 @@ def test_student_trains_and_loads_in_run(setup, distilled, tmp_path):
     assert len(preds) == 1 and preds["gender"].iloc[0] in ("male", "female")
 
 
+@pytest.mark.slow
 def test_test_split_face_is_refused_and_reported(distilled):
     rows = rows_of(distilled["manifest"], "copied_test_face.jpg")
     assert len(rows) == 1 and not rows.kept.iloc[0]
     assert "teacher's test split" in rows.reason.iloc[0]
 
 
+@pytest.mark.slow
 def test_unreadable_files_and_empty_source_are_reported(distilled):
     manifest = distilled["manifest"]
     for name in ("broken.jpg", "broken.mp4"):
@@ -145,6 +147,7 @@ def test_unreadable_files_and_empty_source_are_reported(distilled):
     assert "Traceback" not in distilled["stdout"]
 
 
+@pytest.mark.slow
 def test_video_stride_and_duplicates(distilled):
     rows = rows_of(distilled["manifest"], "clip.avi")
     assert list(rows.frame.astype(int)) == [0, 2, 4, 6, 8, 10]  # every 2nd of 12 frames
@@ -153,6 +156,7 @@ def test_video_stride_and_duplicates(distilled):
     assert set(rows[~rows.kept].reason) == {"near-duplicate of frame 0", "near-duplicate of frame 6"}
 
 
+@pytest.mark.slow
 def test_teacher_outputs_are_cached(setup, distilled):
     from faceattr.data.prepare import prepare_dataset
     from faceattr.distill.teacher import Teacher
@@ -223,6 +227,7 @@ def test_targets_take_age_groups_and_missing_labels():
     assert out["gender"][2] == pytest.approx([0.0, 0.0])  # validation without a gender: no target
 
 
+@pytest.mark.slow
 def test_teacher_without_split_csv_is_refused(setup, tmp_path):
     teacher = tmp_path / "no_split"
     shutil.copytree(setup["teacher"], teacher)

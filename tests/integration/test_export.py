@@ -56,6 +56,7 @@ def faces(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_export_records_its_source_and_matches_keras(exported):
     folder = exported["float32"]
     info = ModelInfo.read(folder)
@@ -72,6 +73,7 @@ def test_export_records_its_source_and_matches_keras(exported):
             np.testing.assert_allclose(lite_out[key], keras_out[key][:batch], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_saved_weights_are_float16_and_load_as_float32(tmp_path):
     import h5py
     import keras
@@ -111,6 +113,7 @@ def test_saved_weights_are_float16_and_load_as_float32(tmp_path):
     np.testing.assert_array_equal(old.predict(x, verbose=0)["age"], want["age"])
 
 
+@pytest.mark.slow
 def test_dynamic_quantization_is_smaller_and_close(exported):
     small, exact = exported["dynamic"] / TFLITE_FILE, exported["float32"] / TFLITE_FILE
     assert small.stat().st_size < 0.6 * exact.stat().st_size  # int8 weights (tensors over 1,024 values)
@@ -119,6 +122,7 @@ def test_dynamic_quantization_is_smaller_and_close(exported):
     assert np.abs(a["race"] - b["race"]).max() < 0.05 and np.isfinite(a["age"]).all()
 
 
+@pytest.mark.slow
 def test_auto_serves_a_current_export_and_falls_back_when_stale(exported, tmp_path, caplog):
     folder = tmp_path / "m"
     shutil.copytree(exported["float32"], folder)
@@ -135,6 +139,7 @@ def test_auto_serves_a_current_export_and_falls_back_when_stale(exported, tmp_pa
         open_runner(folder, "tflite")
 
 
+@pytest.mark.slow
 def test_backend_errors_are_clear(exported, tmp_path):
     folder = tmp_path / "m"
     shutil.copytree(exported["float32"], folder)
@@ -151,6 +156,7 @@ def test_backend_errors_are_clear(exported, tmp_path):
         open_runner(folder, "tflite")
 
 
+@pytest.mark.slow
 def test_predictor_flip_tta_through_tflite(exported):
     pred = Predictor.load(exported["float32"], backend="tflite", tta_flip=False)
     assert pred.backend == "tflite"
@@ -160,6 +166,7 @@ def test_predictor_flip_tta_through_tflite(exported):
     assert pred.predict_arrays(x)["age"][0] == pytest.approx(a.mean(), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_run_with_the_export_never_imports_tensorflow(exported, tmp_path):
     """What makes `run` start fast: the CLI path through LiteRT does not import TensorFlow."""
     out = tmp_path / "preds.csv"
@@ -174,6 +181,7 @@ def test_run_with_the_export_never_imports_tensorflow(exported, tmp_path):
     assert out.read_text().count("\n") == 2  # header + the astronaut
 
 
+@pytest.mark.slow
 def test_export_command_refuses_an_unknown_quantization(exported, tmp_path, capsys):
     assert cli("export", exported["float32"], "export.quantization=int4", f"hydra.run.dir={tmp_path / 'x'}") == 2
     err = capsys.readouterr().err
@@ -182,6 +190,7 @@ def test_export_command_refuses_an_unknown_quantization(exported, tmp_path, caps
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_export_command_writes_the_file_run_serves(cnn_run, tmp_path):
     """``export MODEL_DIR`` on a trained model: a copy of the session's CNN, re-exported with
     int8 weights, serves nearly what the float32 export it had does."""

@@ -93,6 +93,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------
 # 4. A $DISPLAY that can't be opened: headless, one log line, never an abort
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_unreachable_display_means_headless_not_an_abort(tmp_path, request):
     number = next(n for n in range(87, 200) if not Path(f"/tmp/.X11-unix/X{n}").exists())
     # The shipped model's TensorFlow Lite file spares the child a TensorFlow import.
@@ -112,6 +113,7 @@ def test_unreachable_display_means_headless_not_an_abort(tmp_path, request):
 # ---------------------------------------------------------------------------------------
 # 5. --output and the annotated folder are checked before any work
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["proc", "under_a_file", "annotated_under_a_file", "video_under_a_file"])
 def test_unwritable_outputs_are_one_line_before_any_work(tmp_path, tiny_model_dir, case):
     if case == "proc" and not Path("/proc/self").is_dir():
@@ -153,6 +155,7 @@ def bad_model_folder(folder: Path, tiny_model_dir: Path, content: bytes | dict) 
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_INFOS)
 def test_bad_model_info_is_one_line_naming_file_and_key(tmp_path, tiny_model_dir, case):
     content, expected = BAD_INFOS[case]
@@ -189,6 +192,7 @@ def test_model_info_lists_every_problem_in_one_line(tmp_path):
 # ---------------------------------------------------------------------------------------
 # 9. Odd files, Lambda layers, promote backups, duplicate members, PNG orientation
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, expected", [("fifo", "is a named pipe, not a regular file"),
                                             ("loop", "symbolic link loop")])
 def test_special_inputs_are_one_line(tmp_path, tiny_model_dir, kind, expected):
@@ -222,6 +226,7 @@ def test_lambda_layer_is_one_clear_line(tmp_path, tiny_model_dir, variant):
                               "loading refuses (it would run Python code stored in the file)")
 
 
+@pytest.mark.slow
 def test_lambda_layer_cli_is_one_error_line(tmp_path, tiny_model_dir):
     folder = lambda_model_folder(tmp_path, "named_function")
     res = main_py("run", "--img", small_photo(tmp_path / "a.jpg"), "--model_path", folder, "--no-display",
@@ -230,6 +235,7 @@ def test_lambda_layer_cli_is_one_error_line(tmp_path, tiny_model_dir):
     assert "config=" not in res.stderr and "Exception encountered" not in res.stderr  # Keras' many-line report
 
 
+@pytest.mark.slow
 def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, monkeypatch, tiny_model_dir):
     import faceattr.training.promote as promoting
 
@@ -252,6 +258,7 @@ def test_promotes_within_one_second_keep_every_backup_side_by_side(tmp_path, mon
     assert (shipped / "cnn" / "mine.txt").read_text() == "version 3"
 
 
+@pytest.mark.slow
 def test_ensemble_refuses_the_same_member_twice(tmp_path, tiny_model_dir):
     res = main_py("ensemble", tiny_model_dir, tiny_model_dir, "export.tflite=false",
                   f"hydra.run.dir={tmp_path / 'ens'}", cwd=tmp_path)

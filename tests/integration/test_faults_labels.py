@@ -67,6 +67,7 @@ def test_ages_at_the_bounds_are_kept(tmp_path):
     assert read_labels(folder)["age"].tolist() == [0, 130]
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_an_infinite_age_before_any_model_loads(tmp_path):
     folder = labelled(tmp_path / "photos", ["a.jpg,30,male,white", "b.jpg,inf,male,white"])
     res = main_py("evaluate", "--labels", folder, "evaluation.plots=false", f"hydra.run.dir={tmp_path / 'run'}",
@@ -102,6 +103,7 @@ def test_json_text_replaces_every_non_finite_number():
 
 
 # ------------------------------------------------------------------------------ (7) nothing read
+@pytest.mark.slow
 def test_evaluate_exits_non_zero_when_no_photo_could_be_read(tmp_path):
     if not (SHIPPED_NORMAL / "model.tflite").is_file():
         pytest.skip("needs the shipped saved_model/cnn/model.tflite")
@@ -133,6 +135,7 @@ def test_duplicate_rows_are_refused_naming_both_rows(tmp_path, rows, row, earlie
     assert message == f"{folder / 'labels.csv'}: row {row}: {name} is listed twice (also row {earlier})"
 
 
+@pytest.mark.slow
 def test_evaluate_and_training_sources_refuse_duplicates_alike(tmp_path):
     folder = labelled(tmp_path / "photos", ["a.jpg,30,male,white", "b.jpg,40,female,black", "a.jpg,31,female,white"])
     with pytest.raises(InputError) as for_training:

@@ -50,6 +50,7 @@ def test_flag_paths_reach_the_config_unchanged(path):
     assert (cfg.evaluation.labels, cfg.model_path, cfg.data.path) == (path, path, path)
 
 
+@pytest.mark.slow
 def test_dollar_brace_in_img_and_output_is_a_plain_file_name(tmp_path):
     model = shipped_normal()
     photo = small_photo(tmp_path / "photos" / "a${x}b.jpg")
@@ -65,6 +66,7 @@ def test_dollar_brace_in_img_and_output_is_a_plain_file_name(tmp_path):
     assert len(rows) == 1 and rows[0]["image"] == str(photo)
 
 
+@pytest.mark.slow
 def test_non_ascii_path_under_the_c_locale_is_written_in_utf8(tmp_path):
     model = shipped_normal()
     photo = small_photo(tmp_path / "фото" / "José_ü.jpg")
@@ -79,6 +81,7 @@ def test_non_ascii_path_under_the_c_locale_is_written_in_utf8(tmp_path):
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
+@pytest.mark.slow
 def test_gif_and_jfif_in_a_folder_are_read_and_extra_frames_are_said_once(tmp_path):
     import io
 

@@ -68,6 +68,7 @@ def assert_untouched(shipped: Path, before: dict[str, str]) -> None:
     assert not [p.name for p in shipped.iterdir() if "incoming" in p.name]
 
 
+@pytest.mark.slow
 def test_a_truncated_model_is_refused_and_the_shipped_model_stays(tmp_path, tiny_run, shipped):
     run = copy_run(tiny_run, tmp_path / "run")
     keras_file = run / "model.keras"
@@ -91,6 +92,7 @@ def test_a_good_model_is_swapped_in_whole_and_the_previous_kept(tmp_path, tiny_r
     assert not [p.name for p in shipped.iterdir() if "incoming" in p.name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_during_promote_changes_nothing(tmp_path, tiny_run, shipped, sig, code):
     run = copy_run(tiny_run, tmp_path / "run")
@@ -113,6 +115,7 @@ def test_a_signal_during_promote_changes_nothing(tmp_path, tiny_run, shipped, si
     assert_untouched(shipped, before)
 
 
+@pytest.mark.slow
 def test_a_second_promote_of_the_same_type_is_refused_naming_the_holder(tmp_path, tiny_run, shipped):
     run = copy_run(tiny_run, tmp_path / "run")
     before = snapshot(shipped)

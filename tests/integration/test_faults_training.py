@@ -147,6 +147,7 @@ def test_sigkill_mid_backup_and_a_damaged_backup_still_resume(train_args, tmp_pa
     assert_trained(run)
 
 
+@pytest.mark.slow
 def test_an_error_is_printed_once(tmp_path):
     """Any command's typed error: one line on the console, the record in the run's log file."""
     run = tmp_path / "run"
@@ -204,6 +205,7 @@ def fit_tiny(folder: Path, epochs: int = 6, crash_at: int | None = None, crash_b
     return model.get_weights()
 
 
+@pytest.mark.slow
 def test_a_resumed_fit_ends_as_an_uninterrupted_one(tmp_path):
     reference = fit_tiny(tmp_path / "straight")
     straight = pd.read_csv(tmp_path / "straight" / "history.csv")
@@ -219,6 +221,7 @@ def test_a_resumed_fit_ends_as_an_uninterrupted_one(tmp_path):
         np.testing.assert_allclose(history["val_loss"], straight["val_loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_damaged_backups_fall_back_in_one_log_line(tmp_path, caplog):
     folder = tmp_path / "run"
     assert fit_tiny(folder, crash_at=2) is None  # backups after epochs 2 and 3
@@ -246,6 +249,7 @@ def test_damaged_backups_fall_back_in_one_log_line(tmp_path, caplog):
     assert epochs == list(range(len(epochs)))
 
 
+@pytest.mark.slow
 def test_a_half_written_keras_backup_is_reported_not_fatal(tmp_path, caplog):
     """The state ``keras.callbacks.BackupAndRestore`` left when stopped mid-write."""
     import keras
@@ -265,6 +269,7 @@ def test_a_half_written_keras_backup_is_reported_not_fatal(tmp_path, caplog):
     assert not weights.exists()
 
 
+@pytest.mark.slow
 def test_a_later_phase_backup_of_either_kind_is_found(tmp_path):
     """FaceNet's trainer skips its heads phase when the fine-tuning phase has a backup, of this
     callback's kind or of Keras' older one (which deleted the heads' backup when that phase ended)."""
@@ -332,6 +337,7 @@ def test_history_is_cut_to_the_restored_epochs(tmp_path):
     assert not csv.exists()
 
 
+@pytest.mark.slow
 def test_two_phase_training_resumes_in_the_phase_it_was_stopped_in(tmp_path, caplog):
     """FaceNet's fine-tuning fits twice (``heads``, then ``finetune``), each with its own backup
     and history file; a rerun skips the finished phase and resumes the other."""

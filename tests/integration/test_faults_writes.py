@@ -75,6 +75,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ (4) full disk
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["predictions", "annotated"])
 def test_a_full_disk_is_one_line_naming_the_path(tmp_path, mounts, what):
     model = shipped_normal()
@@ -121,6 +122,7 @@ def test_a_read_only_current_folder_is_one_line(tmp_path, mounts):
 
 
 # ------------------------------------------------------------------------------ (3) two writers
+@pytest.mark.slow
 def test_a_second_run_to_the_same_output_is_refused_naming_the_first(tmp_path):
     model = shipped_normal()
     inputs = photos(tmp_path / "in", 3)
@@ -134,6 +136,7 @@ def test_a_second_run_to_the_same_output_is_refused_naming_the_first(tmp_path):
 
 
 # ------------------------------------------------------------------------------ (14) SIGTERM mid-folder
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_folder_keeps_what_was_done(tmp_path, sig, code):
     model = shipped_normal()
@@ -164,6 +167,7 @@ def test_a_signal_mid_folder_keeps_what_was_done(tmp_path, sig, code):
 
 
 # ------------------------------------------------------------------------------ (13) two trainings
+@pytest.mark.slow
 def test_a_second_train_into_a_run_folder_in_use_is_one_line(tmp_path, fake_data):
     run = tmp_path / "run"
     with writes.exclusive(run, "train"):  # this process is the first training
@@ -188,6 +192,7 @@ def write_clip(path: Path, frames: int, fps: float = 10.0) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_sigterm_mid_video_leaves_a_video_that_opens(tmp_path):
     model = shipped_normal()
     clip = write_clip(tmp_path / "clip.mp4", 200)  # 20 s played at its own 10 fps
@@ -214,6 +219,7 @@ def test_sigterm_mid_video_leaves_a_video_that_opens(tmp_path):
     assert not list(tmp_path.glob(".out.*"))
 
 
+@pytest.mark.slow
 def test_a_video_cut_short_says_so(tmp_path):
     model = shipped_normal()
     whole = tmp_path / "whole.avi"
@@ -236,6 +242,7 @@ def test_a_video_cut_short_says_so(tmp_path):
             assert f"{cut}: the video ends at frame " in said[0] and "of the 40 its header announces" in said[0]
 
 
+@pytest.mark.slow
 def test_export_onto_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(tmp_path, mounts):
     """A real CNN model folder on a tmpfs with no room for its TensorFlow Lite file."""
     from omegaconf import OmegaConf
@@ -262,6 +269,7 @@ def test_export_onto_a_full_disk_is_one_line_and_leaves_the_folder_as_it_was(tmp
     assert leftovers(full) == []
 
 
+@pytest.mark.slow
 def test_train_onto_a_full_disk_is_one_line_before_any_work(tmp_path, mounts, fake_data):
     """Keras' HDF5 checkpoints on a full disk print pages of h5py errors, or crash; the run
     folder's room is checked before the data is touched."""

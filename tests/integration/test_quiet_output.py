@@ -9,9 +9,12 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 from conftest import ROOT, TINY_CNN, main_py, make_fake_utkface, run_command
 
 
+@pytest.mark.slow
 def test_a_training_raises_no_library_warnings(tmp_path):
     """Keras warned on every ``train``: "shuffle=True ... will be ignored" (fit's default shuffle
     with a tf.data.Dataset, which shuffles itself) and "Your input ran out of data" (an epoch of
@@ -27,6 +30,7 @@ def test_a_training_raises_no_library_warnings(tmp_path):
     assert shown == []
 
 
+@pytest.mark.slow
 def test_run_counts_in_words_and_prints_a_relative_output_in_full(tmp_path):
     res = main_py("run", "--img", ROOT / "examples" / "astronaut.jpg", "--no-display", "--output", "preds.json",
                   "--no-annotate", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=True)
@@ -84,6 +88,7 @@ def _import_tensorflow(verbose: bool) -> str:
                           cwd=ROOT / "src", env=env).stderr
 
 
+@pytest.mark.slow
 def test_tensorflow_starts_without_its_native_notices_unless_verbose():
     """TensorFlow's oneDNN notice and absl's preamble ignore TF_CPP_MIN_LOG_LEVEL; they are
     dropped as TensorFlow is first imported, and shown with -v."""

@@ -486,6 +486,7 @@ def stream_upload(port: int, cookie: str, token: str, declared: int | None, limi
     return sent, answer
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("declared", [None, 50 * 2**20], ids=["chunked", "content-length"])
 def test_an_upload_past_the_limit_is_refused_while_it_streams(pipeline, tmp_path, monkeypatch, declared):
     """Over real HTTP: 413 once the body passes ``serve.max_upload_mb`` (plus the multipart
@@ -537,6 +538,7 @@ def test_serve_refuses_a_bad_port_in_one_line():
         "error: configuration: serve.port=70000 is not allowed: expected a whole number >= 0 and <= 65535"]
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_busy_port_in_one_line_before_loading_the_model(tmp_path):
     import socket
     import subprocess
@@ -770,6 +772,7 @@ def serve_once(tmp_path: Path, data_dir: Path):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_data_folder_it_cannot_write_in_one_line(tmp_path):
     from faceattr.serve.store import Store
 
@@ -791,6 +794,7 @@ def test_serve_refuses_a_data_folder_it_cannot_write_in_one_line(tmp_path):
 
 # -------------------------------------------------------------------------------------- sessions
 
+@pytest.mark.slow
 def test_a_session_is_stored_only_by_its_first_upload_and_expires(pipeline, tmp_path):
     app, cfg = make_app(tmp_path, pipeline, "serve.retention_hours=2")
     store = app.state.store
@@ -848,6 +852,7 @@ def test_faces_are_numbered_in_reading_order(served):
     assert [(d.x, d.y) for d in reading_order(rows)] == [(10, 30), (300, 10), (20, 210), (200, 200)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_serve_with_interrupted_and_exit_130(tmp_path):
     """Ctrl-C: one line, never 'Results written to' with exit 0."""
     import signal

@@ -161,6 +161,7 @@ def test_upload_correct_reload_and_browse_runs(server, browser):
         wait_for(browser, lambda d, img=img: loaded(d, img))
 
 
+@pytest.mark.slow
 def test_a_photo_dropped_on_the_page_is_uploaded(server, browser):
     from selenium.webdriver.common.by import By
 
@@ -184,6 +185,7 @@ def test_a_photo_dropped_on_the_page_is_uploaded(server, browser):
     assert browser.find_element(By.ID, "file").get_attribute("value") == ""
 
 
+@pytest.mark.slow
 def test_an_error_shows_in_one_line(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 

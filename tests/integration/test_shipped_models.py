@@ -43,6 +43,7 @@ def shipped(model_type: str) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_type", ["facenet", "cnn"])
 def test_quickstart_labels_the_astronaut(tmp_path, model_type):
     folder = shipped(model_type)

@@ -41,6 +41,7 @@ def metrics_of(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_normal_trains_saves_and_evaluates(cnn_run, fake_data, shared_cache, tmp_path):
     run = cnn_run  # train --eval, export.tflite=true, export.quantization=float32
     for name in ("split.csv", "history.csv", "metrics.json", "train_summary.json", "model/model.keras",
@@ -77,6 +78,7 @@ def test_normal_trains_saves_and_evaluates(cnn_run, fake_data, shared_cache, tmp
     assert served_metrics.pop("split") == "test" and served_metrics == pytest.approx(metrics, rel=0.02, abs=0.01)
 
 
+@pytest.mark.slow
 def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_split(cnn_run, fake_data,
                                                                                    shared_cache, tmp_path):
     import keras
@@ -176,6 +178,7 @@ def test_sweep_writes_a_two_row_summary(fake_data, shared_cache, tmp_path):
     assert (sweep / "sweep_comparison.png").is_file()
 
 
+@pytest.mark.slow
 def test_promote_moves_the_previous_model_aside(cnn_run, tmp_path):
     shipped = tmp_path / "saved_model"
     (shipped / "cnn").mkdir(parents=True)
@@ -433,6 +436,7 @@ def test_facenet_finetuning_last_block_on_embeddings(facenet_run, facenet_cache,
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.slow
 def test_cosine_schedule_decays_the_learning_rate_every_epoch(fake_data, shared_cache, tmp_path):
     run = tmp_path / "run"
     run_command("train", *TINY_CNN, *smoke(fake_data, shared_cache), "train.epochs=3", "train.batch_size=16",

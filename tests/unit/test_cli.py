@@ -62,6 +62,7 @@ def test_every_command_help_shows_its_flags_examples_and_the_config_groups(comma
     assert len(text.splitlines()) < 70
 
 
+@pytest.mark.slow
 def test_help_goes_before_the_checks_of_a_command_line():
     """A flag without its value or a bad override does not stop --help."""
     for args in (["run", "--img", "--help"], ["run", "--help", "no_such_key=1"], ["ensemble", "only/one", "-h"]):
@@ -69,6 +70,7 @@ def test_help_goes_before_the_checks_of_a_command_line():
         assert res.returncode == 0 and "examples:" in res.stdout, (args, res.stderr)
 
 
+@pytest.mark.slow
 def test_cfg_job_shows_composed_config_with_flag_overrides():
     res = main_py("train", "--model_type", "cnn", "--cfg", "job", "train.epochs=3", "data.limit=50")
     assert res.returncode == 0, res.stderr
@@ -76,6 +78,7 @@ def test_cfg_job_shows_composed_config_with_flag_overrides():
     assert "command: train" in res.stdout
 
 
+@pytest.mark.slow
 def test_the_cnn_familys_former_name_is_still_a_model_type():
     """``--model-type normal`` / ``--model_type normal`` (the CNN family's name before ``cnn``) is
     accepted and composes the CNN."""
@@ -195,6 +198,7 @@ def where_command(tmp_path, monkeypatch):
     config.register(command_names=[n for n in config.COMMAND_NAMES if n != "where"])
 
 
+@pytest.mark.slow
 def test_a_command_added_to_the_table_is_reachable_everywhere(where_command, tmp_path, capsys):
     """One module plus one table row: the CLI parses its flags (either spelling), the overview and
     ``where --help`` show it, the schema accepts ``command=where``, and the Hydra app runs its

@@ -447,6 +447,7 @@ def _data_cfg(path: Path, extract_dir: Path, limit: int | None = None):
                                  "split": {"seed": 0}})
 
 
+@pytest.mark.slow
 def test_prepare_dataset_and_statistics(tmp_path, fake_utkface):
     archive = Path(shutil.make_archive(str(tmp_path / "UTKFace"), "gztar", tmp_path, "UTKFace"))
     reb = group_node("rebalance", "oversample")
@@ -467,6 +468,7 @@ def test_prepare_dataset_and_statistics(tmp_path, fake_utkface):
 # ---------------------------------------------------------------------------- real data
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_archive_index_and_split(utkface_subset, subset_cache):
     """Real members of the shared archive (conftest's fixed subset: every 20th image and the

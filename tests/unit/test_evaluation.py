@@ -164,6 +164,7 @@ def evaluated(synthetic) -> tuple[Path, dict]:
     return out, metrics
 
 
+@pytest.mark.slow
 def test_write_evaluation_writes_every_file(evaluated, synthetic):
     out, metrics = evaluated
     expected = ("metrics.json", "report_gender.csv", "report_race.csv", "report_age.csv", "age_by_bin.csv",
@@ -189,6 +190,7 @@ def test_write_evaluation_writes_every_file(evaluated, synthetic):
         pd.read_csv(out / "report_age.csv")["n"].iloc[1:])
 
 
+@pytest.mark.slow
 def test_validation_evaluation_names_its_split_and_count(synthetic, tmp_path):
     rows = synthetic["frame"].iloc[:12]
     predictions = {k: np.asarray(v)[:12] for k, v in synthetic["predictions"].items()}
@@ -200,6 +202,7 @@ def test_validation_evaluation_names_its_split_and_count(synthetic, tmp_path):
     assert "confusion on the val split" in title and "test split" not in title
 
 
+@pytest.mark.slow
 def test_svg_written_when_configured(evaluated, tmp_path):
     out, _ = evaluated
     for name in ("confusion_gender", "confusion_race", "age_predictions", "faces_grid", "fairness",
@@ -215,6 +218,7 @@ def test_training_curves_tolerate_missing_columns(tmp_path):
     assert plots.plot_training_curves(pd.DataFrame({"epoch": [0], "foo": [1]}), tmp_path / "none", ["png"]) == []
 
 
+@pytest.mark.slow
 def test_fairness_table_counts_and_mae(synthetic, evaluated):
     frame, pred = synthetic["frame"], synthetic["predictions"]
     table = pd.read_csv(evaluated[0] / "fairness.csv")
@@ -332,6 +336,7 @@ def test_compare_command(fake_sweep, tmp_path, capsys):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_evaluate_command_scores_a_saved_model_on_the_split_saved_with_it(tmp_path):
     from conftest import make_fake_utkface
     from faceattr.config import compose_config, group_node
@@ -394,6 +399,7 @@ def test_notebook_is_saved_without_outputs():
             assert cell["outputs"] == [] and cell["execution_count"] is None
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_a_run_and_a_sweep(evaluated, fake_sweep, kernel_env, tmp_path, monkeypatch):
     SweepSummaryCallback().on_multirun_end(config=OmegaConf.create({"hydra": {"sweep": {"dir": str(fake_sweep)}}}))
     monkeypatch.setenv("RUN_DIR", str(evaluated[0]))
@@ -402,12 +408,14 @@ def test_notebook_runs_on_a_run_and_a_sweep(evaluated, fake_sweep, kernel_env, t
     assert str(evaluated[0]) in text and "No sweep found" not in text
 
 
+@pytest.mark.slow
 def test_notebook_without_a_sweep(evaluated, kernel_env, tmp_path, monkeypatch):
     monkeypatch.setenv("RUN_DIR", str(evaluated[0]))
     monkeypatch.setenv("SWEEP_DIR", str(tmp_path / "no_sweep"))
     assert "No sweep found" in run_notebook(kernel_env, tmp_path)
 
 
+@pytest.mark.slow
 def test_notebook_falls_back_to_the_shipped_evaluations(evaluated, fake_sweep, kernel_env, tmp_path, monkeypatch):
     """A fresh clone has no runs under outputs/: the notebook shows the evaluations in statistics/."""
     project = tmp_path / "project"

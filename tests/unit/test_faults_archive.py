@@ -218,6 +218,7 @@ def test_unchanged_archive_is_reused_without_reading_it(tmp_path, good, monkeypa
     assert [p.name for p in extract_dir.iterdir()] == [folder.parent.name]
 
 
+@pytest.mark.slow
 def test_cli_reports_a_corrupt_archive_in_one_line(tmp_path, good):
     data = bytearray(good["tar.gz"])
     data[len(data) // 2] ^= 0x04

@@ -64,6 +64,7 @@ def test_a_split_cut_at_a_row_end_is_caught_by_its_record(tmp_path, tiny_model):
     assert len(read_split(tiny_model, "test")) == 3  # the whole file reads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["evaluate", "calibrate", "ensemble"])
 def test_commands_report_a_damaged_split_in_one_line(tmp_path, tiny_model, fake_data, command):
     folder = damaged(tiny_model, tmp_path / "model", DAMAGE["no_split_column"][0])
@@ -77,6 +78,7 @@ def test_commands_report_a_damaged_split_in_one_line(tmp_path, tiny_model, fake_
     assert f"{folder / 'split.csv'}: no 'split' column" in line
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_split_cut_at_a_row_end(tmp_path, tiny_model, fake_data):
     folder = damaged(tiny_model, tmp_path / "model", "".join(SPLIT.splitlines(keepends=True)[:10]).encode())
     res = main_py("evaluate", "--model_path", folder, "--model_type", "cnn", "--data_path", fake_data,

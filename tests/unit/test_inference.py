@@ -408,6 +408,7 @@ def test_run_images_json_output_and_no_silent_overwrite(tmp_path, tiny_model_dir
     assert sorted(p.name for p in (tmp_path / "ann").iterdir()) == ["astronaut-1.jpg", "astronaut.jpg"]
 
 
+@pytest.mark.slow
 def test_run_images_aligned_column_and_no_annotate(tmp_path, tiny_model_dir, astronaut):
     """MTCNN's landmarks align the astronaut (aligned=True); Haar has none (the box crop,
     aligned=False); --no-annotate writes the predictions and no annotated copies."""
@@ -467,6 +468,7 @@ def test_run_images_unknown_suffix_and_all_failed(tmp_path, tiny_model_dir):
                                 f"model_path={_q(tiny_model_dir)}"), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_run_video_file_writes_every_frame(tmp_path, tiny_model_dir):
     clip = tmp_path / "clip.mp4"
     write_clip(clip)
@@ -670,6 +672,7 @@ def test_run_video_bad_tracker_setting_is_a_config_error(tmp_path, tiny_model_di
                                 "run.tracker.refresh_every=0"), tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_run_video_bad_sources(tmp_path, tiny_model_dir):
     with pytest.raises(InputError, match="no such video file"):
         run_inputs(compose_cfg(f"run.video={_q(tmp_path / 'missing.mp4')}", f"model_path={_q(tiny_model_dir)}"),
@@ -689,6 +692,7 @@ def main_py(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=180, cwd=cwd, env=env)
 
 
+@pytest.mark.slow
 def test_cli_run_img_end_to_end(tmp_path, tiny_model_dir):
     out = tmp_path / "p.csv"
     res = main_py("run", "--img", str(ASTRONAUT), "--model_path", str(tiny_model_dir), "--no-display",
@@ -700,6 +704,7 @@ def test_cli_run_img_end_to_end(tmp_path, tiny_model_dir):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_cli_run_broken_path_is_one_error_line(tmp_path, tiny_model_dir):
     res = main_py("run", "--img", str(tmp_path / "missing.jpg"), "--model_path", str(tiny_model_dir),
                   "--no-display", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

@@ -112,6 +112,7 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_a_folder_saved_as_normal_loads_evaluates_and_averages_as_cnn(tmp_path):
     """A model folder written before the CNN family was named ``cnn`` (``model_type: normal``,
     ``trained_with.model.name: normal``) is a cnn model to every reader; rewriting its

@@ -95,6 +95,7 @@ def test_interval_error_and_age_groups():
     assert frame.loc["30-39", "inside"] == pytest.approx(1 / 3) and frame.loc["70+", "interval_error"] == 0
 
 
+@pytest.mark.slow
 def test_evaluate_labels_on_a_small_folder(tmp_path, tiny_model_dir):
     folder = labelled_folder(tmp_path / "photos")
     cfg = compose_cfg(f"evaluation.labels='{folder}'", f"model_path='{tiny_model_dir}'")
@@ -137,6 +138,7 @@ def test_confident_mistakes_and_tile_titles():
     assert _tile_text(found.iloc[3]) == ("true: ? y, female, ?\npred: 5 y, female 80%, white 99%", True)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_labels_bad_folder_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "evaluate", "--labels",
                            str(tmp_path / "nowhere"), f"hydra.run.dir={tmp_path / 'run'}"],

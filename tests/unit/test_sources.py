@@ -83,6 +83,7 @@ def _data_cfg(setup: dict, tmp_path: Path, **more) -> dict:
             "sources": {"lab": {"path": str(setup["archive"]), "weight": 2.0, "align": True}}, **more}
 
 
+@pytest.mark.slow
 def test_a_labelled_archive_trains_beside_utkface(labelled_archive, tmp_path):
     prepared = prepare_dataset(_data_cfg(labelled_archive, tmp_path), {"name": "none"}, tmp_path / "run",
                                cache_dir=tmp_path / "weights", aligner=align_training_photos)
