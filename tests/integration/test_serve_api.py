@@ -359,8 +359,8 @@ def test_runs_lists_runs_with_their_figures(served):
     res = TestClient(served[0]).get("/api/runs")
     assert res.status_code == 200
     runs = {r["name"]: r for r in res.json()["runs"]}
-    stats = runs["statistics/normal"]
-    assert stats["kind"] == "run" and stats["path"].endswith("statistics/normal")
+    stats = runs["statistics/cnn"]
+    assert stats["kind"] == "run" and stats["path"].endswith("statistics/cnn")
     assert 0 < stats["metrics"]["age_mae"] < 20 and stats["metrics"]["split"] == "test"
     assert runs["statistics"]["kind"] == "sweep"  # statistics/ holds a sweep summary
     assert not any(name.startswith("outputs/serve") for name in runs)  # the visitors' data is never listed
@@ -368,26 +368,26 @@ def test_runs_lists_runs_with_their_figures(served):
 
 def test_run_page_shows_every_plot_and_report(served):
     client = TestClient(served[0])
-    res = client.get("/runs/view/statistics/normal")
+    res = client.get("/runs/view/statistics/cnn")
     assert res.status_code == 200
     plots = sorted(p.name for p in (ROOT / "statistics" / "normal").glob("*.png"))
     for name in plots:
-        assert f"/runs/file/statistics/normal/{name}" in res.text
-        img = client.get(f"/runs/file/statistics/normal/{name}")
+        assert f"/runs/file/statistics/cnn/{name}" in res.text
+        img = client.get(f"/runs/file/statistics/cnn/{name}")
         assert img.status_code == 200 and img.content[:4] == b"\x89PNG"
-    assert "/runs/file/statistics/normal/metrics.json" in res.text
+    assert "/runs/file/statistics/cnn/metrics.json" in res.text
     assert client.get("/runs").status_code == 200 and "statistics/facenet" in client.get("/runs").text
 
 
 def test_compare_shows_the_table_and_plot(served):
     client = TestClient(served[0])
-    res = client.get("/runs/compare?run=statistics/normal&run=statistics/facenet")
+    res = client.get("/runs/compare?run=statistics/cnn&run=statistics/facenet")
     assert res.status_code == 200
     assert "age_mae" in res.text and "statistics/facenet" in res.text
     plot = res.text.split('src="/runs/compare/plot/')[1].split('"')[0]
     img = client.get("/runs/compare/plot/" + plot)
     assert img.status_code == 200 and img.content[:4] == b"\x89PNG"
-    assert client.get("/runs/compare?run=statistics/normal").status_code == 404
+    assert client.get("/runs/compare?run=statistics/cnn").status_code == 404
 
 
 def test_path_tricks_are_404(served, tmp_path):
@@ -396,14 +396,14 @@ def test_path_tricks_are_404(served, tmp_path):
     outside = tmp / "runs" / "outputs" / "escape"
     if not outside.exists():
         outside.symlink_to(ROOT / "src")
-    for url in ("/runs/file/statistics/normal/%2e%2e/%2e%2e/src/main.py", "/runs/file/statistics%2F..%2Fsrc%2Fmain.py",
+    for url in ("/runs/file/statistics/cnn/%2e%2e/%2e%2e/src/main.py", "/runs/file/statistics%2F..%2Fsrc%2Fmain.py",
                 "/runs/file/statistics/..%2f..%2fsrc/main.py", "/files/..%2Fserve.sqlite3", "/static/..%2F..%2Fapp.py",
                 "/runs/file/outputs/escape/main.py", "/runs/file/outputs/serve/serve.sqlite3",
-                "/runs/file/statistics/normal/app.log/..", "/runs/file/statistics/normal%5c..%5cmetrics.json",
+                "/runs/file/statistics/cnn/app.log/..", "/runs/file/statistics/cnn%5c..%5cmetrics.json",
                 "/runs/view/statistics/%2e%2e", "/runs/file//etc/passwd", "/runs/file/statistics/../src/main.py"):
         res = client.get(url)
         assert res.status_code == 404, url
-    assert client.get("/runs/file/statistics/normal/metrics.json").status_code == 200
+    assert client.get("/runs/file/statistics/cnn/metrics.json").status_code == 200
 
 
 @contextlib.contextmanager
@@ -432,8 +432,8 @@ def live_server(app):
 def test_real_http_path_tricks_and_upload_against_uvicorn(served):
     """Raw request lines (no client-side normalisation) against uvicorn on a free loopback port."""
     with live_server(served[0]) as port:
-        for path in ("/runs/file/statistics/../src/main.py", "/runs/file/statistics/normal/../../src/main.py",
-                     "/files/../serve.sqlite3", "/runs/file/statistics/normal/..%2F..%2Fsrc/main.py",
+        for path in ("/runs/file/statistics/../src/main.py", "/runs/file/statistics/cnn/../../src/main.py",
+                     "/files/../serve.sqlite3", "/runs/file/statistics/cnn/..%2F..%2Fsrc/main.py",
                      "/static/../app.py"):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.putrequest("GET", path, skip_accept_encoding=True)
@@ -596,7 +596,7 @@ def test_allowed_hosts_by_bound_address_and_setting(pipeline, tmp_path):
 def test_every_answer_carries_the_security_headers(served, uploaded):
     client, token, body = uploaded
     urls = ("/", "/runs", "/api/health", "/static/app.js", body["faces"][0]["crop_url"], "/nowhere",
-            "/runs/file/statistics/normal/metrics.json")
+            "/runs/file/statistics/cnn/metrics.json")
     answers = [client.get(u) for u in urls]
     answers.append(client.get("/api/health", headers={"Host": "attacker.example"}))
     answers.append(client.post("/api/uploads", headers={"X-CSRF-Token": token, "Content-Length": str(2**30)}))
@@ -648,7 +648,7 @@ def test_an_unexpected_failure_is_500_naming_no_python_class(pipeline, tmp_path,
 
 def test_pages_answer_errors_as_pages_and_the_api_as_json(served):
     client = TestClient(served[0])
-    page = client.get("/runs/compare?run=statistics/normal", headers={"Accept": "text/html,*/*"})
+    page = client.get("/runs/compare?run=statistics/cnn", headers={"Accept": "text/html,*/*"})
     assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
     assert "choose two or more runs" in page.text and "<h1>" in page.text
     assert client.get("/nowhere", headers={"Accept": "text/html"}).headers["content-type"].startswith("text/html")

@@ -152,7 +152,7 @@ def test_upload_correct_reload_and_browse_runs(server, browser):
         browser.save_screenshot(str(SCREENSHOT))
 
     browser.get(server + "/runs")
-    link = wait_for(browser, lambda d: d.find_elements(By.LINK_TEXT, "statistics/normal"))[0]
+    link = wait_for(browser, lambda d: d.find_elements(By.LINK_TEXT, "statistics/cnn"))[0]
     link.click()
     plots = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".plots img"))
     assert len(plots) == len(list((ROOT / "statistics" / "normal").glob("*.png")))
@@ -325,7 +325,7 @@ def test_axe_core_finds_no_serious_or_critical_problem(server, browser):
     problems = {"/": axe_problems(browser)}
     upload_astronaut(browser, server)
     problems["/ after an upload"] = axe_problems(browser)
-    for page in ("/runs", "/runs/view/statistics/normal", "/runs/compare?run=statistics/normal&run=statistics/facenet",
+    for page in ("/runs", "/runs/view/statistics/cnn", "/runs/compare?run=statistics/cnn&run=statistics/facenet",
                  "/nowhere"):
         browser.get(server + page)
         wait_for(browser, lambda d: d.find_elements(By.TAG_NAME, "h1"))
@@ -374,7 +374,7 @@ def test_at_a_phones_width_nothing_scrolls_sideways_and_controls_fit_a_finger(se
                                                     "scale": 0.6}})
         PHONE_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         PHONE_SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
-    for page in ("/runs", "/runs/view/statistics/normal"):
+    for page in ("/runs", "/runs/view/statistics/cnn"):
         phone.get(server + page)
         wait_for(phone, lambda d: d.find_elements(By.TAG_NAME, "h1"))
         widths[page] = phone.execute_script("return document.documentElement.scrollWidth")

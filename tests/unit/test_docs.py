@@ -159,7 +159,7 @@ def test_readme_figures_agree_with_statistics():
     """The shipped models' figures in the README are the ones ``statistics/`` holds."""
     text = readme_text()
     checked = 0
-    for model in ("facenet", "normal"):  # statistics/: the CNN's were written when the family was "normal"
+    for model in ("facenet", "cnn"):
         test = ROOT / "statistics" / model / "metrics.json"
         if test.is_file():
             m = json.loads(test.read_text())
