@@ -67,15 +67,16 @@ def test_quickstart_labels_the_astronaut(tmp_path, model_type):
 
 
 
-def test_the_shipped_cnn_written_as_normal_is_read_as_cnn():
-    """saved_model/cnn was saved when the family was named ``normal`` (its model_info.json says so,
-    unchanged); every reader takes it as the cnn model ``--model_type cnn`` and ``normal`` both find."""
+def test_the_shipped_cnn_is_found_by_its_name_and_its_former_one():
+    """saved_model/cnn says ``model_type: cnn``; ``model=cnn`` and the former ``model=normal`` both
+    find it (a folder saved as ``normal`` is read as cnn: tests/unit/test_models.py)."""
     from faceattr.config import compose_config
     from faceattr.models import io
+    from faceattr.models.info import ModelInfo
 
     folder = shipped("cnn")
-    assert json.loads((folder / "model_info.json").read_text())["model_type"] == "normal"
-    assert io.ModelInfo.read(folder).model_type == "cnn"
+    assert json.loads((folder / "model_info.json").read_text())["model_type"] == "cnn"
+    assert ModelInfo.read(folder).model_type == "cnn"
     for model in ("cnn", "normal"):
         assert io.resolve_model_dir(compose_config(["command=run", f"model={model}"])) == folder
 
