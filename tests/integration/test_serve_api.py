@@ -370,7 +370,7 @@ def test_run_page_shows_every_plot_and_report(served):
     client = TestClient(served[0])
     res = client.get("/runs/view/statistics/cnn")
     assert res.status_code == 200
-    plots = sorted(p.name for p in (ROOT / "statistics" / "normal").glob("*.png"))
+    plots = sorted(p.name for p in (ROOT / "statistics" / "cnn").glob("*.png"))
     for name in plots:
         assert f"/runs/file/statistics/cnn/{name}" in res.text
         img = client.get(f"/runs/file/statistics/cnn/{name}")

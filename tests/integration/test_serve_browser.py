@@ -155,7 +155,7 @@ def test_upload_correct_reload_and_browse_runs(server, browser):
     link = wait_for(browser, lambda d: d.find_elements(By.LINK_TEXT, "statistics/cnn"))[0]
     link.click()
     plots = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".plots img"))
-    assert len(plots) == len(list((ROOT / "statistics" / "normal").glob("*.png")))
+    assert len(plots) == len(list((ROOT / "statistics" / "cnn").glob("*.png")))
     for img in plots:
         browser.execute_script("arguments[0].scrollIntoView()", img)
         wait_for(browser, lambda d, img=img: loaded(d, img))
