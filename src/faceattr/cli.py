@@ -13,7 +13,6 @@ exit. Flags are spelt with hyphens (``--model-path``); the older underscore spel
 from __future__ import annotations
 
 import argparse
-import logging
 import re
 import sys
 from pathlib import Path
@@ -35,8 +34,6 @@ HYDRA_FLAGS = {
     "--shell-completion": 0, "-sc": 1, "--version": 0,
 }
 OVERRIDE_RE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.@/\-]*=")
-
-log = logging.getLogger(__name__)
 
 
 def _flag_parser(command: str) -> argparse.ArgumentParser:

@@ -23,11 +23,11 @@ def handle(cfg: DictConfig, run_dir: Path) -> dict:
     """Write ``<run dir>/model``, the members' mean (``models.ensemble.build_ensemble``), and
     promote it when ``promote=true``; returns the ensemble's summary."""
     from faceattr.models.ensemble import build_ensemble  # deferred: models loads numpy and pandas
-    from faceattr.training.promote import promote  # deferred: checking the model loads it (TensorFlow/LiteRT)
+    from faceattr.training.promote import promote_as_configured  # deferred: loads the model (TensorFlow/LiteRT)
 
     summary = build_ensemble(cfg, run_dir)
     if cfg.promote:
-        promote(Path(summary["model_dir"]), Path(cfg.paths.saved_models), Path(cfg.paths.cache))
+        promote_as_configured(Path(summary["model_dir"]), cfg)
     return summary
 
 

@@ -25,10 +25,9 @@ def to_overrides(flags: argparse.Namespace, positional: list[str]) -> list[str]:
 def handle(cfg: DictConfig, run_dir: Path) -> dict:
     """Promote ``model_path`` (a training run or its ``model/``); returns where it went."""
     from faceattr.models.io import model_folder  # deferred: models loads numpy and the family registry
-    from faceattr.training.promote import promote  # deferred: checking the model loads it (TensorFlow/LiteRT)
+    from faceattr.training.promote import promote_as_configured  # deferred: loads the model (TensorFlow/LiteRT)
 
-    target = promote(model_folder(Path(cfg.model_path)), Path(cfg.paths.saved_models),
-                     Path(cfg.paths.cache) if cfg.paths.cache else None)
+    target = promote_as_configured(model_folder(Path(cfg.model_path)), cfg)
     return {"promoted": str(target)}
 
 

@@ -36,7 +36,7 @@ from faceattr.models.engine.loop import backup_fingerprint, join_histories, sear
 from faceattr.models.export import export_tflite
 from faceattr.models.families import Trainer, family
 from faceattr.models.info import ModelInfo
-from faceattr.training.promote import promote
+from faceattr.training.promote import promote_as_configured
 from faceattr.training.state import SUMMARY, finished_message, finished_summary, write_atomic
 
 log = logging.getLogger(__name__)
@@ -194,5 +194,5 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     shutil.rmtree(run_dir / "backup", ignore_errors=True)
     print(f"Model saved to {model_dir}")
     if cfg.promote:
-        promote(model_dir, Path(cfg.paths.saved_models), Path(cfg.paths.cache))
+        promote_as_configured(model_dir, cfg)
     return summary

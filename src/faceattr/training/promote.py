@@ -66,6 +66,12 @@ def promote(run_model_dir: Path, saved_models: Path, cache_dir: Path | None = No
     return target
 
 
+def promote_as_configured(model_dir: Path, cfg) -> Path:
+    """:func:`promote` ``model_dir`` into ``cfg.paths.saved_models``, loading it with
+    ``cfg.paths.cache`` (the ``promote`` command, and ``train``/``ensemble`` with ``promote=true``)."""
+    return promote(model_dir, Path(cfg.paths.saved_models), Path(cfg.paths.cache))
+
+
 def check_loads(model_dir: Path, shown_as: Path | None = None, cache_dir: Path | None = None) -> None:
     """Load ``model_dir`` as ``run`` would (``inference.runtime.open_runner``, backend auto) and
     predict once on a blank (1, S, S, 3) batch; a ``ModelError`` naming ``shown_as`` (default
