@@ -439,8 +439,10 @@ class CompareConfig:
 @dataclass
 class EnsembleConfig:
     members: list[str] = field(default_factory=list)  # model folders (or training runs) to average
-    # One weight per member (scaled to sum to 1), e.g. [0.6, 0.4]; null: the plain mean.
-    weights: list[float] | None = None
+    # One weight per member (scaled to sum to 1), e.g. [0.6, 0.4], for every task, or one list per
+    # task, e.g. {gender: [0.7, 0.3], race: [0.5, 0.5]} (a task left out: the plain mean); null:
+    # the plain mean. Checked by models.ensemble.member_weights.
+    weights: Any = None
 
 
 @dataclass

@@ -231,7 +231,18 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fak
 
     runner, _ = open_runner(weighted / "model", "tflite", shared_cache)
     np.testing.assert_allclose(runner(faces)["race"], got["race"], atol=0.02)  # int8 weights
-    with pytest.raises(ConfigError, match="one positive weight per member"):
+    # Per task (ensemble.weights.<task>): gender from the first member alone, race weighted,
+    # age the plain mean; the record says which.
+    per_task = tmp_path / "per_task"
+    run_command("ensemble", members(runs[0], runs[1] / "model"), "ensemble.weights={gender:[1,0],race:[1,3]}",
+                f"paths.cache={shared_cache}", run_dir=per_task)
+    assert json.loads((per_task / "model" / "model_info.json").read_text())["ensemble"]["weights"] == {
+        "gender": [1.0, 0.0], "race": [0.25, 0.75]}
+    got = load(per_task).predict_on_batch(faces)
+    np.testing.assert_allclose(got["gender"], one["gender"], atol=1e-5)
+    np.testing.assert_allclose(got["race"], 0.25 * np.asarray(one["race"]) + 0.75 * np.asarray(two["race"]), atol=1e-5)
+    np.testing.assert_allclose(got["age"], (np.asarray(one["age"]) + np.asarray(two["age"])) / 2, atol=1e-5)
+    with pytest.raises(ConfigError, match="one weight >= 0 per member"):
         run_command("ensemble", members(runs[0], runs[1] / "model"), "ensemble.weights=[1]",
                     f"paths.cache={shared_cache}", run_dir=tmp_path / "bad_weights")
     # It evaluates on the members' test split, as any model folder.

@@ -176,3 +176,26 @@ def test_every_facenet_stack_of_an_ensemble_is_found():
     found = nested_layers(pair, "facenet_top")
     assert len(found) == 2 and found[0] is not found[1]
     assert nested_layers(pair, "block8_1") == []
+
+
+def test_ensemble_weights_for_every_task_or_per_task():
+    """``ensemble.weights``: one list for every task, or a list per task (a task left out is the
+    plain mean); each scaled to sum to 1, zeros allowed, a member unused everywhere refused."""
+    from faceattr.models.ensemble import member_weights, recorded_weights
+
+    assert member_weights(None, 2) is None
+    assert member_weights([2, 2], 2) is None  # equal weights are the plain mean
+    every = member_weights([3, 1], 2)
+    assert every == {"age": [0.75, 0.25], "gender": [0.75, 0.25], "race": [0.75, 0.25]}
+    assert recorded_weights(every) == {"weights": [0.75, 0.25]}
+    per_task = member_weights({"gender": [1, 0], "race": [1, 3]}, 2)
+    assert per_task == {"gender": [1.0, 0.0], "race": [0.25, 0.75]}
+    assert recorded_weights(per_task) == {"weights": {"gender": [1.0, 0.0], "race": [0.25, 0.75]}}
+    assert member_weights({"age": [1, 1, 1], "race": [0, 1, 1]}, 3) == {"race": [0.0, 0.5, 0.5]}
+    for bad, message in (([1], "one weight >= 0 per member"), ([1, -1], "one weight >= 0"),
+                         ([0, 0], "not all 0"), ({"gender": "1,0"}, "give a list of 2 weights"),
+                         ({"ethnicity": [1, 0]}, "ethnicity is not a task"),
+                         ({"gender": ["a", 1]}, "must be numbers"),
+                         ({"age": [1, 0], "gender": [1, 0], "race": [1, 0]}, "member 1 weighs 0 in every task")):
+        with pytest.raises(ConfigError, match=message):
+            member_weights(bad, 2)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,8 +64,13 @@ log = logging.getLogger(__name__)
 MEMBER_HISTORY_PREFIX = "history_member"
 
 
+#: Per-task member weights, e.g. ``{"age": [0.7, 0.3], "gender": [0.7, 0.3], "race": [0.5, 0.5]}``,
+#: each list summing to 1 (:func:`member_weights`).
+TaskWeights = dict[str, list[float]]
+
+
 def average_models(members: list[keras.Model], name: str = "ensemble",
-                   weights: list[float] | None = None) -> keras.Model:
+                   weights: TaskWeights | None = None) -> keras.Model:
     """One model whose outputs are the members' mean outputs (weighted by ``weights``, see
     :func:`mean_outputs`).
 
@@ -84,29 +90,72 @@ def _load_all(dirs: list[Path], infos: list[ModelInfo]) -> list[keras.Model]:
     return [load_trainable(d, info) for d, info in zip(dirs, infos, strict=True)]
 
 
-def mean_outputs(outputs: list[dict], weights: list[float] | None = None) -> dict:
+def mean_outputs(outputs: list[dict], weights: TaskWeights | None = None) -> dict:
     """The members' output dicts (``age``, ``gender``, ``race`` tensors) averaged task by task;
-    with ``weights`` (one per member, summing to 1) their weighted mean, which keeps the class
-    probabilities summing to 1."""
+    with ``weights`` (per task, one weight per member, summing to 1) each task's weighted mean,
+    which keeps the class probabilities summing to 1. A task ``weights`` leaves out is the plain mean."""
     from keras import layers  # deferred: Keras imports TensorFlow (seconds)
 
     from faceattr.models.layers import WeightedMean  # deferred: models.layers imports Keras (TensorFlow, seconds)
 
-    if weights is None:
-        return {key: layers.Average(name=key)([out[key] for out in outputs]) for key in TASKS}
-    return {key: WeightedMean(weights, name=key)([out[key] for out in outputs]) for key in TASKS}
+    weights = weights or {}
+    return {key: WeightedMean(weights[key], name=key)([out[key] for out in outputs]) if key in weights
+            else layers.Average(name=key)([out[key] for out in outputs]) for key in TASKS}
 
 
-def member_weights(cfg_weights: list[float] | None, n: int) -> list[float] | None:
-    """``ensemble.weights`` checked and scaled to sum to 1; None for the plain mean (also when all are equal)."""
+def member_weights(cfg_weights, n: int) -> TaskWeights | None:
+    """``ensemble.weights`` checked and scaled to sum to 1 per task; None for the plain mean.
+
+    ``cfg_weights`` is one list for every task (``[0.6, 0.4]``) or a mapping from task to list
+    (``{gender: [0.7, 0.3], race: [0.5, 0.5]}``; a task left out gets the plain mean), one weight
+    per member, each >= 0 and summing above 0. Members often differ by task (a model trained on
+    everyday photos judges their gender best, one trained on chips their race), so each task may
+    weigh them differently. A member that weighs 0 in every task is refused: leave it out instead.
+    """
     if cfg_weights is None:
         return None
-    weights = [float(w) for w in cfg_weights]
-    if len(weights) != n or any(not w > 0 for w in weights):
-        raise ConfigError(f"ensemble.weights: give one positive weight per member ({n}), got {weights}")
+    if isinstance(cfg_weights, Mapping):
+        unknown = sorted(set(map(str, cfg_weights)) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"ensemble.weights: {', '.join(unknown)} is not a task; name some of "
+                              f"{', '.join(TASKS)}, or give one list for all")
+        given = {str(task): _scaled(task, cfg_weights[task], n) for task in cfg_weights}
+    else:
+        given = {task: _scaled(None, cfg_weights, n) for task in TASKS}
+    unused = [i for i in range(n) if all(w[i] == 0 for w in given.values()) and len(given) == len(TASKS)]
+    if unused:
+        raise ConfigError(f"ensemble.weights: member {unused[0]} weighs 0 in every task; leave it out of the ensemble")
+    equal = [1.0 / n] * n
+    weights = {task: w for task, w in given.items() if w != equal}  # the plain mean needs no weights
+    return weights or None
+
+
+def _scaled(task: str | None, values, n: int) -> list[float]:
+    """One task's weights checked (``n`` numbers, >= 0, sum > 0) and scaled to sum to 1."""
+    where = f"ensemble.weights.{task}" if task else "ensemble.weights"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ConfigError(f"{where}: give a list of {n} weights, one per member, not {values!r}")
+    try:
+        weights = [float(w) for w in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: weights must be numbers, got {list(values)}") from None
+    if len(weights) != n or any(not w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ConfigError(f"{where}: give one weight >= 0 per member ({n}), not all 0, got {weights}")
     if len(set(weights)) == 1:
-        return None
+        return [1.0 / n] * n
     return [w / sum(weights) for w in weights]
+
+
+def recorded_weights(weights: TaskWeights | None) -> dict:
+    """``model_info.json``'s record of the weights: ``{"weights": [...]}`` when every task weighs the
+    members alike, ``{"weights": {task: [...]}}`` when they differ, ``{}`` for the plain mean."""
+    if not weights:
+        return {}
+    rounded = {task: [round(w, 6) for w in weights.get(task, [])] for task in TASKS if task in weights}
+    lists = list(rounded.values())
+    if len(rounded) == len(TASKS) and all(w == lists[0] for w in lists):
+        return {"weights": lists[0]}
+    return {"weights": rounded}
 
 
 def trunk_member(infos: list[ModelInfo]) -> int | None:
@@ -174,7 +223,8 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
     The members are checked (``check_members``) before TensorFlow is imported. Promotion
     (``promote=true``) is the ``ensemble`` command's next step, not done here."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
-    weights = member_weights(OmegaConf.select(cfg, "ensemble.weights"), len(dirs))  # absent: the plain mean
+    given = OmegaConf.select(cfg, "ensemble.weights")  # absent: the plain mean
+    weights = member_weights(OmegaConf.to_container(given) if OmegaConf.is_config(given) else given, len(dirs))
     infos = check_members(dirs)
     trunk = trunk_member(infos)
     if trunk is not None:  # one shared trunk feeds the members (e.g. FaceNet tops)
@@ -184,7 +234,7 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
     first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
                      ensemble={"members": [str(d) for d in dirs], "member_types": [i.model_type for i in infos],
-                               "combine": "mean", **({"weights": [round(w, 6) for w in weights]} if weights else {})})
+                               "combine": "mean", **recorded_weights(weights)})
     model_dir = Path(run_dir) / "model"
     save_model(model_dir, info, model)
     merged_split(dirs).to_csv(model_dir / "split.csv", index=False)

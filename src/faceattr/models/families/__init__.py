@@ -152,8 +152,8 @@ class ModelFamily(ABC):
         raise NotImplementedError(f"{self.name} models take the face image; they need no shared trunk")
 
     def ensemble(self, dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None,
-                 weights: list[float] | None = None) -> tuple[keras.Model, int]:
-        """The members' mean (weighted by ``weights``, one per member) fed from this family's shared
+                 weights: dict[str, list[float]] | None = None) -> tuple[keras.Model, int]:
+        """The members' mean (weighted by ``weights``: per task, one weight per member) fed from this family's shared
         trunk; returns the model and the index of the member whose input (and ``model_info``) the
         ensemble takes."""
         raise NotImplementedError(f"{self.name} models take the face image; they need no shared trunk")

@@ -307,7 +307,7 @@ class FaceNetFamily(ModelFamily):
                                   f"{_spec(lead)['features']}; frozen-backbone members must share the feature kind")
 
     def ensemble(self, dirs: list[Path], infos: list[ModelInfo], cache_dir: Path | None,
-                 weights: list[float] | None = None) -> tuple[keras.Model, int]:
+                 weights: dict[str, list[float]] | None = None) -> tuple[keras.Model, int]:
         """The members' FaceNet tops averaged, all fed from the earliest cut among them; returns the
         model and the index of the member whose cut (and so whose trunk and cached features) it takes.
 
