@@ -446,6 +446,18 @@ class EnsembleConfig:
 
 
 @dataclass
+class WeighConfig:
+    """``weigh``: per-task ensemble weights chosen from the members' saved validation predictions
+    (evaluation/ensemble_weights.py)."""
+
+    evals: list[str] = field(default_factory=list)  # the members' `evaluate` run folders, on one data and split
+    # One weight per member that the choice must not fall below on `hold` (scaled to sum 1); null: equal weights
+    reference: list[float] | None = None
+    hold: list[str] = field(default_factory=list)  # sources whose figures may not get worse than the reference's
+    step: float = rule(0.05, gt=0.0, le=0.5)  # the weight grid's step: weights are multiples of it, summing to 1
+
+
+@dataclass
 class Config:
     """The whole tree ``conf/config.yaml`` composes for every command."""
 
@@ -467,6 +479,7 @@ class Config:
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    weigh: WeighConfig = field(default_factory=WeighConfig)
 
 
 #: ConfigStore group -> (name, schema) of each group's node (``conf/<group>/*.yaml`` start from these).

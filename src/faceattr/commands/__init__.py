@@ -26,6 +26,7 @@ from faceattr.commands import (
     serve,
     stats,
     train,
+    weigh,
 )
 from faceattr.commands.spec import Command
 
@@ -39,6 +40,7 @@ COMMANDS: dict[str, Command] = {command.name: command for command in (
     promote.COMMAND,
     export.COMMAND,
     ensemble.COMMAND,
+    weigh.COMMAND,
     calibrate.COMMAND,
     distill.COMMAND,
     serve.COMMAND,

@@ -12,6 +12,8 @@ comparison.
   form every scorer returns).
 - ``sweep``: one table and one plot comparing the runs of a sweep (``compare`` command and a
   Hydra callback that runs when a multirun ends).
+- ``ensemble_weights``: per-task ensemble weights chosen from the members' saved validation
+  predictions (``weigh`` command).
 
 Submodules are imported on use; importing this package is cheap.
 """

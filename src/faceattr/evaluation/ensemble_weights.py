@@ -1,0 +1,496 @@
+"""Ensemble weights per task, chosen from the members' saved validation predictions (``weigh``).
+
+An ensemble (``models.ensemble``) is a weighted mean of its members' outputs: ages in years and
+the gender and race probabilities. The mean is linear, so the ensemble's predictions for any
+weights are the same weighted mean of the predictions each member wrote when evaluated alone
+(``evaluate evaluation.split=val run.calibrate=false --model-path MEMBER``): weights can be tried
+by the thousand without building a model.
+
+Each member's ``evaluate`` run folder is read into one table per source (``sources/<name>/``,
+or the folder itself as the one source :data:`ALL_SOURCES`), in either of the two formats an
+evaluation writes: UTKFace-style (``report.predictions_frame``: exact ages, class names) or
+labelled photos (``photos.write_photo_evaluation``: age groups, class codes, missing labels).
+
+Per task and source one figure judges a set of weights: for age the mean years outside the true
+age interval (the MAE for exact ages; lower is better), for gender and race the accuracy in %
+(higher is better); a face without that task's label is left out of that task. The rule
+(:func:`choose_weights`): among the weights on a simplex grid whose figure on every *held*
+source is at least as good as the *reference* weights' (equal weights unless given), take the
+best mean figure over the other sources; ties go to the weights nearest the reference.
+Choose on validation, never on the test split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from faceattr import writes
+from faceattr.errors import ConfigError
+from faceattr.labels import GENDERS, RACES, TASKS
+from faceattr.resources import program_name
+
+#: What an ``evaluate`` run writes per source, and where a run of several sources puts each.
+PREDICTIONS = "predictions.csv"
+SOURCES_DIR = "sources"
+#: The name of the one source of a run folder without ``sources/`` (a run on one source).
+ALL_SOURCES = "all"
+#: The most members, and the most grid points per task, searched.
+MAX_MEMBERS = 6
+MAX_GRID = 50_000
+#: Each task's figure, as reports and ``weights.json`` name it.
+UNITS: dict[str, str] = {
+    "age": "mean years outside the true age interval (the MAE for exact ages), lower is better",
+    "gender": "accuracy in %, higher is better",
+    "race": "accuracy in %, higher is better",
+}
+LOWER_IS_BETTER: dict[str, bool] = {"age": True, "gender": False, "race": False}
+#: Figures closer than this count as equal (float sums over a different order of members).
+TOLERANCE = 1e-9
+#: The most floats one block of (grid points x faces x race classes) may hold while scoring race.
+BLOCK_VALUES = 20_000_000
+RACE_COLUMNS = tuple(f"p_race_{name}" for name in RACES)
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """One source's faces as one member's ``evaluate`` run scored them, sorted by ``keys``.
+
+    Truths: ``age_lo``/``age_hi`` (N,) years, an exact age being [age, age], ``age_hi`` inf for
+    an open-ended group, both NaN without an age label; ``gender``/``race`` (N,) class indices
+    of ``labels.GENDERS``/``labels.RACES``, -1 where not labelled. Predictions: ``age`` (N,)
+    years, ``p_female`` (N,) probability, ``p_race`` (N, 5) probabilities in ``RACES`` order.
+    ``keys`` (N,) are the ``image`` or ``file`` names; ``path`` the CSV they came from.
+    """
+
+    path: Path
+    keys: np.ndarray
+    age_lo: np.ndarray
+    age_hi: np.ndarray
+    gender: np.ndarray
+    race: np.ndarray
+    age: np.ndarray
+    p_female: np.ndarray
+    p_race: np.ndarray
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One member's ``evaluate`` run folder: its sources by name, each a :class:`SourceTable`."""
+
+    folder: Path
+    sources: dict[str, SourceTable]
+
+
+@dataclass(frozen=True)
+class TaskChoice:
+    """One task's chosen weights (one per member, summing to 1) with their figures per source,
+    and the reference weights' figures per source (units: :data:`UNITS`; NaN: no labelled face)."""
+
+    weights: tuple[float, ...]
+    figures: dict[str, float]
+    reference: dict[str, float]
+
+
+@dataclass(frozen=True)
+class WeighResult:
+    """What :func:`choose_weights` found: per task a :class:`TaskChoice`; ``members[i][task][source]``
+    member i's figure alone; the rule's inputs (``reference`` scaled to sum 1, ``hold``, ``step``)."""
+
+    sources: dict[str, int]
+    reference: tuple[float, ...]
+    hold: tuple[str, ...]
+    step: float
+    tasks: dict[str, TaskChoice]
+    members: list[dict[str, dict[str, float]]]
+
+    def rule(self) -> str:
+        """The rule applied, in one sentence."""
+        judged = [s for s in self.sources if s not in self.hold] or list(self.sources)
+        held = (f"whose figure on {', '.join(self.hold)} is at least as good as the reference's, "
+                if self.hold else "")
+        return (f"per task, of the weights on a simplex grid of step {self.step:g} (and the reference) "
+                f"{held}the best mean figure over {', '.join(judged)}; ties: the nearest to the reference (L1)")
+
+    def weights(self) -> dict[str, list[float]]:
+        """The chosen weights per task, rounded to 6 decimals: ``ensemble.weights``' mapping."""
+        return {task: [round(w, 6) for w in choice.weights] for task, choice in self.tasks.items()}
+
+
+# ----------------------------------------------------------------------------------- reading
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"image": str, "file": str})
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # pandas' parser errors are ValueErrors
+        raise ConfigError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
+    missing = [c for c in columns if c not in frame]
+    if missing:
+        raise ConfigError(f"{path}: no column {', '.join(missing)} (not the predictions.csv of an `evaluate` run?)")
+
+
+def _numbers(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    """A column as floats (NaN where empty); a cell that is not a number is refused."""
+    if column not in frame:
+        return np.full(len(frame), math.nan)
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(float)
+    bad = np.flatnonzero(frame[column].notna().to_numpy() & np.isnan(values))
+    if len(bad):
+        raise ConfigError(f"{path}: row {bad[0] + 2}: {column} {frame[column].iloc[bad[0]]!r} is not a number")
+    return values
+
+
+def _classes(frame: pd.DataFrame, column: str, names: tuple[str, ...], path: Path) -> np.ndarray:
+    """Class names or codes -> indices into ``names`` (N,) int; -1 where empty or -1 (no label)."""
+    lookup = {name: i for i, name in enumerate(names)} | {str(i): i for i in range(len(names))} | {"-1": -1}
+    out = np.full(len(frame), -1, dtype=int)
+    for row, value in enumerate(frame.get(column, [])):
+        if pd.isna(value):
+            continue
+        key = str(value).strip().lower()
+        key = key[:-2] if key.endswith(".0") else key  # a column of codes with gaps is read as floats
+        if key not in lookup:
+            raise ConfigError(f"{path}: row {row + 2}: {column} {value!r} is not one of {', '.join(names)}")
+        out[row] = lookup[key]
+    return out
+
+
+def _table(path: Path, keys: pd.Series, **columns: np.ndarray) -> SourceTable:
+    """A :class:`SourceTable` with its rows sorted by key; a key listed twice is refused."""
+    keys_array = keys.astype(str).to_numpy()
+    order = np.argsort(keys_array, kind="stable")
+    keys_array = keys_array[order]
+    twice = np.flatnonzero(keys_array[1:] == keys_array[:-1])
+    if len(twice):
+        raise ConfigError(f"{path}: {keys_array[twice[0]]!r} is listed twice")
+    return SourceTable(path=path, keys=keys_array, **{name: values[order] for name, values in columns.items()})
+
+
+def _p_female(frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """P(female) (N,): its own column, or from the predicted gender and its probability."""
+    if "p_gender_female" in frame:
+        return _numbers(frame, "p_gender_female", path)
+    _require(frame, ("gender_pred", "gender_confidence"), path)
+    female = _classes(frame, "gender_pred", GENDERS, path) == GENDERS.index("female")
+    confidence = _numbers(frame, "gender_confidence", path)
+    return np.where(female, confidence, 1.0 - confidence)
+
+
+def utkface_predictions(frame: pd.DataFrame, path: Path) -> SourceTable:
+    """A UTKFace-style ``predictions.csv`` (``report.predictions_frame``: ``image``, ``age_true``,
+    ``age_pred``, ``gender_true``/``race_true`` class names, ``p_gender_*``, ``p_race_*``)."""
+    _require(frame, ("image", "age_true", "age_pred", "gender_true", "race_true", *RACE_COLUMNS), path)
+    age = _numbers(frame, "age_true", path)
+    return _table(path, frame["image"], age_lo=age, age_hi=age.copy(),
+                  gender=_classes(frame, "gender_true", GENDERS, path), race=_classes(frame, "race_true", RACES, path),
+                  age=_numbers(frame, "age_pred", path), p_female=_p_female(frame, path),
+                  p_race=np.column_stack([_numbers(frame, c, path) for c in RACE_COLUMNS]))
+
+
+def photo_predictions(frame: pd.DataFrame, path: Path) -> SourceTable:
+    """A labelled-photo ``predictions.csv`` (``photos.write_photo_evaluation``: ``file``, ``age`` or
+    ``age_lo``/``age_hi`` (empty or inf: open-ended), ``gender``/``race`` codes (empty or -1: no
+    label), ``age_pred``, ``gender_pred`` with ``gender_confidence``, ``p_race_*``). Photos where
+    no face was found (``found`` false) carry no prediction and are left out."""
+    _require(frame, ("file", "age_pred", "gender_pred", "gender_confidence", *RACE_COLUMNS), path)
+    if "found" in frame:
+        found = frame["found"].astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
+        frame = frame[found.to_numpy()].reset_index(drop=True)
+    exact, lo, hi = (_numbers(frame, c, path) for c in ("age", "age_lo", "age_hi"))
+    lo = np.where(np.isnan(exact), lo, exact)
+    # An exact age is the interval [age, age]; a group without an upper end is open (70+).
+    hi = np.where(~np.isnan(exact), exact, np.where(np.isnan(lo), math.nan, np.where(np.isnan(hi), math.inf, hi)))
+    return _table(path, frame["file"], age_lo=lo, age_hi=hi,
+                  gender=_classes(frame, "gender", GENDERS, path), race=_classes(frame, "race", RACES, path),
+                  age=_numbers(frame, "age_pred", path), p_female=_p_female(frame, path),
+                  p_race=np.column_stack([_numbers(frame, c, path) for c in RACE_COLUMNS]))
+
+
+def read_predictions(path: str | Path) -> SourceTable:
+    """One ``predictions.csv`` of an ``evaluate`` run, in whichever format it was written."""
+    path = Path(path)
+    frame = _read_csv(path)
+    if "age_true" in frame:
+        table = utkface_predictions(frame, path)
+    elif "file" in frame:
+        table = photo_predictions(frame, path)
+    else:
+        raise ConfigError(f"{path}: neither an `image, age_true, ...` nor a `file, age, ...` predictions table")
+    if np.isnan(table.age).any() or np.isnan(table.p_female).any() or np.isnan(table.p_race).any():
+        raise ConfigError(f"{path}: a face without a prediction (empty age_pred or probabilities)")
+    return table
+
+
+def source_files(folder: str | Path) -> dict[str, Path]:
+    """The ``predictions.csv`` of each source of an ``evaluate`` run folder, by source name: those
+    under ``sources/<name>/``, or the folder's own as the one source :data:`ALL_SOURCES`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder (give the run folders of `evaluate`)")
+    sources = folder / SOURCES_DIR
+    found = {p.name: p / PREDICTIONS for p in sorted(sources.iterdir()) if (p / PREDICTIONS).is_file()} \
+        if sources.is_dir() else {}
+    if found:
+        return found
+    if not (folder / PREDICTIONS).is_file():
+        raise ConfigError(f"{folder}: no {PREDICTIONS} (not the run folder of an `evaluate`?)")
+    return {ALL_SOURCES: folder / PREDICTIONS}
+
+
+def read_evaluation(folder: str | Path) -> Evaluation:
+    """A member's ``evaluate`` run folder read into one :class:`SourceTable` per source."""
+    return Evaluation(Path(folder), {name: read_predictions(path) for name, path in source_files(folder).items()})
+
+
+def check_matching(evaluations: Sequence[Evaluation]) -> None:
+    """Refuse members that were not evaluated on the same faces: the same sources, each with the
+    same keys and the same labels (ConfigError naming the folder and the first difference)."""
+    first = evaluations[0]
+    for other in evaluations[1:]:
+        if list(other.sources) != list(first.sources):
+            raise ConfigError(f"{other.folder}: sources {', '.join(other.sources)} differ from {first.folder}'s "
+                              f"({', '.join(first.sources)}); evaluate every member on one data and split")
+        for name, table in other.sources.items():
+            base = first.sources[name]
+            if len(table.keys) != len(base.keys) or (table.keys != base.keys).any():
+                extra = sorted(set(table.keys) ^ set(base.keys))
+                raise ConfigError(f"{other.folder}: source {name}: {len(table.keys)} faces, {first.folder} has "
+                                  f"{len(base.keys)}; the rows differ (e.g. {extra[0] if extra else '-'!r})")
+            same = [np.array_equal(getattr(table, c), getattr(base, c), equal_nan=True)
+                    for c in ("age_lo", "age_hi", "gender", "race")]
+            if not all(same):
+                raise ConfigError(f"{other.folder}: source {name}: the labels differ from {first.folder}'s; "
+                                  "evaluate every member on one data and split")
+
+
+# ---------------------------------------------------------------------------------- figures
+
+@dataclass(frozen=True)
+class _Stack:
+    """One source's members stacked: ``age`` (M, N) years, ``p_female`` (M, N), ``p_race``
+    (M, N, 5); the truths of :class:`SourceTable` (N,), shared by every member."""
+
+    age: np.ndarray
+    p_female: np.ndarray
+    p_race: np.ndarray
+    truth: SourceTable
+
+
+def _stack(tables: Sequence[SourceTable]) -> _Stack:
+    return _Stack(np.stack([t.age for t in tables]), np.stack([t.p_female for t in tables]),
+                  np.stack([t.p_race for t in tables]), tables[0])
+
+
+def task_figures(task: str, weights: np.ndarray, stack: _Stack) -> np.ndarray:
+    """The figure of ``task`` (:data:`UNITS`) on one source for each row of ``weights`` (G, M),
+    each row summing to 1: (G,), NaN where no face of the source is labelled for the task."""
+    truth = stack.truth
+    if task == "age":
+        rows = ~np.isnan(truth.age_lo)
+        if not rows.any():
+            return np.full(len(weights), math.nan)
+        pred = weights @ stack.age[:, rows]  # (G, n) years
+        # Distance outside [lo, hi]: 0 inside; an open-ended hi (inf) is never exceeded.
+        outside = np.maximum(truth.age_lo[rows] - pred, 0.0) + np.maximum(pred - truth.age_hi[rows], 0.0)
+        return outside.mean(axis=1)
+    labels = truth.gender if task == "gender" else truth.race
+    rows = labels >= 0
+    if not rows.any():
+        return np.full(len(weights), math.nan)
+    if task == "gender":
+        # argmax over (male, female) = female where P(female) > 1/2, ties going to male as argmax does.
+        hits = (weights @ stack.p_female[:, rows] > 0.5).astype(int) == labels[rows]
+        return 100.0 * hits.mean(axis=1)
+    probs = stack.p_race[:, rows]  # (M, n, 5)
+    block = max(1, BLOCK_VALUES // probs[0].size)  # grid points per block, to bound the memory
+    out = np.empty(len(weights))
+    for start in range(0, len(weights), block):
+        mixed = np.einsum("gm,mnk->gnk", weights[start:start + block], probs)
+        out[start:start + block] = 100.0 * (mixed.argmax(axis=2) == labels[rows]).mean(axis=1)
+    return out
+
+
+# ----------------------------------------------------------------------------------- choice
+
+def grid_size(n_members: int, step: float) -> int:
+    """How many weight vectors (``n_members`` weights, multiples of ``step``, summing to 1) there
+    are; ConfigError for a step that does not divide 1 or a grid above :data:`MAX_GRID`."""
+    parts = round(1.0 / step)
+    if not 0 < step <= 0.5 or abs(parts * step - 1.0) > 1e-6:
+        raise ConfigError(f"weigh.step={step:g} is not allowed: expected 1/k for a whole k >= 2 (0.05, 0.1, 0.25)")
+    size = math.comb(parts + n_members - 1, n_members - 1)
+    if size > MAX_GRID:
+        raise ConfigError(f"weigh.step={step:g}: {size:,} weight vectors for {n_members} members is above "
+                          f"{MAX_GRID:,}; give a larger step (--step 0.1)")
+    return size
+
+
+def simplex_grid(n_members: int, step: float) -> np.ndarray:
+    """Every weight vector of ``n_members`` multiples of ``step`` summing to 1: (G, n_members)."""
+    grid_size(n_members, step)
+    parts = round(1.0 / step)
+    # Stars and bars: n_members - 1 bars among parts + n_members - 1 slots; the stars between
+    # consecutive bars are one member's share, in steps.
+    bars = np.array(list(itertools.combinations(range(parts + n_members - 1), n_members - 1)), dtype=int)
+    edges = np.column_stack([np.full(len(bars), -1), bars, np.full(len(bars), parts + n_members - 1)])
+    return (np.diff(edges, axis=1) - 1) / parts
+
+
+def reference_weights(reference: Sequence[float] | None, n_members: int) -> np.ndarray:
+    """The reference weights (n_members,), scaled to sum to 1; None: equal weights."""
+    if reference is None:
+        return np.full(n_members, 1.0 / n_members)
+    values = np.asarray([float(w) for w in reference])
+    if len(values) != n_members or (values < 0).any() or not values.sum() > 0:
+        raise ConfigError(f"weigh.reference={[float(w) for w in reference]}: give {n_members} weights >= 0, "
+                          "one per member, not all 0")
+    return values / values.sum()
+
+
+def check_request(n_members: int, reference: Sequence[float] | None, hold: Sequence[str], step: float,
+                  sources: Sequence[str] | None = None) -> None:
+    """Refuse, before any reading, what :func:`choose_weights` can't do (ConfigError, one line)."""
+    if n_members < 2:
+        raise ConfigError("weigh.evals: give the `evaluate` run folders of two or more members")
+    if n_members > MAX_MEMBERS:
+        raise ConfigError(f"weigh.evals: {n_members} members; at most {MAX_MEMBERS} are searched")
+    reference_weights(reference, n_members)
+    grid_size(n_members, step)
+    unknown = [h for h in hold if sources is not None and h not in sources]
+    if unknown:
+        raise ConfigError(f"weigh.hold: no source {', '.join(unknown)}; the members' sources are "
+                          f"{', '.join(sources or [])}")
+
+
+def _choose(task: str, candidates: np.ndarray, stacks: Mapping[str, _Stack], hold: Sequence[str]) -> int:
+    """The row of ``candidates`` (G, M; row 0 the reference) the rule picks for ``task``."""
+    names = list(stacks)
+    figures = np.column_stack([task_figures(task, candidates, stacks[s]) for s in names])  # (G, S)
+    loss = figures if LOWER_IS_BETTER[task] else -figures
+    held = [names.index(h) for h in hold]
+    judged = [i for i in range(len(names)) if i not in held] or list(range(len(names)))
+    # NaN (no labelled face) compares False: a held source without labels holds nothing back.
+    allowed = ~(loss[:, held] > loss[0, held] + TOLERANCE).any(axis=1)
+    scored = loss[:, judged]
+    counted = (~np.isnan(scored)).sum(axis=1)
+    if not counted.any():
+        return 0  # no labelled face for this task anywhere: keep the reference
+    objective = np.where(np.isnan(scored), 0.0, scored).sum(axis=1) / np.maximum(counted, 1)
+    objective = np.where(allowed, objective, np.inf)
+    tied = objective <= objective.min() + TOLERANCE
+    distance = np.abs(candidates - candidates[0]).sum(axis=1)
+    return int(np.argmin(np.where(tied, distance, np.inf)))
+
+
+def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float] | None = None,
+                   hold: Sequence[str] = (), step: float = 0.05) -> WeighResult:
+    """Per task, the member weights the rule picks (module docstring) from ``evaluations``, one
+    per member in order. ``reference``: one weight per member (scaled to sum 1; None: equal);
+    ``hold``: source names whose figure must not get worse than the reference's; ``step``: the
+    grid's step (weights are multiples of it, each >= 0, summing to 1; the reference is tried too)."""
+    names = list(evaluations[0].sources) if evaluations else []
+    check_request(len(evaluations), reference, hold, step, names)
+    check_matching(evaluations)
+    ref = reference_weights(reference, len(evaluations))
+    candidates = np.vstack([ref[None], simplex_grid(len(evaluations), step)])
+    stacks = {s: _stack([e.sources[s] for e in evaluations]) for s in names}
+
+    def figures_of(weights: np.ndarray, task: str) -> dict[str, float]:
+        return {s: float(task_figures(task, weights[None], stacks[s])[0]) for s in names}
+
+    tasks = {}
+    for task in TASKS:
+        picked = candidates[_choose(task, candidates, stacks, hold)]
+        tasks[task] = TaskChoice(tuple(float(w) for w in picked), figures_of(picked, task), figures_of(ref, task))
+    members = [{task: figures_of(np.eye(len(evaluations))[i], task) for task in TASKS}
+               for i in range(len(evaluations))]
+    return WeighResult({s: len(stacks[s].truth.keys) for s in names}, tuple(float(w) for w in ref),
+                       tuple(hold), float(step), tasks, members)
+
+
+# ----------------------------------------------------------------------------------- output
+
+def member_model(folder: str | Path) -> str | None:
+    """The model folder an ``evaluate`` run scored: ``model_path`` of its ``.hydra/config.yaml``,
+    None when not recorded (or unreadable)."""
+    path = Path(folder) / ".hydra" / "config.yaml"
+    try:
+        value = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model_path")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return str(value) if value else None
+
+
+def _number(weight: float) -> str:
+    return format(round(weight, 6), "g")
+
+
+def ensemble_command(weights: Mapping[str, Sequence[float]], models: Sequence[str | None]) -> str | None:
+    """The ``ensemble`` command line that builds the weighted ensemble: the members' model folders
+    (``<member i>`` where unknown) and ``ensemble.weights`` per task. A member weighing 0 in every
+    task is left out (``ensemble`` refuses it); None when fewer than two members are left."""
+    used = [i for i in range(len(models)) if any(w[i] > 0 for w in weights.values())]
+    if len(used) < 2:
+        return None
+    folders = [shlex.quote(models[i]) if models[i] else f"<member {i}>" for i in used]
+    lists = ",".join(f"{task}:[{','.join(_number(weights[task][i]) for i in used)}]" for task in weights)
+    return f"{program_name()} ensemble {' '.join(folders)} 'ensemble.weights={{{lists}}}'"
+
+
+def _listed(weights: Sequence[float]) -> str:
+    return "[" + ", ".join(_number(w) for w in weights) + "]"
+
+
+def _shown(value: float, task: str) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.2f} y" if task == "age" else f"{value:.1f} %"
+
+
+def report_text(result: WeighResult) -> str:
+    """A short table: per task the chosen weights and, per source, the reference's figure -> the chosen's."""
+    lines = [f"reference weights {_listed(result.reference)}; "
+             f"held: {', '.join(result.hold) or 'none'}"]
+    for task, choice in result.tasks.items():
+        lines.append(f"{task} ({UNITS[task]}): weights {_listed(choice.weights)}")
+        for source, n in result.sources.items():
+            held = " (held)" if source in result.hold else ""
+            lines.append(f"  {source + held:<24} n={n:<6} {_shown(choice.reference[source], task):>9} -> "
+                         f"{_shown(choice.figures[source], task)}")
+    return "\n".join(lines)
+
+
+def weigh_folders(folders: Sequence[str | Path], reference: Sequence[float] | None, hold: Sequence[str],
+                  step: float, run_dir: str | Path) -> dict[str, Any]:
+    """The ``weigh`` command's work: read the members' ``evaluate`` run folders, choose the weights
+    (:func:`choose_weights`) and write ``<run_dir>/weights.json``. Returns its content with
+    ``table`` (:func:`report_text`) and ``command`` (:func:`ensemble_command`, or None) added."""
+    check_request(len(folders), reference, hold, step)
+    sources = [source_files(folder) for folder in folders]  # every folder checked before any reading
+    check_request(len(folders), reference, hold, step, list(sources[0]))
+    result = choose_weights([read_evaluation(folder) for folder in folders], reference, hold, step)
+    models = [member_model(folder) for folder in folders]
+    command = ensemble_command(result.weights(), models)
+    record = {
+        "weights": result.weights(), "rule": result.rule(), "reference": list(result.reference),
+        "hold": list(result.hold), "step": result.step, "sources": result.sources, "units": UNITS,
+        "figures": {task: c.figures for task, c in result.tasks.items()},
+        "reference_figures": {task: c.reference for task, c in result.tasks.items()},
+        "members": [{"evaluation": str(folder), "model": model, "figures": figures}
+                    for folder, model, figures in zip(folders, models, result.members, strict=True)],
+        "command": command,
+    }
+    writes.write_text(Path(run_dir) / "weights.json", writes.json_text(record))  # NaN written as null
+    return {**record, "table": report_text(result)}
