@@ -33,7 +33,7 @@ COLUMNS = ("file", "path", "age", "age_lo", "age_hi", "gender", "race")
 MAX_AGE = 130.0
 
 
-def _codes(column: pd.Series, names: tuple[str, ...], where: Path, what: str) -> np.ndarray:
+def class_codes(column: pd.Series, names: tuple[str, ...], where: Path, what: str) -> np.ndarray:
     """Class names or codes -> indices (-1 where empty); InputError naming the first bad cell."""
     lookup = {name: i for i, name in enumerate(names)} | {str(i): i for i in range(len(names))}
     out = np.full(len(column), -1, dtype=int)
@@ -133,6 +133,6 @@ def read_labels(path: str | Path) -> pd.DataFrame:
         "file": frame["file"].astype(str),
         "path": paths,
         "age": age, "age_lo": lo, "age_hi": hi,
-        "gender": _codes(frame.get("gender", pd.Series([None] * len(frame))), GENDERS, csv_path, "gender"),
-        "race": _codes(frame.get("race", pd.Series([None] * len(frame))), RACES, csv_path, "race"),
+        "gender": class_codes(frame.get("gender", pd.Series([None] * len(frame))), GENDERS, csv_path, "gender"),
+        "race": class_codes(frame.get("race", pd.Series([None] * len(frame))), RACES, csv_path, "race"),
     }, columns=list(COLUMNS))

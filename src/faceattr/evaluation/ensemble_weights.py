@@ -35,6 +35,7 @@ import pandas as pd
 import yaml
 
 from faceattr import writes
+from faceattr.data.labels_csv import class_codes
 from faceattr.errors import ConfigError
 from faceattr.labels import GENDERS, RACES, TASKS
 from faceattr.resources import program_name
@@ -154,17 +155,9 @@ def _numbers(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
 
 def _classes(frame: pd.DataFrame, column: str, names: tuple[str, ...], path: Path) -> np.ndarray:
     """Class names or codes -> indices into ``names`` (N,) int; -1 where empty or -1 (no label)."""
-    lookup = {name: i for i, name in enumerate(names)} | {str(i): i for i in range(len(names))} | {"-1": -1}
-    out = np.full(len(frame), -1, dtype=int)
-    for row, value in enumerate(frame.get(column, [])):
-        if pd.isna(value):
-            continue
-        key = str(value).strip().lower()
-        key = key[:-2] if key.endswith(".0") else key  # a column of codes with gaps is read as floats
-        if key not in lookup:
-            raise ConfigError(f"{path}: row {row + 2}: {column} {value!r} is not one of {', '.join(names)}")
-        out[row] = lookup[key]
-    return out
+    values = frame.get(column, pd.Series([None] * len(frame)))
+    unlabelled = values.astype(str).str.strip().isin(("-1", "-1.0"))
+    return class_codes(values.mask(unlabelled), names, path, column)
 
 
 def _table(path: Path, keys: pd.Series, **columns: np.ndarray) -> SourceTable:
