@@ -84,6 +84,9 @@ def _import_tensorflow(verbose: bool) -> str:
     """stderr of a process set quiet or verbose that then imports TensorFlow."""
     code = f"from faceattr.verbosity import set_verbosity; set_verbosity({verbose}); import keras, tensorflow"
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FACEATTR_VERBOSE")}
+    # TensorFlow turns oneDNN on (and says so) by default only on some CPUs (AVX-512 and newer);
+    # asked for, it does on any x86 CPU, so the notice is there to be dropped on every machine.
+    env["TF_ENABLE_ONEDNN_OPTS"] = "1"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=ROOT / "src", env=env).stderr
 
