@@ -455,6 +455,8 @@ class WeighConfig:
     reference: list[float] | None = None
     hold: list[str] = field(default_factory=list)  # sources whose figures may not get worse than the reference's
     step: float = rule(0.05, gt=0.0, le=0.5)  # the weight grid's step: weights are multiples of it, summing to 1
+    # How race is judged: accuracy, or balanced (the mean of the classes' recalls: `others` counts as much)
+    race_metric: str = rule("accuracy", choices=("accuracy", "balanced"))
 
 
 @dataclass

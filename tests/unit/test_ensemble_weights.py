@@ -27,6 +27,7 @@ from faceattr.evaluation.ensemble_weights import (
     check_request,
     choose_weights,
     read_evaluation,
+    report_text,
     simplex_grid,
 )
 from faceattr.labels import GENDERS, RACES
@@ -244,3 +245,35 @@ def test_the_library_does_not_load_tensorflow():
                          env={"PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def _one_source_eval(root: Path, name: str, race_pred: list[int]) -> Path:
+    """An ``evaluate`` folder of one source ("all"): four faces, races white x3 and black; the
+    member answers ``race_pred`` with probability 0.9; ages and genders exact."""
+    true = np.array([0, 0, 0, 1])
+    probs = np.full((4, len(RACES)), 0.1 / (len(RACES) - 1))
+    probs[np.arange(4), race_pred] = 0.9
+    frame = pd.DataFrame({"image": [f"u{i}.jpg" for i in range(4)], "age_true": 30.0, "age_pred": 30.0,
+                          "gender_true": "male", "gender_pred": "male", "p_gender_male": 0.9, "p_gender_female": 0.1,
+                          "race_true": [RACES[r] for r in true]})
+    folder = root / name
+    folder.mkdir()
+    pd.concat([frame, pd.DataFrame(probs, columns=[f"p_race_{r}" for r in RACES])], axis=1).to_csv(
+        folder / "predictions.csv", index=False)
+    return folder
+
+
+def test_race_judged_by_balanced_accuracy_counts_a_rare_class_as_much(tmp_path):
+    """A member that calls everyone white is right on 3 of 4 faces (75 %) but on one of two classes
+    (balanced 50 %); ``race_metric=balanced`` judges it so, in the figures and in the choice."""
+    members = [read_evaluation(_one_source_eval(tmp_path, "all_white", [0, 0, 0, 0])),
+               read_evaluation(_one_source_eval(tmp_path, "misses_one_white", [0, 0, 1, 1]))]
+    plain = choose_weights(members, step=0.5)
+    balanced = choose_weights(members, step=0.5, race_metric="balanced")
+    assert [m["race"]["all"] for m in plain.members] == [75.0, 75.0]
+    assert [m["race"]["all"] for m in balanced.members] == [50.0, pytest.approx(100 * (2 / 3 + 1) / 2)]
+    assert balanced.tasks["race"].weights == (0.0, 1.0)  # the member that finds the black face
+    assert balanced.race_metric == "balanced" and "balanced" in report_text(balanced)
+    with pytest.raises(ConfigError, match="race_metric"):
+        choose_weights(members, race_metric="f1")
+    assert flags_to_overrides("weigh", ["a", "b", "--race-metric", "balanced"])[-1] == "weigh.race_metric=balanced"

@@ -13,7 +13,7 @@ from faceattr.overrides import quote, quote_list
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """``--reference``, ``--hold`` and ``--step``."""
+    """``--reference``, ``--hold``, ``--step`` and ``--race-metric``."""
     parser.add_argument("--reference", metavar="W,W,...",
                         help="weights, one per member, the choice must not fall below on the held sources "
                              "(default: equal) (weigh.reference=[...])")
@@ -21,11 +21,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         help="sources whose figures may not get worse than the reference's, e.g. utkface "
                              "(weigh.hold=[...])")
     parser.add_argument("--step", type=float, metavar="STEP", help="the weight grid's step (weigh.step=0.05)")
+    parser.add_argument("--race-metric", choices=("accuracy", "balanced"),
+                        help="judge race by plain or balanced accuracy (weigh.race_metric=accuracy)")
 
 
 def to_overrides(flags: argparse.Namespace, positional: list[str]) -> list[str]:
     """``weigh.evals=[...]`` (two or more folders), and ``weigh.reference``, ``weigh.hold``,
-    ``weigh.step`` for the flags given."""
+    ``weigh.step``, ``weigh.race_metric`` for the flags given."""
     if len(positional) < 2:
         raise usage_error("weigh", "give the `evaluate` run folders of two or more members")
     out = [f"weigh.evals={quote_list(positional)}"]
@@ -40,6 +42,8 @@ def to_overrides(flags: argparse.Namespace, positional: list[str]) -> list[str]:
         out.append(f"weigh.hold={quote_list([s.strip() for s in flags.hold.split(',') if s.strip()])}")
     if flags.step is not None:
         out.append(f"weigh.step={quote(flags.step)}")
+    if flags.race_metric is not None:
+        out.append(f"weigh.race_metric={flags.race_metric}")
     return out
 
 
@@ -49,7 +53,8 @@ def handle(cfg: DictConfig, run_dir: Path) -> dict:
     from faceattr.evaluation.ensemble_weights import weigh_folders  # deferred: reads the predictions with pandas
 
     weigh = OmegaConf.to_container(cfg.weigh, resolve=True)
-    summary = weigh_folders(weigh["evals"], weigh["reference"], weigh["hold"], weigh["step"], run_dir)
+    summary = weigh_folders(weigh["evals"], weigh["reference"], weigh["hold"], weigh["step"], run_dir,
+                            weigh["race_metric"])
     print(summary["table"])
     if summary["command"]:
         print(f"To build it:\n{summary['command']}")

@@ -55,6 +55,17 @@ UNITS: dict[str, str] = {
     "race": "accuracy in %, higher is better",
 }
 LOWER_IS_BETTER: dict[str, bool] = {"age": True, "gender": False, "race": False}
+#: How race is judged: plain accuracy, or balanced accuracy (the mean of the classes' recalls, so
+#: a rare class such as ``others`` counts as much as a common one).
+RACE_METRICS = ("accuracy", "balanced")
+
+
+def units(race_metric: str = "accuracy") -> dict[str, str]:
+    """:data:`UNITS` with race judged by ``race_metric`` (one of :data:`RACE_METRICS`)."""
+    if race_metric not in RACE_METRICS:
+        raise ConfigError(f"weigh.race_metric={race_metric!r}: expected one of {', '.join(RACE_METRICS)}")
+    race = "balanced accuracy (mean recall over the classes) in %, higher is better"
+    return {**UNITS, "race": race} if race_metric == "balanced" else dict(UNITS)
 #: Figures closer than this count as equal (float sums over a different order of members).
 TOLERANCE = 1e-9
 #: The most floats one block of (grid points x faces x race classes) may hold while scoring race.
@@ -113,6 +124,7 @@ class WeighResult:
     step: float
     tasks: dict[str, TaskChoice]
     members: list[dict[str, dict[str, float]]]
+    race_metric: str = "accuracy"
 
     def rule(self) -> str:
         """The rule applied, in one sentence."""
@@ -286,9 +298,10 @@ def _stack(tables: Sequence[SourceTable]) -> _Stack:
                   np.stack([t.p_race for t in tables]), tables[0])
 
 
-def task_figures(task: str, weights: np.ndarray, stack: _Stack) -> np.ndarray:
-    """The figure of ``task`` (:data:`UNITS`) on one source for each row of ``weights`` (G, M),
-    each row summing to 1: (G,), NaN where no face of the source is labelled for the task."""
+def task_figures(task: str, weights: np.ndarray, stack: _Stack, race_metric: str = "accuracy") -> np.ndarray:
+    """The figure of ``task`` (:func:`units`) on one source for each row of ``weights`` (G, M),
+    each row summing to 1: (G,), NaN where no face of the source is labelled for the task.
+    ``race_metric``: race as plain or balanced accuracy (:data:`RACE_METRICS`)."""
     truth = stack.truth
     if task == "age":
         rows = ~np.isnan(truth.age_lo)
@@ -306,12 +319,16 @@ def task_figures(task: str, weights: np.ndarray, stack: _Stack) -> np.ndarray:
         # argmax over (male, female) = female where P(female) > 1/2, ties going to male as argmax does.
         hits = (weights @ stack.p_female[:, rows] > 0.5).astype(int) == labels[rows]
         return 100.0 * hits.mean(axis=1)
-    probs = stack.p_race[:, rows]  # (M, n, 5)
+    probs, true = stack.p_race[:, rows], labels[rows]  # (M, n, 5), (n,)
     block = max(1, BLOCK_VALUES // probs[0].size)  # grid points per block, to bound the memory
     out = np.empty(len(weights))
     for start in range(0, len(weights), block):
-        mixed = np.einsum("gm,mnk->gnk", weights[start:start + block], probs)
-        out[start:start + block] = 100.0 * (mixed.argmax(axis=2) == labels[rows]).mean(axis=1)
+        hits = np.einsum("gm,mnk->gnk", weights[start:start + block], probs).argmax(axis=2) == true  # (g, n)
+        if race_metric == "balanced":  # each labelled class's recall counts once
+            recalls = [hits[:, true == k].mean(axis=1) for k in np.unique(true)]
+            out[start:start + block] = 100.0 * np.mean(recalls, axis=0)
+        else:
+            out[start:start + block] = 100.0 * hits.mean(axis=1)
     return out
 
 
@@ -367,10 +384,11 @@ def check_request(n_members: int, reference: Sequence[float] | None, hold: Seque
                           f"{', '.join(sources or [])}")
 
 
-def _choose(task: str, candidates: np.ndarray, stacks: Mapping[str, _Stack], hold: Sequence[str]) -> int:
+def _choose(task: str, candidates: np.ndarray, stacks: Mapping[str, _Stack], hold: Sequence[str],
+            race_metric: str = "accuracy") -> int:
     """The row of ``candidates`` (G, M; row 0 the reference) the rule picks for ``task``."""
     names = list(stacks)
-    figures = np.column_stack([task_figures(task, candidates, stacks[s]) for s in names])  # (G, S)
+    figures = np.column_stack([task_figures(task, candidates, stacks[s], race_metric) for s in names])  # (G, S)
     loss = figures if LOWER_IS_BETTER[task] else -figures
     held = [names.index(h) for h in hold]
     judged = [i for i in range(len(names)) if i not in held] or list(range(len(names)))
@@ -388,11 +406,13 @@ def _choose(task: str, candidates: np.ndarray, stacks: Mapping[str, _Stack], hol
 
 
 def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float] | None = None,
-                   hold: Sequence[str] = (), step: float = 0.05) -> WeighResult:
+                   hold: Sequence[str] = (), step: float = 0.05, race_metric: str = "accuracy") -> WeighResult:
     """Per task, the member weights the rule picks (module docstring) from ``evaluations``, one
     per member in order. ``reference``: one weight per member (scaled to sum 1; None: equal);
     ``hold``: source names whose figure must not get worse than the reference's; ``step``: the
-    grid's step (weights are multiples of it, each >= 0, summing to 1; the reference is tried too)."""
+    grid's step (weights are multiples of it, each >= 0, summing to 1; the reference is tried too);
+    ``race_metric``: race judged by plain or balanced accuracy (:data:`RACE_METRICS`)."""
+    units(race_metric)  # an unknown metric is refused before any work
     names = list(evaluations[0].sources) if evaluations else []
     check_request(len(evaluations), reference, hold, step, names)
     check_matching(evaluations)
@@ -401,16 +421,16 @@ def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float]
     stacks = {s: _stack([e.sources[s] for e in evaluations]) for s in names}
 
     def figures_of(weights: np.ndarray, task: str) -> dict[str, float]:
-        return {s: float(task_figures(task, weights[None], stacks[s])[0]) for s in names}
+        return {s: float(task_figures(task, weights[None], stacks[s], race_metric)[0]) for s in names}
 
     tasks = {}
     for task in TASKS:
-        picked = candidates[_choose(task, candidates, stacks, hold)]
+        picked = candidates[_choose(task, candidates, stacks, hold, race_metric)]
         tasks[task] = TaskChoice(tuple(float(w) for w in picked), figures_of(picked, task), figures_of(ref, task))
     members = [{task: figures_of(np.eye(len(evaluations))[i], task) for task in TASKS}
                for i in range(len(evaluations))]
     return WeighResult({s: len(stacks[s].truth.keys) for s in names}, tuple(float(w) for w in ref),
-                       tuple(hold), float(step), tasks, members)
+                       tuple(hold), float(step), tasks, members, race_metric)
 
 
 # ----------------------------------------------------------------------------------- output
@@ -457,7 +477,7 @@ def report_text(result: WeighResult) -> str:
     lines = [f"reference weights {_listed(result.reference)}; "
              f"held: {', '.join(result.hold) or 'none'}"]
     for task, choice in result.tasks.items():
-        lines.append(f"{task} ({UNITS[task]}): weights {_listed(choice.weights)}")
+        lines.append(f"{task} ({units(result.race_metric)[task]}): weights {_listed(choice.weights)}")
         for source, n in result.sources.items():
             held = " (held)" if source in result.hold else ""
             lines.append(f"  {source + held:<24} n={n:<6} {_shown(choice.reference[source], task):>9} -> "
@@ -466,19 +486,21 @@ def report_text(result: WeighResult) -> str:
 
 
 def weigh_folders(folders: Sequence[str | Path], reference: Sequence[float] | None, hold: Sequence[str],
-                  step: float, run_dir: str | Path) -> dict[str, Any]:
+                  step: float, run_dir: str | Path, race_metric: str = "accuracy") -> dict[str, Any]:
     """The ``weigh`` command's work: read the members' ``evaluate`` run folders, choose the weights
     (:func:`choose_weights`) and write ``<run_dir>/weights.json``. Returns its content with
     ``table`` (:func:`report_text`) and ``command`` (:func:`ensemble_command`, or None) added."""
     check_request(len(folders), reference, hold, step)
+    units(race_metric)
     sources = [source_files(folder) for folder in folders]  # every folder checked before any reading
     check_request(len(folders), reference, hold, step, list(sources[0]))
-    result = choose_weights([read_evaluation(folder) for folder in folders], reference, hold, step)
+    result = choose_weights([read_evaluation(folder) for folder in folders], reference, hold, step, race_metric)
     models = [member_model(folder) for folder in folders]
     command = ensemble_command(result.weights(), models)
     record = {
         "weights": result.weights(), "rule": result.rule(), "reference": list(result.reference),
-        "hold": list(result.hold), "step": result.step, "sources": result.sources, "units": UNITS,
+        "hold": list(result.hold), "step": result.step, "sources": result.sources,
+        "race_metric": race_metric, "units": units(race_metric),
         "figures": {task: c.figures for task, c in result.tasks.items()},
         "reference_figures": {task: c.reference for task, c in result.tasks.items()},
         "members": [{"evaluation": str(folder), "model": model, "figures": figures}
