@@ -41,7 +41,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -103,7 +103,7 @@ def mean_outputs(outputs: list[dict], weights: TaskWeights | None = None) -> dic
             else layers.Average(name=key)([out[key] for out in outputs]) for key in TASKS}
 
 
-def member_weights(cfg_weights, n: int) -> TaskWeights | None:
+def member_weights(cfg_weights: Sequence[float] | Mapping[str, Sequence[float]] | None, n: int) -> TaskWeights | None:
     """``ensemble.weights`` checked and scaled to sum to 1 per task; None for the plain mean.
 
     ``cfg_weights`` is one list for every task (``[0.6, 0.4]``) or a mapping from task to list
@@ -130,7 +130,7 @@ def member_weights(cfg_weights, n: int) -> TaskWeights | None:
     return weights or None
 
 
-def _scaled(task: str | None, values, n: int) -> list[float]:
+def _scaled(task: str | None, values: Any, n: int) -> list[float]:
     """One task's weights checked (``n`` numbers, >= 0, sum > 0) and scaled to sum to 1."""
     where = f"ensemble.weights.{task}" if task else "ensemble.weights"
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
