@@ -61,14 +61,19 @@ def write_error(path: Path | str, exc: OSError) -> WriteError:
     return WriteError(f"{path}: cannot be written: {what}")
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's bytes, or a folder's entries, to disk by its path; OSError where that fails."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_folder(folder: Path) -> None:
     """Flush ``folder``'s entries (a rename inside it) to disk; a no-op where not supported."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(folder)
 
 
 def temporary_beside(path: Path) -> Path:

@@ -17,7 +17,6 @@ folder's ``train_summary.json``, written last, marks a finished run (``training.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -33,6 +32,7 @@ import numpy as np
 
 from faceattr import writes
 from faceattr.errors import ConfigError
+from faceattr.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ MONITOR_STATE = ("wait", "best", "best_epoch", "cooldown_counter")
 def fingerprint(model_cfg: dict, split_csv: Path) -> dict:
     """What a backup must share with the run that resumes it: the model settings and the split."""
     split_csv = Path(split_csv)
-    split = hashlib.sha256(split_csv.read_bytes()).hexdigest() if split_csv.is_file() else None
+    split = file_sha256(split_csv) if split_csv.is_file() else None
     return {"model": model_cfg, "split_sha256": split}
 
 
@@ -200,7 +200,7 @@ class AtomicBackup(keras.callbacks.Callback):
             path = self.dir / name
             if not path.is_file():
                 return f"{name} missing"
-            if _sha256(path) != meta["files"][kind]["sha256"]:
+            if file_sha256(path) != meta["files"][kind]["sha256"]:
                 return f"{name} fails its checksum"
         try:
             _build_optimizer(model)
@@ -273,14 +273,14 @@ class AtomicBackup(keras.callbacks.Callback):
                     np.savez(written["best"], *callback.best_weights)
         files = {}
         for kind, tmp in written.items():
-            _fsync(tmp)
+            writes.fsync_path(tmp)
             name = f"{slot}{tmp.name.removeprefix(PARTIAL)}"
-            files[kind] = {"name": name, "sha256": _sha256(tmp)}
+            files[kind] = {"name": name, "sha256": file_sha256(tmp)}
             os.replace(tmp, self.dir / name)
         meta = {"slot": slot, "epoch": self.epochs_done, "complete": complete, "files": files,
                 "history": self.history, "monitors": monitors, "fingerprint": self.fingerprint}
         writes.write_text(self.dir / f"{slot}.json", json.dumps(meta, indent=1))  # the commit
-        _fsync(self.dir)
+        writes.fsync_path(self.dir)
         keep = {slot, self._committed}
         for meta in _slots(self.dir):
             if meta["slot"] not in keep:
@@ -391,22 +391,6 @@ def _why(exc: Exception) -> str:
     """An exception in a few words, for a one-line report."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:100]}" if text else type(exc).__name__
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _plain(value: Any) -> Any:
