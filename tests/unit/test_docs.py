@@ -155,31 +155,31 @@ def test_docs_relative_links_exist(page):
     assert broken_links(path.read_text(encoding="utf-8"), path.parent) == []
 
 
+#: Where ``statistics/`` keeps each set's metrics for a model, and the README figures read from them.
+STATISTICS_FIGURES = (
+    ("{model}", lambda m: (f"MAE {m['age_mae']:.2f} y", f"{100 * m['gender_accuracy']:.1f} %",
+                           f"{100 * m['race_accuracy']:.1f} %", f"{100 * m['race_balanced_accuracy']:.1f} %")),
+    # FairFace's validation photos, a training source's own split
+    ("fairface-val/{model}/sources/fairface",
+     lambda m: (f"{m['age_interval_error']:.2f} y outside", f"{100 * m['gender_accuracy']:.1f} %",
+                f"{100 * m['race_accuracy']:.1f} %", f"{100 * m['race_balanced_accuracy']:.1f} %")),
+    ("fairface-dev/{model}",
+     lambda m: (f"{m['age_interval_error']:.2f} y outside", f"{100 * m['gender_accuracy']:.1f} %",
+                f"{100 * m['race_accuracy']:.1f} %", f"{100 * m['no_face_rate']:.1f} %")),
+)
+
+
 def test_readme_figures_agree_with_statistics():
     """The shipped models' figures in the README are the ones ``statistics/`` holds."""
     text = readme_text()
     checked = 0
     for model in ("facenet", "cnn"):
-        test = ROOT / "statistics" / model / "metrics.json"
-        if test.is_file():
-            m = json.loads(test.read_text())
-            for figure in (f"MAE {m['age_mae']:.2f} y", f"{100 * m['gender_accuracy']:.1f} %",
-                           f"{100 * m['race_accuracy']:.1f} %", f"{100 * m['race_balanced_accuracy']:.1f} %"):
-                assert figure in text, f"{test}: {figure} not in README.md"
-                checked += 1
-        val = ROOT / "statistics" / "fairface-val" / model / "sources" / "fairface" / "metrics.json"
-        if val.is_file():  # FairFace's validation photos, a training source's own split
-            m = json.loads(val.read_text())
-            for figure in (f"{m['age_interval_error']:.2f} y outside", f"{100 * m['gender_accuracy']:.1f} %",
-                           f"{100 * m['race_accuracy']:.1f} %", f"{100 * m['race_balanced_accuracy']:.1f} %"):
-                assert figure in text, f"{val}: {figure} not in README.md"
-                checked += 1
-        photos = ROOT / "statistics" / "fairface-dev" / model / "metrics.json"
-        if photos.is_file():
-            m = json.loads(photos.read_text())
-            for figure in (f"{m['age_interval_error']:.2f} y outside", f"{100 * m['gender_accuracy']:.1f} %",
-                           f"{100 * m['race_accuracy']:.1f} %", f"{100 * m['no_face_rate']:.1f} %"):
-                assert figure in text, f"{photos}: {figure} not in README.md"
+        for folder, figures in STATISTICS_FIGURES:
+            path = ROOT / "statistics" / folder.format(model=model) / "metrics.json"
+            if not path.is_file():
+                continue
+            for figure in figures(json.loads(path.read_text())):
+                assert figure in text, f"{path}: {figure} not in README.md"
                 checked += 1
     if not checked:
         pytest.skip("no statistics/ metrics")
