@@ -122,7 +122,8 @@ def member_weights(cfg_weights: Sequence[float] | Mapping[str, Sequence[float]] 
         given = {str(task): _scaled(task, cfg_weights[task], n) for task in cfg_weights}
     else:
         given = {task: _scaled(None, cfg_weights, n) for task in TASKS}
-    unused = [i for i in range(n) if all(w[i] == 0 for w in given.values()) and len(given) == len(TASKS)]
+    # A task left out averages every member, so only weights for every task can leave one unused.
+    unused = [i for i in range(n) if all(w[i] == 0 for w in given.values())] if len(given) == len(TASKS) else []
     if unused:
         raise ConfigError(f"ensemble.weights: member {unused[0]} weighs 0 in every task; leave it out of the ensemble")
     equal = [1.0 / n] * n
