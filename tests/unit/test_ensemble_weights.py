@@ -26,10 +26,10 @@ from faceattr.errors import ConfigError
 from faceattr.evaluation.ensemble_weights import (
     check_request,
     choose_weights,
-    read_evaluation,
     report_text,
     simplex_grid,
 )
+from faceattr.evaluation.saved_predictions import read_evaluation
 from faceattr.labels import GENDERS, RACES
 
 # utk: exact ages; gender and race as class names.

@@ -12,6 +12,7 @@ comparison.
   form every scorer returns).
 - ``sweep``: one table and one plot comparing the runs of a sweep (``compare`` command and a
   Hydra callback that runs when a multirun ends).
+- ``saved_predictions``: the ``predictions.csv`` an ``evaluate`` run wrote, read back per source.
 - ``ensemble_weights``: per-task ensemble weights chosen from the members' saved validation
   predictions (``weigh`` command).
 
