@@ -196,8 +196,9 @@ def reference_weights(reference: Sequence[float] | None, n_members: int) -> np.n
 
 
 def check_request(n_members: int, reference: Sequence[float] | None, hold: Sequence[str], step: float,
-                  sources: Sequence[str] | None = None) -> None:
+                  sources: Sequence[str] | None = None, race_metric: str = "accuracy") -> None:
     """Refuse, before any reading, what :func:`choose_weights` can't do (ConfigError, one line)."""
+    units(race_metric)
     if n_members < 2:
         raise ConfigError("weigh.evals: give the `evaluate` run folders of two or more members")
     if n_members > MAX_MEMBERS:
@@ -238,9 +239,8 @@ def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float]
     ``hold``: source names whose figure must not get worse than the reference's; ``step``: the
     grid's step (weights are multiples of it, each >= 0, summing to 1; the reference is tried too);
     ``race_metric``: race judged by plain or balanced accuracy (:data:`RACE_METRICS`)."""
-    units(race_metric)  # an unknown metric is refused before any work
     names = list(evaluations[0].sources) if evaluations else []
-    check_request(len(evaluations), reference, hold, step, names)
+    check_request(len(evaluations), reference, hold, step, names, race_metric)
     check_matching(evaluations)
     ref = reference_weights(reference, len(evaluations))
     candidates = np.vstack([ref[None], simplex_grid(len(evaluations), step)])
@@ -316,10 +316,9 @@ def weigh_folders(folders: Sequence[str | Path], reference: Sequence[float] | No
     """The ``weigh`` command's work: read the members' ``evaluate`` run folders, choose the weights
     (:func:`choose_weights`) and write ``<run_dir>/weights.json``. Returns its content with
     ``table`` (:func:`report_text`) and ``command`` (:func:`ensemble_command`, or None) added."""
-    check_request(len(folders), reference, hold, step)
-    units(race_metric)
+    check_request(len(folders), reference, hold, step, race_metric=race_metric)
     sources = [source_files(folder) for folder in folders]  # every folder checked before any reading
-    check_request(len(folders), reference, hold, step, list(sources[0]))
+    check_request(len(folders), reference, hold, step, list(sources[0]), race_metric)
     result = choose_weights([read_evaluation(folder) for folder in folders], reference, hold, step, race_metric)
     models = [member_model(folder) for folder in folders]
     command = ensemble_command(result.weights(), models)

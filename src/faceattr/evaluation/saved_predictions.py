@@ -31,7 +31,6 @@ ALL_SOURCES = "all"
 RACE_COLUMNS = tuple(f"p_race_{name}" for name in RACES)
 
 
-
 @dataclass(frozen=True)
 class SourceTable:
     """One source's faces as one member's ``evaluate`` run scored them, sorted by ``keys``.
