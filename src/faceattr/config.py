@@ -443,6 +443,10 @@ class EnsembleConfig:
     # task, e.g. {gender: [0.7, 0.3], race: [0.5, 0.5]} (a task left out: the plain mean); null:
     # the plain mean. Checked by models.ensemble.member_weights.
     weights: Any = None
+    # outputs: the (weighted) mean of the members' outputs, every member runs; weights: one model
+    # whose weights are the members' (weighted) mean, for runs trained on from one start
+    # (models.ensemble.average_weights).
+    combine: str = rule("outputs", choices=("outputs", "weights"))
 
 
 @dataclass

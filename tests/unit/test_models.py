@@ -112,6 +112,44 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
 
 
 
+
+def test_a_mean_of_weights_is_one_model_of_the_members_weights_weighted(tmp_path):
+    """``ensemble.combine=weights``: one model of the members' architecture whose every weight is
+    their weighted mean; per-task weights and members of another architecture are refused."""
+    from faceattr.models import io
+    from faceattr.models.ensemble import build_ensemble
+    from faceattr.models.families import family
+    from faceattr.models.info import ModelInfo
+
+    split = "image,split\na.jpg,train\nb.jpg,test\n"
+    for i in range(2):
+        save_cnn_member(tmp_path / f"m{i}", seed=i, split_csv=split)
+    members = [io.load_trainable(tmp_path / d, ModelInfo.read(tmp_path / d)).get_weights() for d in ("m0", "m1")]
+
+    def cfg(*dirs, **ensemble):
+        return OmegaConf.create({"ensemble": {"members": [str(tmp_path / d) for d in dirs], "combine": "weights",
+                                              **ensemble},
+                                 "paths": {"cache": str(tmp_path / "cache"), "saved_models": str(tmp_path / "saved")},
+                                 "export": {"tflite": False}, "promote": False})
+
+    build_ensemble(cfg("m0", "m1", weights=[1, 3]), tmp_path / "soup")
+    info = ModelInfo.read(tmp_path / "soup" / "model")
+    assert info.ensemble["combine"] == "weights" and info.ensemble["weights"] == [0.25, 0.75]
+    soup = io.load_trainable(tmp_path / "soup" / "model", info)
+    assert len(soup.get_weights()) == len(members[0])  # one model, not two side by side
+    for got, a, b in zip(soup.get_weights(), members[0], members[1], strict=True):
+        np.testing.assert_allclose(got, 0.25 * a + 0.75 * b, rtol=2e-3, atol=2e-3)  # stored as float16
+    assert io.load_model(tmp_path / "soup" / "model").model.predict_on_batch(FACES)["race"].shape == (3, 5)
+
+    with pytest.raises(ConfigError, match="give one list"):
+        build_ensemble(cfg("m0", "m1", weights={"race": [1, 3]}), tmp_path / "per_task")
+    trainer = family("cnn").trainer(OmegaConf.create({"model": cnn_cfg(filters=[4, 8, 32])}))
+    trainer.save(tmp_path / "wide", trained_with={"model": OmegaConf.to_container(cnn_cfg(filters=[4, 8, 32]))})
+    (tmp_path / "wide" / "split.csv").write_text(split)
+    with pytest.raises(ConfigError, match="wide has another architecture"):
+        build_ensemble(cfg("m0", "wide"), tmp_path / "mixed")
+
+
 @pytest.mark.slow
 def test_a_folder_saved_as_normal_loads_evaluates_and_averages_as_cnn(tmp_path):
     """A model folder written before the CNN family was named ``cnn`` (``model_type: normal``,

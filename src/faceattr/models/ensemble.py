@@ -28,6 +28,12 @@ The result is an ordinary model folder (``run``, ``evaluate``, ``export`` and ``
 it as any other); ``model_info.json`` lists the members and their types under ``ensemble``, and
 each member's ``history.csv`` is kept as ``history_member<i>.csv``.
 
+``ensemble.combine=weights`` averages the members' *weights* instead of their outputs
+(:func:`average_weights`, a "model soup"): one model of the members' own size and speed. That is
+only meaningful for runs trained on from one start (the same ``train.init_from``, e.g. one run
+with two FairFace weights), whose weights stay close enough for their mean to be a good model;
+members of one architecture are all it can check, so evaluate the result like any model.
+
 What depends on the members' kind lives in their families (``models.families``): a family
 whose models share a frozen trunk (``shares_trunk``, FaceNet) checks the members and builds
 the ensemble (``check_ensemble``, ``ensemble``); one whose models take the face image says how
@@ -84,6 +90,29 @@ def average_models(members: list[keras.Model], name: str = "ensemble",
     # Nested models are saved under their names, so each member gets its own (output: the dict).
     outputs = [keras.Model(m.inputs, m.output, name=f"member_{i}")(inputs) for i, m in enumerate(members)]
     return keras.Model(inputs, mean_outputs(outputs, weights), name=name)
+
+
+def average_weights(members: list[keras.Model], weights: Sequence[float] | None = None,
+                    names: Sequence[str] | None = None) -> keras.Model:
+    """The first member, its weights replaced by the members' weighted mean (``weights``: one per
+    member summing to 1; None: equal), every array averaged in float64 and stored in its own dtype,
+    batch-norm statistics included. Members must share one architecture: the same arrays in the
+    same order and shapes; ``names`` (one per member, for the message) say which does not."""
+    import numpy as np
+
+    names = list(names or (f"member {i}" for i in range(len(members))))
+    weights = list(weights or [1.0 / len(members)] * len(members))
+    arrays = [m.get_weights() for m in members]
+    shapes = [a.shape for a in arrays[0]]
+    for name, member in zip(names[1:], arrays[1:], strict=True):
+        if [a.shape for a in member] != shapes:
+            raise ConfigError(f"ensemble: {name} has another architecture than {names[0]} ({len(member)} weight "
+                              f"arrays against {len(shapes)}, or other shapes); ensemble.combine=weights needs "
+                              "runs of one model trained on from one start")
+    mean = [sum(w * np.asarray(a[k], dtype=np.float64) for w, a in zip(weights, arrays, strict=True))
+            .astype(arrays[0][k].dtype) for k in range(len(shapes))]
+    members[0].set_weights(mean)
+    return members[0]
 
 
 def _load_all(dirs: list[Path], infos: list[ModelInfo]) -> list[keras.Model]:
@@ -188,6 +217,16 @@ def check_members(dirs: list[Path]) -> list[ModelInfo]:
     return infos
 
 
+def check_same_kind(dirs: list[Path], infos: list[ModelInfo]) -> None:
+    """For a mean of weights: every member of the first's kind, input size and FaceNet settings
+    (cut, features, framing, graph), so the one model that results takes the faces they all took."""
+    for folder, info in zip(dirs[1:], infos[1:], strict=True):
+        if (info.model_type, info.input_size, info.facenet) != (infos[0].model_type, infos[0].input_size,
+                                                                infos[0].facenet):
+            raise ConfigError(f"ensemble: {folder} is a {info.model_type} model of other settings than {dirs[0]} "
+                              f"({infos[0].model_type}); ensemble.combine=weights needs runs of one model")
+
+
 def _split(model_dir: Path) -> pd.DataFrame:
     path = Path(model_dir) / "split.csv"
     if not path.is_file():
@@ -225,17 +264,27 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
     (``promote=true``) is the ``ensemble`` command's next step, not done here."""
     dirs = [model_folder(Path(str(d))) for d in cfg.ensemble.members]
     given = OmegaConf.select(cfg, "ensemble.weights")  # absent: the plain mean
-    weights = member_weights(OmegaConf.to_container(given) if OmegaConf.is_config(given) else given, len(dirs))
+    given = OmegaConf.to_container(given) if OmegaConf.is_config(given) else given
+    combine = str(OmegaConf.select(cfg, "ensemble.combine", default="outputs"))
+    if combine == "weights" and isinstance(given, Mapping):
+        raise ConfigError("ensemble.weights: a mean of weights mixes the whole network, not one task's output; "
+                          "give one list, e.g. [0.5,0.5]")
+    weights = member_weights(given, len(dirs))
     infos = check_members(dirs)
     trunk = trunk_member(infos)
-    if trunk is not None:  # one shared trunk feeds the members (e.g. FaceNet tops)
+    if combine == "weights":
+        check_same_kind(dirs, infos)
+        one_list = weights and weights["age"]  # one list was given: every task holds it
+        model, lead = average_weights(_load_all(dirs, infos), one_list, [str(d) for d in dirs]), 0
+    elif trunk is not None:  # one shared trunk feeds the members (e.g. FaceNet tops)
         model, lead = family(infos[trunk].model_type).ensemble(dirs, infos, Path(cfg.paths.cache), weights)
     else:
         model, lead = average_models(_load_all(dirs, infos), weights=weights), 0
     first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
                      ensemble={"members": [str(d) for d in dirs], "member_types": [i.model_type for i in infos],
-                               "combine": "mean", **recorded_weights(weights)})
+                               "combine": "weights" if combine == "weights" else "mean",
+                               **recorded_weights(weights)})
     model_dir = Path(run_dir) / "model"
     save_model(model_dir, info, model)
     merged_split(dirs).to_csv(model_dir / "split.csv", index=False)
@@ -266,6 +315,7 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
     for folder in (Path(run_dir), model_dir):
         (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
     kinds = ", ".join(sorted({info.model_type for info in infos}))
-    print(f"Ensemble of {len(dirs)} models ({kinds}) saved to {model_dir}")
+    what = "Mean of the weights" if combine == "weights" else "Ensemble"
+    print(f"{what} of {len(dirs)} models ({kinds}) saved to {model_dir}")
     print(f"Evaluate it with: {program_name()} evaluate --model-path {model_dir}")
     return summary
