@@ -49,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
@@ -98,8 +99,6 @@ def average_weights(members: list[keras.Model], weights: Sequence[float] | None 
     member summing to 1; None: equal), every array averaged in float64 and stored in its own dtype,
     batch-norm statistics included. Members must share one architecture: the same arrays in the
     same order and shapes; ``names`` (one per member, for the message) say which does not."""
-    import numpy as np
-
     names = list(names or (f"member {i}" for i in range(len(members))))
     weights = list(weights or [1.0 / len(members)] * len(members))
     arrays = [m.get_weights() for m in members]
@@ -256,6 +255,20 @@ def merged_split(dirs: list[Path]) -> pd.DataFrame:
     return merged.sort_values("image").reset_index(drop=True)
 
 
+def _combined(dirs: list[Path], infos: list[ModelInfo], weights: TaskWeights | None, combine: str,
+              cache: Path) -> tuple[keras.Model, int]:
+    """The combined model and the member whose input it takes: a mean of weights (``combine`` is
+    ``weights``), FaceNet tops fed by one trunk, or image models' outputs averaged."""
+    if combine == "weights":
+        check_same_kind(dirs, infos)
+        one_list = weights and weights["age"]  # one list was given: every task holds it
+        return average_weights(_load_all(dirs, infos), one_list, [str(d) for d in dirs]), 0
+    trunk = trunk_member(infos)
+    if trunk is not None:  # one shared trunk feeds the members (e.g. FaceNet tops)
+        return family(infos[trunk].model_type).ensemble(dirs, infos, cache, weights)
+    return average_models(_load_all(dirs, infos), weights=weights), 0
+
+
 def build_ensemble(cfg, run_dir: Path) -> dict:
     """The ``ensemble`` command's work: write ``<run dir>/model``, the mean of ``ensemble.members``
     (weighted by ``ensemble.weights`` where set), and its ``train_summary.json``; returns that summary.
@@ -271,15 +284,7 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
                           "give one list, e.g. [0.5,0.5]")
     weights = member_weights(given, len(dirs))
     infos = check_members(dirs)
-    trunk = trunk_member(infos)
-    if combine == "weights":
-        check_same_kind(dirs, infos)
-        one_list = weights and weights["age"]  # one list was given: every task holds it
-        model, lead = average_weights(_load_all(dirs, infos), one_list, [str(d) for d in dirs]), 0
-    elif trunk is not None:  # one shared trunk feeds the members (e.g. FaceNet tops)
-        model, lead = family(infos[trunk].model_type).ensemble(dirs, infos, Path(cfg.paths.cache), weights)
-    else:
-        model, lead = average_models(_load_all(dirs, infos), weights=weights), 0
+    model, lead = _combined(dirs, infos, weights, combine, Path(cfg.paths.cache))
     first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
                      ensemble={"members": [str(d) for d in dirs], "member_types": [i.model_type for i in infos],
