@@ -111,8 +111,6 @@ def test_the_cnn_family_saves_loads_and_averages_through_the_registry(tmp_path):
     assert info.model_type == "cnn" and info.ensemble["member_types"] == ["cnn", "cnn"]
 
 
-
-
 def test_a_mean_of_weights_is_one_model_of_the_members_weights_weighted(tmp_path):
     """``ensemble.combine=weights``: one model of the members' architecture whose every weight is
     their weighted mean; per-task weights and members of another architecture are refused."""
