@@ -182,7 +182,8 @@ def section_serve(c: Context) -> list[Row]:
 
 
 def section_distill(c: Context) -> list[Row]:
-    rows, c.raw["distill"] = external.run_section("distill", "student")
+    student = {"student_dir": str(c.args.student)} if c.args.student else {}
+    rows, c.raw["distill"] = external.run_section("distill", "student", **student)
     return rows
 
 
@@ -214,6 +215,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="models to measure (normal: the CNN family's former name, as cnn)")
     p.add_argument("--model-dir", action="append", default=[], metavar="NAME=DIR",
                    help="use DIR instead of saved_model/NAME (repeatable)")
+    p.add_argument("--student", type=Path, metavar="DIR",
+                   help="the distill section's student model folder (default: outputs/distill_cnn/model)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test, not for reporting)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help="JSON results (default: benchmarks/results.json); with --only, the sections not run "

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from conftest import built_once, make_fake_utkface, run_command
 from faceattr.config import compose_config
+from faceattr.data.targets import OPEN_END
 from faceattr.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,16 +214,23 @@ def test_targets_take_age_groups_and_missing_labels():
     from faceattr.distill.student import mix_targets
 
     nan = np.nan
-    frame = pd.DataFrame({"split": ["train", "train", "val"], "labelled": [True, True, True],
-                          "age": [nan, 40.0, nan], "age_lo": [20.0, 40.0, nan], "age_hi": [29.0, 40.0, nan],
-                          "gender": [1, 0, -1], "race": [-1, 3, 2]})
-    teacher = {"age": np.array([35.0, 30.0, nan]), "gender": np.array([[0.5, 0.5], [0.9, 0.1], [nan] * 2]),
-               "race": np.full((3, 5), 0.2)}
+    frame = pd.DataFrame({"split": ["train", "train", "val", "val", "val"], "labelled": [True] * 5,
+                          "age": [nan, 40.0, nan, nan, 8.0], "age_lo": [20.0, 40.0, nan, 60.0, 8.0],
+                          "age_hi": [29.0, 40.0, nan, np.inf, 8.0],
+                          "gender": [1, 0, -1, 0, 1], "race": [-1, 3, 2, 1, 0]})
+    teacher = {"age": np.array([35.0, 30.0, nan, nan, nan]),
+               "gender": np.array([[0.5, 0.5], [0.9, 0.1], [nan] * 2, [nan] * 2, [nan] * 2]),
+               "race": np.full((5, 5), 0.2)}
     out = mix_targets(frame, teacher, alpha=0.25, temperature=1.0)
     # An age group: the truth is the nearest age inside it to the teacher's (29 for 35 in 20-29).
     assert out["age"][0, 0] == pytest.approx(0.25 * 35 + 0.75 * 29)
     assert out["age"][1, 0] == pytest.approx(0.25 * 30 + 0.75 * 40)
-    assert np.isnan(out["age"][2, 0])  # validation without an age: no loss
+    assert out["age"][0] == pytest.approx([0.25 * 35 + 0.75 * 29] * 2)  # a training target: one age
+    assert np.isnan(out["age"][2]).all()  # validation without an age: no loss
+    # Validation keeps the labelled interval (an open group's end as the training targets write it),
+    # so the interval loss scores a student's age inside the group as right, as `train` does.
+    assert out["age"][3] == pytest.approx([60.0, OPEN_END])
+    assert out["age"][4] == pytest.approx([8.0, 8.0])
     assert out["race"][0] == pytest.approx([0.2] * 5)  # no race: the teacher alone, no class made up
     assert out["gender"][2] == pytest.approx([0.0, 0.0])  # validation without a gender: no target
 

@@ -26,7 +26,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from faceattr.data.pipeline import make_dataset
-from faceattr.data.targets import uses_weights
+from faceattr.data.targets import age_intervals, uses_weights
 from faceattr.errors import ConfigError
 from faceattr.labels import GENDERS, RACES
 from faceattr.models.engine.loop import fit_model
@@ -52,7 +52,9 @@ def mix_targets(frame: pd.DataFrame, teacher: Mapping[str, np.ndarray], alpha: f
     the teacher alone then, on the training split); ``teacher`` holds ``age`` (N,), ``gender``
     (N, 2), ``race`` (N, 5) in frame order (rows outside the training split are not read and may be NaN).
 
-    Returns ``age`` float32 (N, 1) years, ``gender`` (N, 2), ``race`` (N, 5) float32 probabilities.
+    Returns ``age`` float32 (N, 2) ``[lo, hi]`` years (a training face: its mixed target twice; a
+    validation face: its labelled interval, as ``train`` validates, ``data.targets.age_intervals``),
+    ``gender`` (N, 2), ``race`` (N, 5) float32 probabilities.
     """
     n = len(frame)
     train = (frame["split"] == "train").to_numpy()
@@ -71,7 +73,8 @@ def mix_targets(frame: pd.DataFrame, teacher: Mapping[str, np.ndarray], alpha: f
     true_age = np.where(has_age & frame["age"].notna().to_numpy(), frame["age"].to_numpy(np.float32), true_age)
     w = weights(has_age)
     age = np.where(w == 1.0, t_age, w * t_age + (1 - w) * np.nan_to_num(true_age))
-    out = {"age": np.where(~train & ~has_age, np.nan, age).astype(np.float32)[:, None]}
+    # Validation keeps the labels themselves: an age group is scored by the interval loss (0 inside).
+    out = {"age": np.where(train[:, None], age[:, None], age_intervals(frame)).astype(np.float32)}
     for task, classes in (("gender", GENDERS), ("race", RACES)):
         codes = frame[task].to_numpy(int)
         has_label = labelled & (codes >= 0)  # -1: not labelled, the teacher alone
