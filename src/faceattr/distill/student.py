@@ -66,15 +66,15 @@ def mix_targets(frame: pd.DataFrame, teacher: Mapping[str, np.ndarray], alpha: f
     # Age: an exact age, or for an age group the nearest age inside it to the teacher's (what the
     # interval loss would pull toward); a face without an age is NaN outside training (no loss).
     t_age = np.where(train, np.nan_to_num(np.asarray(teacher["age"], np.float32)), 0.0)
-    lo = frame["age_lo"].to_numpy(np.float32) if "age_lo" in frame else frame["age"].to_numpy(np.float32)
-    hi = frame["age_hi"].to_numpy(np.float32) if "age_hi" in frame else lo
+    intervals = age_intervals(frame)  # the labels, (N, 2) [lo, hi] years, as `train` reads them
+    lo, hi = intervals[:, 0], intervals[:, 1]
     has_age = labelled & ~np.isnan(lo)
     true_age = np.where(has_age, np.clip(t_age, lo, hi), np.nan)
     true_age = np.where(has_age & frame["age"].notna().to_numpy(), frame["age"].to_numpy(np.float32), true_age)
     w = weights(has_age)
     age = np.where(w == 1.0, t_age, w * t_age + (1 - w) * np.nan_to_num(true_age))
     # Validation keeps the labels themselves: an age group is scored by the interval loss (0 inside).
-    out = {"age": np.where(train[:, None], age[:, None], age_intervals(frame)).astype(np.float32)}
+    out = {"age": np.where(train[:, None], age[:, None], intervals).astype(np.float32)}
     for task, classes in (("gender", GENDERS), ("race", RACES)):
         codes = frame[task].to_numpy(int)
         has_label = labelled & (codes >= 0)  # -1: not labelled, the teacher alone
