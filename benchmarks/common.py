@@ -141,6 +141,24 @@ def time_calls(fn: Callable[[], Any], calls: int, warmup: int) -> list[float]:
     return out
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], calls: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns``, timed in rounds: each round calls every function
+    once, starting one further along each time, so a machine that speeds up or slows down
+    during the measurement shifts every model's times alike and their ratio stays fair
+    (timing one model after another would hand the drift to whichever came last)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(calls):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            out[name].append(time.perf_counter() - start)
+    return out
+
+
 def rel(path: Path) -> str:
     """``path`` relative to the project root when inside it (for messages and the JSON)."""
     try:

@@ -4,8 +4,9 @@
 
 Per model (through ``inference.Predictor`` with the backend ``run`` serves, flip TTA off so
 one face is one forward pass): batch-1 latency (ms/face, median), batch-32 throughput
-(faces/s) and size (MB of ``model.tflite``, and of the Keras file). Then the teacher-labelling
-rate of ``distill``'s own path (``distill.sources.SourceReader`` -> detect, align ->
+(faces/s) and size (MB of ``model.tflite``, and of the Keras file); the models are timed
+in turns, call by call, so their ratios survive a machine whose speed drifts. Then the
+teacher-labelling rate of ``distill``'s own path (``distill.sources.SourceReader`` -> detect, align ->
 ``distill.teacher.Teacher.label_chips``), in faces/s, for photos and for a video, with an empty
 teacher cache so every face goes through the teacher. ``run_distill_benchmark`` returns
 ``{"rows": [...], ...}`` in the form ``benchmarks/run.py --only distill`` reads.
@@ -30,32 +31,43 @@ LATENCY_CALLS, THROUGHPUT_CALLS, WARMUP = 30, 5, 3
 PHOTOS, VIDEO_FRAMES, VIDEO_STRIDE = 12, 60, 3
 
 
-def measure_model(name: str, model_dir: Path, cache_dir: Path) -> list[dict[str, Any]]:
-    """Batch-1 latency, batch-32 throughput and size of one model folder."""
+def measure_models(models: dict[str, Path], cache_dir: Path) -> list[dict[str, Any]]:
+    """Batch-1 latency, batch-32 throughput and size of each model folder. The models are timed
+    in turns (``benchmarks.common.time_interleaved``), so the ratios between them hold on a
+    machine whose speed drifts."""
     import numpy as np
 
-    from benchmarks.common import time_calls
+    from benchmarks.common import time_interleaved
     from faceattr.distill.report import size_mb
     from faceattr.inference.predictor import Predictor
 
-    predictor = Predictor.load(model_dir, cache_dir, batch_size=32, tta_flip=False, backend="auto")
+    predictors = {name: Predictor.load(folder, cache_dir, batch_size=32, tta_flip=False, backend="auto")
+                  for name, folder in models.items()}
     rng = np.random.default_rng(0)
-    size = predictor.input_size
-    one = rng.integers(0, 256, (1, size, size, 3)).astype(np.float32)
-    many = rng.integers(0, 256, (32, size, size, 3)).astype(np.float32)
-    lat = time_calls(lambda: predictor.predict_arrays(one), LATENCY_CALLS, WARMUP)
-    b32 = time_calls(lambda: predictor.predict_arrays(many), THROUGHPUT_CALLS, 1)
-    sizes = size_mb(model_dir)
-    details = {"model_dir": str(model_dir), "backend": predictor.backend, "input_size": size, **sizes}
-    return [
-        {"metric": "latency_b1", "model": name, "value": round(1000 * statistics.median(lat), 3), "unit": "ms/face",
-         "note": predictor.backend, "details": details},
-        {"metric": "throughput_b32", "model": name, "value": round(32 / statistics.median(b32), 2),
-         "unit": "faces/s", "note": predictor.backend, "details": details},
-        {"metric": "size", "model": name, "value": sizes["tflite_mb"] if sizes["tflite_mb"] is not None
-         else sizes["keras_mb"], "unit": "MB", "note": "model.tflite" if sizes["tflite_mb"] is not None
-         else "Keras file", "details": details},
-    ]
+    inputs = {}
+    for name, predictor in predictors.items():
+        size = predictor.input_size
+        inputs[name] = (rng.integers(0, 256, (1, size, size, 3)).astype(np.float32),
+                        rng.integers(0, 256, (32, size, size, 3)).astype(np.float32))
+    lat = time_interleaved({name: (lambda p=p, x=inputs[name][0]: p.predict_arrays(x))
+                            for name, p in predictors.items()}, LATENCY_CALLS, WARMUP)
+    b32 = time_interleaved({name: (lambda p=p, x=inputs[name][1]: p.predict_arrays(x))
+                            for name, p in predictors.items()}, THROUGHPUT_CALLS, 1)
+    rows = []
+    for name, predictor in predictors.items():
+        sizes = size_mb(models[name])
+        details = {"model_dir": str(models[name]), "backend": predictor.backend,
+                   "input_size": predictor.input_size, "timed": "in turns with " + ", ".join(predictors), **sizes}
+        rows += [
+            {"metric": "latency_b1", "model": name, "value": round(1000 * statistics.median(lat[name]), 3),
+             "unit": "ms/face", "note": predictor.backend, "details": details},
+            {"metric": "throughput_b32", "model": name, "value": round(32 / statistics.median(b32[name]), 2),
+             "unit": "faces/s", "note": predictor.backend, "details": details},
+            {"metric": "size", "model": name, "value": sizes["tflite_mb"] if sizes["tflite_mb"] is not None
+             else sizes["keras_mb"], "unit": "MB", "note": "model.tflite" if sizes["tflite_mb"] is not None
+             else "Keras file", "details": details},
+        ]
+    return rows
 
 
 def _photos(folder: Path) -> list[Path]:
@@ -123,13 +135,12 @@ def run_distill_benchmark(student_dir: str | None = None) -> dict:
     teacher_dir = Path(str(cfg.distill.teacher))
     models = {"teacher": teacher_dir, "ensemble": Path(cfg.paths.saved_models) / "cnn",
               "student": Path(student_dir) if student_dir else DEFAULT_STUDENT}
-    rows: list[dict[str, Any]] = []
-    for name, folder in models.items():
-        if not (folder / "model_info.json").is_file():
-            rows.append({"metric": "latency_b1", "model": name, "value": None, "unit": "ms/face", "status": "skipped",
-                         "note": f"{folder}: no model folder"})
-            continue
-        rows += measure_model(name, folder, cache_dir)
+    rows: list[dict[str, Any]] = [
+        {"metric": "latency_b1", "model": name, "value": None, "unit": "ms/face", "status": "skipped",
+         "note": f"{folder}: no model folder"}
+        for name, folder in models.items() if not (folder / "model_info.json").is_file()]
+    rows += measure_models({name: folder for name, folder in models.items()
+                            if (folder / "model_info.json").is_file()}, cache_dir)
     lat = {r["model"]: r["value"] for r in rows if r["metric"] == "latency_b1" and r.get("value")}
     if "student" in lat and "ensemble" in lat:
         rows.append({"metric": "latency_b1_ratio_to_ensemble", "model": "student",

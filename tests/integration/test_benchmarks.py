@@ -331,3 +331,33 @@ def test_a_run_of_some_sections_keeps_the_other_sections_rows(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     assert read_previous(tmp_path / "broken.json") is None
     assert merge_sections(now, None)["rows"] == now["rows"]
+
+
+def test_models_timed_in_turns_share_a_drifting_machine(bench, monkeypatch):
+    """Two identical models on a machine that slows down call by call: timed in turns their
+    medians agree, timed one after the other the second looks far slower."""
+    from benchmarks import common
+
+    clock = {"now": 0.0, "calls": 0}
+
+    def work():  # 1 ms, plus 0.1 ms for every call made on the machine before
+        clock["now"] += 0.001 * (1 + 0.1 * clock["calls"])
+        clock["calls"] += 1
+
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock["now"])
+    turns = common.time_interleaved({"a": work, "b": work}, calls=30, warmup=2)
+    assert [len(v) for v in turns.values()] == [30, 30] and clock["calls"] == 2 * (30 + 2)
+    assert common.median(turns["b"]) / common.median(turns["a"]) == pytest.approx(1.0, abs=0.02)
+    clock.update(now=0.0, calls=0)
+    first, second = common.time_calls(work, 30, 2), common.time_calls(work, 30, 2)
+    assert common.median(second) / common.median(first) > 1.5  # what the turns are for
+
+
+def test_distill_section_times_its_models_in_turns(bench, tiny_model_dir, tmp_path):
+    from benchmarks.distill import measure_models
+
+    rows = measure_models({"ensemble": tiny_model_dir, "student": tiny_model_dir}, tmp_path / "cache")
+    got = {(r["metric"], r["model"]): r for r in rows}
+    assert set(got) == {(m, n) for m in ("latency_b1", "throughput_b32", "size") for n in ("ensemble", "student")}
+    assert all(r["value"] > 0 for r in rows)
+    assert got[("latency_b1", "student")]["details"]["timed"] == "in turns with ensemble, student"
