@@ -147,6 +147,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], calls: int, warmup: int)
     during the measurement shifts every model's times alike and their ratio stays fair
     (timing one model after another would hand the drift to whichever came last)."""
     names = list(fns)
+    if not names:
+        return {}
     for _ in range(warmup):
         for name in names:
             fns[name]()

@@ -351,6 +351,7 @@ def test_models_timed_in_turns_share_a_drifting_machine(bench, monkeypatch):
     clock.update(now=0.0, calls=0)
     first, second = common.time_calls(work, 30, 2), common.time_calls(work, 30, 2)
     assert common.median(second) / common.median(first) > 1.5  # what the turns are for
+    assert common.time_interleaved({}, calls=30, warmup=2) == {}  # every model folder missing
 
 
 def test_distill_section_times_its_models_in_turns(bench, tiny_model_dir, tmp_path):
