@@ -131,14 +131,7 @@ def stats_ms(seconds: list[float]) -> dict[str, float]:
 
 def time_calls(fn: Callable[[], Any], calls: int, warmup: int) -> list[float]:
     """Seconds per call of ``fn`` over ``calls`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+    return time_interleaved({"fn": fn}, calls, warmup)["fn"]
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], calls: int, warmup: int) -> dict[str, list[float]]:
