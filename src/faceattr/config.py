@@ -447,6 +447,10 @@ class EnsembleConfig:
     # whose weights are the members' (weighted) mean, for runs trained on from one start
     # (models.ensemble.average_weights).
     combine: str = rule("outputs", choices=("outputs", "weights"))
+    # Build member K's view: the ensemble with K's outputs alone, each member fed as in the mean (a
+    # CNN inside a FaceNet ensemble sees the FaceNet input shrunk), to `evaluate` for `weigh`; never
+    # shipped (`promote` refuses it). null: the ensemble itself. See models.ensemble.view_weights.
+    view: int | None = None
 
 
 @dataclass

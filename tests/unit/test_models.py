@@ -148,6 +148,47 @@ def test_a_mean_of_weights_is_one_model_of_the_members_weights_weighted(tmp_path
         build_ensemble(cfg("m0", "wide"), tmp_path / "mixed")
 
 
+def test_a_members_view_is_the_ensemble_with_that_members_outputs_alone(tmp_path):
+    """``ensemble.view=K``: the ensemble built with member K's outputs alone (for ``weigh``); its
+    model_info says so, ``promote`` refuses it, ``weigh`` names member K's folder for it, and a view
+    out of range, with weights or of a mean of weights is refused."""
+    from faceattr.errors import ModelError
+    from faceattr.evaluation.ensemble_weights import member_model
+    from faceattr.models import io
+    from faceattr.models.ensemble import build_ensemble
+    from faceattr.models.info import ModelInfo
+    from faceattr.training.promote import promote
+
+    split = "image,split\na.jpg,train\nb.jpg,test\n"
+    outs = [save_cnn_member(tmp_path / f"m{i}", seed=i, split_csv=split) for i in range(2)]
+
+    def cfg(**ensemble):
+        return OmegaConf.create({"ensemble": {"members": [str(tmp_path / "m0"), str(tmp_path / "m1")], **ensemble},
+                                 "paths": {"cache": str(tmp_path / "cache"), "saved_models": str(tmp_path / "saved")},
+                                 "export": {"tflite": False}, "promote": False})
+
+    build_ensemble(cfg(view=1), tmp_path / "view1")
+    got = io.load_model(tmp_path / "view1" / "model").model.predict_on_batch(FACES)
+    for task in ("age", "gender", "race"):
+        np.testing.assert_allclose(got[task], outs[1][task], atol=1e-4)
+        assert not np.allclose(got[task], outs[0][task], atol=1e-4)  # the other member's outputs are left out
+    info = ModelInfo.read(tmp_path / "view1" / "model")
+    assert info.ensemble["view"] == 1 and info.ensemble["weights"] == [0.0, 1.0]
+    with pytest.raises(ModelError, match="view of ensemble member 1"):
+        promote(tmp_path / "view1" / "model", tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+
+    evaluated = tmp_path / "eval_view1" / ".hydra"  # an `evaluate` run of the view, as weigh reads it
+    evaluated.mkdir(parents=True)
+    (evaluated / "config.yaml").write_text(f"model_path: {tmp_path / 'view1' / 'model'}\n")
+    assert member_model(tmp_path / "eval_view1") == str(tmp_path / "m1")
+
+    for bad, message in (({"view": 2}, "0 to 1"), ({"view": 0, "weights": [1, 0]}, "leave ensemble.weights out"),
+                         ({"view": 0, "combine": "weights"}, "no members to look at")):
+        with pytest.raises(ConfigError, match=message):
+            build_ensemble(cfg(**bad), tmp_path / "bad")
+
+
 @pytest.mark.slow
 def test_a_folder_saved_as_normal_loads_evaluates_and_averages_as_cnn(tmp_path):
     """A model folder written before the CNN family was named ``cnn`` (``model_type: normal``,

@@ -21,6 +21,7 @@ Choose on validation, never on the test split.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import shlex
 from collections.abc import Mapping, Sequence
@@ -263,13 +264,20 @@ def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float]
 
 def member_model(folder: str | Path) -> str | None:
     """The model folder an ``evaluate`` run scored: ``model_path`` of its ``.hydra/config.yaml``,
-    None when not recorded (or unreadable)."""
+    None when not recorded (or unreadable). A member's view (``ensemble.view``, an ensemble with one
+    member's outputs alone) stands for that member: its folder, as the view's ``model_info.json`` lists it."""
     path = Path(folder) / ".hydra" / "config.yaml"
     try:
         value = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("model_path")
     except (OSError, yaml.YAMLError, AttributeError):
         return None
-    return str(value) if value else None
+    if not value:
+        return None
+    try:
+        ensemble = json.loads((Path(str(value)) / "model_info.json").read_text(encoding="utf-8")).get("ensemble") or {}
+        return str(ensemble["members"][int(ensemble["view"])])
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return str(value)  # not a view (or no readable model_info.json): the folder itself
 
 
 def _number(weight: float) -> str:

@@ -159,6 +159,22 @@ def member_weights(cfg_weights: Sequence[float] | Mapping[str, Sequence[float]] 
     return weights or None
 
 
+def view_weights(view: int, n: int, given: Any, combine: str) -> TaskWeights:
+    """``ensemble.view``: every task one-hot on member ``view`` (0-based, of ``n``), the weights
+    that make the ensemble member ``view``'s *view*: its outputs alone, computed as the ensemble
+    computes them. A CNN inside a FaceNet ensemble sees the FaceNet input shrunk to its size, not
+    its own chip, so its predictions there differ from its own by a few faces in a thousand; to
+    choose an ensemble's weights (``weigh``), evaluate each member's view. Not with
+    ``ensemble.weights`` (a view has its own) or a mean of weights (one network: no members left)."""
+    if combine == "weights":
+        raise ConfigError("ensemble.view: a mean of weights has no members to look at; use ensemble.combine=outputs")
+    if given is not None:
+        raise ConfigError("ensemble.view: a view weighs its member 1 and the others 0; leave ensemble.weights out")
+    if isinstance(view, bool) or not isinstance(view, int) or not 0 <= view < n:
+        raise ConfigError(f"ensemble.view={view!r}: give a member's place, 0 to {n - 1}")
+    return {task: [1.0 if i == view else 0.0 for i in range(n)] for task in TASKS}
+
+
 def _scaled(task: str | None, values: Any, n: int) -> list[float]:
     """One task's weights checked (``n`` numbers, >= 0, sum > 0) and scaled to sum to 1."""
     where = f"ensemble.weights.{task}" if task else "ensemble.weights"
@@ -282,14 +298,15 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
     if combine == "weights" and isinstance(given, Mapping):
         raise ConfigError("ensemble.weights: a mean of weights mixes the whole network, not one task's output; "
                           "give one list, e.g. [0.5,0.5]")
-    weights = member_weights(given, len(dirs))
+    view = OmegaConf.select(cfg, "ensemble.view")
+    weights = member_weights(given, len(dirs)) if view is None else view_weights(view, len(dirs), given, combine)
     infos = check_members(dirs)
     model, lead = _combined(dirs, infos, weights, combine, Path(cfg.paths.cache))
     first = infos[lead]  # its cut, features and training config describe the ensemble's input
     info = ModelInfo(first.model_type, first.input_size, facenet=first.facenet, trained_with=first.trained_with,
                      ensemble={"members": [str(d) for d in dirs], "member_types": [i.model_type for i in infos],
                                "combine": "weights" if combine == "weights" else "mean",
-                               **recorded_weights(weights)})
+                               **recorded_weights(weights), **({"view": view} if view is not None else {})})
     model_dir = Path(run_dir) / "model"
     save_model(model_dir, info, model)
     merged_split(dirs).to_csv(model_dir / "split.csv", index=False)
@@ -321,6 +338,8 @@ def build_ensemble(cfg, run_dir: Path) -> dict:
         (folder / "train_summary.json").write_text(json.dumps(summary, indent=2))
     kinds = ", ".join(sorted({info.model_type for info in infos}))
     what = "Mean of the weights" if combine == "weights" else "Ensemble"
+    if view is not None:
+        what = f"The view of member {view} ({dirs[view]}), for weigh, not for promote: ensemble"
     print(f"{what} of {len(dirs)} models ({kinds}) saved to {model_dir}")
     print(f"Evaluate it with: {program_name()} evaluate --model-path {model_dir}")
     return summary

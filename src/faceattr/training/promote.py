@@ -36,6 +36,10 @@ def promote(run_model_dir: Path, saved_models: Path, cache_dir: Path | None = No
     Ctrl-C or SIGTERM before the swap leaves everything as it was.
     """
     info = ModelInfo.read(run_model_dir)
+    view = (info.ensemble or {}).get("view")
+    if view is not None:  # one member's outputs alone (ensemble.view): a measuring aid, never a shipped model
+        raise ModelError(f"{run_model_dir}: the view of ensemble member {view} (ensemble.view), made for weigh; "
+                         "build the ensemble without ensemble.view to ship it")
     saved_models = Path(saved_models)
     target = saved_models / info.model_type
     if target.resolve() == Path(run_model_dir).resolve():
