@@ -183,6 +183,11 @@ def test_a_members_view_is_the_ensemble_with_that_members_outputs_alone(tmp_path
     (evaluated / "config.yaml").write_text(f"model_path: {tmp_path / 'view1' / 'model'}\n")
     assert member_model(tmp_path / "eval_view1") == str(tmp_path / "m1")
 
+    from faceattr.commands.ensemble import handle
+
+    with pytest.raises(ConfigError, match="leave out promote=true"):  # refused before anything is built
+        handle(OmegaConf.merge(cfg(view=0), {"promote": True}), tmp_path / "view0")
+    assert not (tmp_path / "view0").exists()
     for bad, message in (({"view": 2}, "0 to 1"), ({"view": 0, "weights": [1, 0]}, "leave ensemble.weights out"),
                          ({"view": 0, "combine": "weights"}, "no members to look at")):
         with pytest.raises(ConfigError, match=message):

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from faceattr.commands.spec import Command, usage_error
+from faceattr.errors import ConfigError
 from faceattr.overrides import quote_list
 
 
@@ -25,6 +26,8 @@ def handle(cfg: DictConfig, run_dir: Path) -> dict:
     from faceattr.models.ensemble import build_ensemble  # deferred: models loads numpy and pandas
     from faceattr.training.promote import promote_as_configured  # deferred: loads the model (TensorFlow/LiteRT)
 
+    if cfg.promote and cfg.ensemble.get("view") is not None:  # refused before the build, not after
+        raise ConfigError("ensemble.view builds a member's view for weigh, never shipped; leave out promote=true")
     summary = build_ensemble(cfg, run_dir)
     if cfg.promote:
         promote_as_configured(Path(summary["model_dir"]), cfg)
