@@ -42,18 +42,20 @@ MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing allowed above serve.ma
 
 
 def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = None,
-               store: Store | None = None) -> FastAPI:
+               store: Store | None = None, on_start: Callable[[], None] | None = None) -> FastAPI:
     """The web app over ``pipeline`` (the loaded model and detector) and ``cfg.serve``.
 
     ``served``: the served model's folder (what retrain jobs start from; default: the
     pipeline's model). ``store``: opened already (default: opened here on ``serve.data_dir``;
-    ``StorageError`` when it can't be used). Purges old uploads now and every hour.
+    ``StorageError`` when it can't be used). ``on_start``: called once the server has started
+    (its signal handlers installed), e.g. to say it is serving. Purges old uploads now and every hour.
     """
     serve = cfg.serve
     store = store or Store(str(serve.data_dir))
     services = build_services(cfg, pipeline, Path(served or pipeline.predictor.path or ".").resolve(), store)
     stop = threading.Event()
-    app = FastAPI(title="faceattr", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(services, stop))
+    app = FastAPI(title="faceattr", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=_lifespan(services, stop, on_start))
     app.state.services, app.state.stop = services, stop
     app.state.store, app.state.jobs, app.state.browser = services.store, services.jobs, services.browser
     threading.Thread(target=keep_purging, args=(store, float(serve.retention_hours), stop), name="faceattr-purge",
@@ -71,12 +73,15 @@ def create_app(cfg: DictConfig, pipeline: FacePipeline, served: Path | None = No
     return app
 
 
-def _lifespan(services: Services, stop: threading.Event) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The app's lifespan: when the server stops, the purge thread ends and a running retrain
-    subprocess too."""
+def _lifespan(services: Services, stop: threading.Event, on_start: Callable[[], None] | None = None,
+              ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan: ``on_start`` once the server runs; when it stops, the purge thread ends
+    and a running retrain subprocess too."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if on_start is not None:
+            on_start()
         yield
         stop.set()
         services.jobs.stop()
@@ -112,13 +117,18 @@ def run_server(cfg: DictConfig) -> NoReturn:
     store = Store(str(serve.data_dir))  # a data folder that can't be written: one line before the model loads
     print(f"Loading the model (model_path={cfg.model_path or 'the shipped ' + str(cfg.model.name)}) ...", flush=True)
     pipeline = serving_pipeline(cfg)
-    app = create_app(cfg, pipeline, store=store)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    print(f"Serving on http://{shown}:{bound}/ (data in {serve.data_dir}; Ctrl-C to stop)", flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serve.host={host} is reachable from other machines; the app has no accounts",
-              file=sys.stderr, flush=True)
+
+    def announce() -> None:
+        # Said from the app's startup, when uvicorn's signal handlers are in place: a Ctrl-C
+        # after this line always stops the server (before them, one could be lost).
+        print(f"Serving on http://{shown}:{bound}/ (data in {serve.data_dir}; Ctrl-C to stop)", flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: serve.host={host} is reachable from other machines; the app has no accounts",
+                  file=sys.stderr, flush=True)
+
+    app = create_app(cfg, pipeline, store=store, on_start=announce)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
                             timeout_keep_alive=30)
     server = uvicorn.Server(config)
