@@ -21,7 +21,6 @@ Choose on validation, never on the test split.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import shlex
 from collections.abc import Mapping, Sequence
@@ -33,7 +32,7 @@ import numpy as np
 import yaml
 
 from faceattr import writes
-from faceattr.errors import ConfigError
+from faceattr.errors import ConfigError, ModelError
 from faceattr.evaluation.saved_predictions import (
     Evaluation,
     SourceTable,
@@ -42,6 +41,7 @@ from faceattr.evaluation.saved_predictions import (
     source_files,
 )
 from faceattr.labels import TASKS
+from faceattr.models.info import ModelInfo
 from faceattr.resources import program_name
 
 #: The most members, and the most grid points per task, searched.
@@ -274,10 +274,11 @@ def member_model(folder: str | Path) -> str | None:
     if not value:
         return None
     try:
-        ensemble = json.loads((Path(str(value)) / "model_info.json").read_text(encoding="utf-8")).get("ensemble") or {}
-        return str(ensemble["members"][int(ensemble["view"])])
-    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return str(value)  # not a view (or no readable model_info.json): the folder itself
+        ensemble = ModelInfo.read(Path(str(value))).ensemble or {}
+    except ModelError:
+        return str(value)  # no readable model folder there now: the folder as recorded
+    view = ensemble.get("view")
+    return str(ensemble["members"][view]) if view is not None else str(value)
 
 
 def _number(weight: float) -> str:
