@@ -465,6 +465,8 @@ class WeighConfig:
     step: float = rule(0.05, gt=0.0, le=0.5)  # the weight grid's step: weights are multiples of it, summing to 1
     # How race is judged: accuracy, or balanced (the mean of the classes' recalls: `others` counts as much)
     race_metric: str = rule("accuracy", choices=("accuracy", "balanced"))
+    # Another model's `evaluate` folder on the same faces (e.g. the shipped model's): `hold` keeps its figures
+    baseline: str | None = None
 
 
 @dataclass

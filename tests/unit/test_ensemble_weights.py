@@ -277,3 +277,41 @@ def test_race_judged_by_balanced_accuracy_counts_a_rare_class_as_much(tmp_path):
     with pytest.raises(ConfigError, match="race_metric"):
         choose_weights(members, race_metric="f1")
     assert flags_to_overrides("weigh", ["a", "b", "--race-metric", "balanced"])[-1] == "weigh.race_metric=balanced"
+
+
+def test_a_baseline_sets_the_held_figures_in_place_of_the_references(evals, tmp_path, capsys):
+    two = [read_evaluation(evals[m]) for m in "AB"]
+    # Against equal weights, holding photos, age is best at (0.5, 0.5) (test_the_rule_and_hold).
+    # Member B alone as the baseline sets photos' age at 0 years outside: only weights that keep
+    # B's photo ages exactly (all of the weight on B) are allowed.
+    held = choose_weights(two, hold=["photos"], baseline=read_evaluation(evals["B"]))
+    assert held.tasks["age"].baseline == {"photos": 0.0, "utk": 10.0}
+    assert held.tasks["age"].weights == pytest.approx((0.0, 1.0))
+    assert held.tasks["age"].figures["photos"] == 0.0
+    # A baseline below the reference frees the choice: member A's photo ages (6 years outside)
+    # allow all of the weight on A, where utk's age is exact; the reference's (0.875 y) did not.
+    loose = choose_weights(two, hold=["photos"], baseline=read_evaluation(evals["A"]))
+    assert loose.tasks["age"].weights == pytest.approx((1.0, 0.0)) and loose.tasks["age"].figures["utk"] == 0.0
+    assert choose_weights(two, hold=["photos"]).tasks["age"].weights == pytest.approx((0.5, 0.5))
+    assert "the baseline's" in held.rule() and str(evals["B"]) in held.rule()
+    assert "(baseline 0.00 y)" in report_text(held)
+    with pytest.raises(ConfigError, match="weigh.baseline: give the sources"):
+        choose_weights(two, baseline=read_evaluation(evals["C"]))
+    odd = make_eval(tmp_path / "odd", "C")
+    rows = pd.read_csv(odd / "sources" / "utk" / "predictions.csv")
+    rows.drop(index=0).to_csv(odd / "sources" / "utk" / "predictions.csv", index=False)
+    with pytest.raises(ConfigError, match=f"^{odd}: source utk: 3 faces"):
+        choose_weights(two, hold=["utk"], baseline=read_evaluation(odd))
+    # The command: the flag, weights.json, and a missing baseline folder refused before any reading.
+    assert flags_to_overrides("weigh", ["a", "b", "--hold", "utk", "--baseline", "s p"])[-1] == "weigh.baseline='s p'"
+    run_dir = tmp_path / "run"
+    assert cli("weigh", evals["A"], evals["B"], "--hold", "photos", "--baseline", evals["B"],
+               f"hydra.run.dir={run_dir}") == 0
+    record = json.loads((run_dir / "weights.json").read_text())
+    assert record["baseline"] == str(evals["B"]) and record["baseline_figures"]["age"]["photos"] == 0.0
+    assert record["weights"]["age"] == [0.0, 1.0]
+    capsys.readouterr()
+    assert cli("weigh", evals["A"], evals["B"], "--hold", "photos", "--baseline", tmp_path / "nowhere",
+               f"hydra.run.dir={tmp_path / 'bad'}") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nowhere" in err

@@ -13,13 +13,16 @@ from faceattr.overrides import quote, quote_list
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """``--reference``, ``--hold``, ``--step`` and ``--race-metric``."""
+    """``--reference``, ``--hold``, ``--baseline``, ``--step`` and ``--race-metric``."""
     parser.add_argument("--reference", metavar="W,W,...",
                         help="weights, one per member, the choice must not fall below on the held sources "
                              "(default: equal) (weigh.reference=[...])")
     parser.add_argument("--hold", metavar="SOURCE,...",
                         help="sources whose figures may not get worse than the reference's, e.g. utkface "
                              "(weigh.hold=[...])")
+    parser.add_argument("--baseline", metavar="EVAL_DIR",
+                        help="another model's `evaluate` run folder on the same faces (e.g. the shipped model's): "
+                             "the held sources keep its figures instead of the reference's (weigh.baseline=...)")
     parser.add_argument("--step", type=float, metavar="STEP", help="the weight grid's step (weigh.step=0.05)")
     parser.add_argument("--race-metric", choices=("accuracy", "balanced"),
                         help="judge race by plain or balanced accuracy (weigh.race_metric=accuracy)")
@@ -27,7 +30,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def to_overrides(flags: argparse.Namespace, positional: list[str]) -> list[str]:
     """``weigh.evals=[...]`` (two or more folders), and ``weigh.reference``, ``weigh.hold``,
-    ``weigh.step``, ``weigh.race_metric`` for the flags given."""
+    ``weigh.baseline``, ``weigh.step``, ``weigh.race_metric`` for the flags given."""
     if len(positional) < 2:
         raise usage_error("weigh", "give the `evaluate` run folders of two or more members")
     out = [f"weigh.evals={quote_list(positional)}"]
@@ -40,6 +43,8 @@ def to_overrides(flags: argparse.Namespace, positional: list[str]) -> list[str]:
         out.append(f"weigh.reference={quote_list(weights)}")
     if flags.hold is not None:
         out.append(f"weigh.hold={quote_list([s.strip() for s in flags.hold.split(',') if s.strip()])}")
+    if flags.baseline is not None:
+        out.append(f"weigh.baseline={quote(flags.baseline)}")
     if flags.step is not None:
         out.append(f"weigh.step={quote(flags.step)}")
     if flags.race_metric is not None:
@@ -54,7 +59,7 @@ def handle(cfg: DictConfig, run_dir: Path) -> dict:
 
     weigh = OmegaConf.to_container(cfg.weigh, resolve=True)
     summary = weigh_folders(weigh["evals"], weigh["reference"], weigh["hold"], weigh["step"], run_dir,
-                            weigh["race_metric"])
+                            weigh["race_metric"], weigh["baseline"])
     print(summary["table"])
     if summary["command"]:
         print(f"To build it:\n{summary['command']}")
@@ -75,5 +80,7 @@ COMMAND = Command(
          "best weights on the other sources, utkface no worse than equal weights"),
         ("weigh outputs/eval_val/a outputs/eval_val/b outputs/eval_val/c --reference 0.5,0.3,0.2 --step 0.1",
          "against given weights, on a coarser grid"),
+        ("weigh outputs/eval_val/a outputs/eval_val/new --hold utkface --baseline outputs/eval_val/shipped",
+         "replacing a member: utkface no worse than the shipped model's figures"),
     ),
 )

@@ -15,6 +15,9 @@ age interval (the MAE for exact ages; lower is better), for gender and race the 
 (:func:`choose_weights`): among the weights on a simplex grid whose figure on every *held*
 source is at least as good as the *reference* weights' (equal weights unless given), take the
 best mean figure over the other sources; ties go to the weights nearest the reference.
+With a *baseline* (the ``evaluate`` run folder of another model on the same faces, e.g. the
+shipped model that a new member would change) the held figures are the baseline's instead: the
+choice must keep what that model scores, not what the reference weights score.
 Choose on validation, never on the test split.
 """
 
@@ -74,17 +77,20 @@ def units(race_metric: str = "accuracy") -> dict[str, str]:
 @dataclass(frozen=True)
 class TaskChoice:
     """One task's chosen weights (one per member, summing to 1) with their figures per source,
-    and the reference weights' figures per source (units: :data:`UNITS`; NaN: no labelled face)."""
+    the reference weights' figures per source and, with a baseline, the baseline's (units:
+    :data:`UNITS`; NaN: no labelled face)."""
 
     weights: tuple[float, ...]
     figures: dict[str, float]
     reference: dict[str, float]
+    baseline: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
 class WeighResult:
     """What :func:`choose_weights` found: per task a :class:`TaskChoice`; ``members[i][task][source]``
-    member i's figure alone; the rule's inputs (``reference`` scaled to sum 1, ``hold``, ``step``)."""
+    member i's figure alone; the rule's inputs (``reference`` scaled to sum 1, ``hold``, ``step``,
+    ``baseline``: the folder whose figures were held, or None)."""
 
     sources: dict[str, int]
     reference: tuple[float, ...]
@@ -93,11 +99,13 @@ class WeighResult:
     tasks: dict[str, TaskChoice]
     members: list[dict[str, dict[str, float]]]
     race_metric: str = "accuracy"
+    baseline: str | None = None
 
     def rule(self) -> str:
         """The rule applied, in one sentence."""
         judged = [s for s in self.sources if s not in self.hold] or list(self.sources)
-        held = (f"whose figure on {', '.join(self.hold)} is at least as good as the reference's, "
+        bar = f"the baseline's ({self.baseline})" if self.baseline else "the reference's"
+        held = (f"whose figure on {', '.join(self.hold)} is at least as good as {bar}, "
                 if self.hold else "")
         return (f"per task, of the weights on a simplex grid of step {self.step:g} (and the reference) "
                 f"{held}the best mean figure over {', '.join(judged)}; ties: the nearest to the reference (L1)")
@@ -197,9 +205,13 @@ def reference_weights(reference: Sequence[float] | None, n_members: int) -> np.n
 
 
 def check_request(n_members: int, reference: Sequence[float] | None, hold: Sequence[str], step: float,
-                  sources: Sequence[str] | None = None, race_metric: str = "accuracy") -> None:
+                  sources: Sequence[str] | None = None, race_metric: str = "accuracy",
+                  baseline: bool = False) -> None:
     """Refuse, before any reading, what :func:`choose_weights` can't do (ConfigError, one line)."""
     units(race_metric)
+    if baseline and not hold:
+        raise ConfigError("weigh.baseline: give the sources whose figures it sets (--hold SOURCE,...); "
+                          "without them a baseline changes nothing")
     if n_members < 2:
         raise ConfigError("weigh.evals: give the `evaluate` run folders of two or more members")
     if n_members > MAX_MEMBERS:
@@ -213,15 +225,18 @@ def check_request(n_members: int, reference: Sequence[float] | None, hold: Seque
 
 
 def _choose(task: str, candidates: np.ndarray, stacks: Mapping[str, _Stack], hold: Sequence[str],
-            race_metric: str = "accuracy") -> int:
-    """The row of ``candidates`` (G, M; row 0 the reference) the rule picks for ``task``."""
+            race_metric: str = "accuracy", bar: Mapping[str, float] | None = None) -> int:
+    """The row of ``candidates`` (G, M; row 0 the reference) the rule picks for ``task``; ``bar``:
+    the figures per source a held source must reach (None: the reference's)."""
     names = list(stacks)
     figures = np.column_stack([task_figures(task, candidates, stacks[s], race_metric) for s in names])  # (G, S)
     loss = figures if LOWER_IS_BETTER[task] else -figures
     held = [names.index(h) for h in hold]
     judged = [i for i in range(len(names)) if i not in held] or list(range(len(names)))
+    sign = 1.0 if LOWER_IS_BETTER[task] else -1.0  # the bar in the same orientation as ``loss``
+    limit = loss[0, held] if bar is None else sign * np.array([bar[names[i]] for i in held])
     # NaN (no labelled face) compares False: a held source without labels holds nothing back.
-    allowed = ~(loss[:, held] > loss[0, held] + TOLERANCE).any(axis=1)
+    allowed = ~(loss[:, held] > limit + TOLERANCE).any(axis=1)
     scored = loss[:, judged]
     counted = (~np.isnan(scored)).sum(axis=1)
     if not counted.any():
@@ -234,15 +249,18 @@ def _choose(task: str, candidates: np.ndarray, stacks: Mapping[str, _Stack], hol
 
 
 def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float] | None = None,
-                   hold: Sequence[str] = (), step: float = 0.05, race_metric: str = "accuracy") -> WeighResult:
+                   hold: Sequence[str] = (), step: float = 0.05, race_metric: str = "accuracy",
+                   baseline: Evaluation | None = None) -> WeighResult:
     """Per task, the member weights the rule picks (module docstring) from ``evaluations``, one
     per member in order. ``reference``: one weight per member (scaled to sum 1; None: equal);
     ``hold``: source names whose figure must not get worse than the reference's; ``step``: the
     grid's step (weights are multiples of it, each >= 0, summing to 1; the reference is tried too);
-    ``race_metric``: race judged by plain or balanced accuracy (:data:`RACE_METRICS`)."""
+    ``race_metric``: race judged by plain or balanced accuracy (:data:`RACE_METRICS`);
+    ``baseline``: another model's evaluation on the same faces whose figures on ``hold`` must be
+    kept, in place of the reference's."""
     names = list(evaluations[0].sources) if evaluations else []
-    check_request(len(evaluations), reference, hold, step, names, race_metric)
-    check_matching(evaluations)
+    check_request(len(evaluations), reference, hold, step, names, race_metric, baseline is not None)
+    check_matching([*evaluations, baseline] if baseline is not None else evaluations)
     ref = reference_weights(reference, len(evaluations))
     candidates = np.vstack([ref[None], simplex_grid(len(evaluations), step)])
     stacks = {s: _stack([e.sources[s] for e in evaluations]) for s in names}
@@ -250,14 +268,23 @@ def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float]
     def figures_of(weights: np.ndarray, task: str) -> dict[str, float]:
         return {s: float(task_figures(task, weights[None], stacks[s], race_metric)[0]) for s in names}
 
+    def baseline_figures(task: str) -> dict[str, float] | None:
+        if baseline is None:
+            return None
+        return {s: float(task_figures(task, np.ones((1, 1)), _stack([baseline.sources[s]]), race_metric)[0])
+                for s in names}
+
     tasks = {}
     for task in TASKS:
-        picked = candidates[_choose(task, candidates, stacks, hold, race_metric)]
-        tasks[task] = TaskChoice(tuple(float(w) for w in picked), figures_of(picked, task), figures_of(ref, task))
+        bar = baseline_figures(task)
+        picked = candidates[_choose(task, candidates, stacks, hold, race_metric, bar)]
+        tasks[task] = TaskChoice(tuple(float(w) for w in picked), figures_of(picked, task), figures_of(ref, task),
+                                 bar)
     members = [{task: figures_of(np.eye(len(evaluations))[i], task) for task in TASKS}
                for i in range(len(evaluations))]
     return WeighResult({s: len(stacks[s].truth.keys) for s in names}, tuple(float(w) for w in ref),
-                       tuple(hold), float(step), tasks, members, race_metric)
+                       tuple(hold), float(step), tasks, members, race_metric,
+                       str(baseline.folder) if baseline is not None else None)
 
 
 # ----------------------------------------------------------------------------------- output
@@ -310,33 +337,43 @@ def _shown(value: float, task: str) -> str:
 def report_text(result: WeighResult) -> str:
     """A short table: per task the chosen weights and, per source, the reference's figure -> the chosen's."""
     lines = [f"reference weights {_listed(result.reference)}; "
-             f"held: {', '.join(result.hold) or 'none'}"]
+             f"held: {', '.join(result.hold) or 'none'}"
+             + (f", at the baseline's figures ({result.baseline})" if result.baseline else "")]
     for task, choice in result.tasks.items():
         lines.append(f"{task} ({units(result.race_metric)[task]}): weights {_listed(choice.weights)}")
         for source, n in result.sources.items():
             held = " (held)" if source in result.hold else ""
-            lines.append(f"  {source + held:<24} n={n:<6} {_shown(choice.reference[source], task):>9} -> "
-                         f"{_shown(choice.figures[source], task)}")
+            line = (f"  {source + held:<24} n={n:<6} {_shown(choice.reference[source], task):>9} -> "
+                    f"{_shown(choice.figures[source], task)}")
+            if choice.baseline is not None:
+                line += f"  (baseline {_shown(choice.baseline[source], task)})"
+            lines.append(line)
     return "\n".join(lines)
 
 
 def weigh_folders(folders: Sequence[str | Path], reference: Sequence[float] | None, hold: Sequence[str],
-                  step: float, run_dir: str | Path, race_metric: str = "accuracy") -> dict[str, Any]:
-    """The ``weigh`` command's work: read the members' ``evaluate`` run folders, choose the weights
-    (:func:`choose_weights`) and write ``<run_dir>/weights.json``. Returns its content with
-    ``table`` (:func:`report_text`) and ``command`` (:func:`ensemble_command`, or None) added."""
-    check_request(len(folders), reference, hold, step, race_metric=race_metric)
-    sources = [source_files(folder) for folder in folders]  # every folder checked before any reading
-    check_request(len(folders), reference, hold, step, list(sources[0]), race_metric)
-    result = choose_weights([read_evaluation(folder) for folder in folders], reference, hold, step, race_metric)
+                  step: float, run_dir: str | Path, race_metric: str = "accuracy",
+                  baseline: str | Path | None = None) -> dict[str, Any]:
+    """The ``weigh`` command's work: read the members' ``evaluate`` run folders (and the
+    baseline's), choose the weights (:func:`choose_weights`) and write ``<run_dir>/weights.json``.
+    Returns its content with ``table`` (:func:`report_text`) and ``command``
+    (:func:`ensemble_command`, or None) added."""
+    has_baseline = baseline is not None
+    check_request(len(folders), reference, hold, step, race_metric=race_metric, baseline=has_baseline)
+    # every folder checked before any reading
+    sources = [source_files(folder) for folder in [*folders, *([baseline] if has_baseline else [])]]
+    check_request(len(folders), reference, hold, step, list(sources[0]), race_metric, has_baseline)
+    result = choose_weights([read_evaluation(folder) for folder in folders], reference, hold, step, race_metric,
+                            read_evaluation(baseline) if has_baseline else None)
     models = [member_model(folder) for folder in folders]
     command = ensemble_command(result.weights(), models)
     record = {
         "weights": result.weights(), "rule": result.rule(), "reference": list(result.reference),
-        "hold": list(result.hold), "step": result.step, "sources": result.sources,
+        "hold": list(result.hold), "baseline": result.baseline, "step": result.step, "sources": result.sources,
         "race_metric": race_metric, "units": units(race_metric),
         "figures": {task: c.figures for task, c in result.tasks.items()},
         "reference_figures": {task: c.reference for task, c in result.tasks.items()},
+        "baseline_figures": ({task: c.baseline for task, c in result.tasks.items()} if result.baseline else None),
         "members": [{"evaluation": str(folder), "model": model, "figures": figures}
                     for folder, model, figures in zip(folders, models, result.members, strict=True)],
         "command": command,
