@@ -217,6 +217,27 @@ def test_unchanged_archive_is_reused_without_reading_it(tmp_path, good, monkeypa
         assert resolve_image_folder(path, extract_dir) == folder
     assert [p.name for p in extract_dir.iterdir()] == [folder.parent.name]
 
+    # A fresh copy with a new modification time (a new download, a data folder mounted anew):
+    # hashed once and reused, not extracted again beside the old folder.
+    (tmp_path / "copy.tar.gz").write_bytes(good["tar.gz"])
+    os.replace(tmp_path / "copy.tar.gz", path)
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
+    with monkeypatch.context() as m:
+        m.setattr(archive_mod, "_extract_tar", fail)
+        assert resolve_image_folder(path, extract_dir) == folder
+        m.setattr(archive_mod, "_sha256_file", fail)
+        assert resolve_image_folder(path, extract_dir) == folder
+    assert [p.name for p in extract_dir.iterdir()] == [folder.parent.name]
+
+    # Other bytes of the same size under a new time: extracted afresh into a folder of their own.
+    other = bytearray(good["tar.gz"])
+    other[len(other) // 2] ^= 0x04  # damaged: refused, and the good folder is left as it was
+    (tmp_path / "copy.tar.gz").write_bytes(bytes(other))
+    os.replace(tmp_path / "copy.tar.gz", path)
+    with pytest.raises(DataError):
+        resolve_image_folder(path, extract_dir)
+    assert [p.name for p in extract_dir.iterdir()] == [folder.parent.name]
+
 
 @pytest.mark.slow
 def test_cli_reports_a_corrupt_archive_in_one_line(tmp_path, good):

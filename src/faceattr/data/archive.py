@@ -18,12 +18,13 @@ problem) and leaves nothing behind. A tar archive is read once: the sha256 is co
 the same bytes that are decompressed; a zip (whose directory sits at its end) is hashed in a
 read of its own.
 
-Reuse: a finished folder is reused when its marker names the same archive path, size and
-modification time. When the archive's inode and change time also match (nothing wrote to,
+Reuse: a finished folder is reused when its marker names the same archive path and size.
+When the archive's modification time, inode and change time also match (nothing wrote to,
 replaced or touched the file since), it is reused without reading the archive, so repeated
-commands stay fast. Otherwise (e.g. a copy that kept the old modification time) the archive
-is hashed once more: same content, the folder is reused and its marker updated; different
-content, it is extracted afresh into a new folder. A different size or modification time
+commands stay fast. Otherwise (a fresh copy or download of the same file, a data folder
+mounted anew, a copy that kept the old modification time) the archive is hashed once more:
+same content, the folder is reused and its marker updated, so the next command takes the fast
+path again; different content, it is extracted afresh into a new folder. A different size
 always gives a new folder. Old folders are never deleted (a running job may still read them).
 
 Every member is checked before it is written: absolute names, ``..`` parts, names that would
@@ -177,25 +178,27 @@ def _find_extraction(archive: Path, st: os.stat_result, extract_dir: Path, stem:
     """A finished extraction of exactly this archive's content, or None (see the module docstring)."""
     candidates = []
     for folder, marker in _completed(extract_dir, stem):
-        if (marker.get("archive"), marker.get("size"), marker.get("mtime_ns")) != (
-                str(archive), st.st_size, st.st_mtime_ns) or not isinstance(marker.get("sha256"), str):
+        if (marker.get("archive"), marker.get("size")) != (str(archive), st.st_size) or \
+                not isinstance(marker.get("sha256"), str):
             continue  # another archive, another version, or written before archives were verified
-        if (marker.get("ctime_ns"), marker.get("inode")) == (st.st_ctime_ns, st.st_ino):
+        if (marker.get("mtime_ns"), marker.get("ctime_ns"), marker.get("inode")) == (
+                st.st_mtime_ns, st.st_ctime_ns, st.st_ino):
             log.debug("%s: reusing extraction in %s", archive, folder)
             return folder
         candidates.append((folder, marker))
     if not candidates:
         return None
-    log.info("%s: same size and modification time as when extracted, but the file was replaced or "
-             "touched since; comparing its content", archive)
+    log.info("%s: same size as when extracted, but the file was copied, replaced or touched since; "
+             "comparing its content", archive)
     digest, _ = _sha256_file(archive)
     for folder, marker in candidates:
         if marker["sha256"] == digest:
             _write_marker(folder, _marker(archive, st, digest))  # the next call takes the fast path
             log.debug("%s: content unchanged, reusing extraction in %s", archive, folder)
             return folder
-    log.warning("%s: content differs from its earlier extraction with the same size and modification "
-                "time; extracting it afresh", archive)
+    if any(marker.get("mtime_ns") == st.st_mtime_ns for _, marker in candidates):
+        log.warning("%s: content differs from its earlier extraction with the same size and modification "
+                    "time; extracting it afresh", archive)
     return None
 
 
