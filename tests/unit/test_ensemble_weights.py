@@ -295,6 +295,16 @@ def test_a_baseline_sets_the_held_figures_in_place_of_the_references(evals, tmp_
     assert choose_weights(two, hold=["photos"]).tasks["age"].weights == pytest.approx((0.5, 0.5))
     assert "the baseline's" in held.rule() and str(evals["B"]) in held.rule()
     assert "(baseline 0.00 y)" in report_text(held)
+    assert all(choice.held for choice in held.tasks.values())
+    # A baseline no mix reaches: B's photo ages (0 years outside) against A and C, whose mixes
+    # stay above 0 on the photos. Age is marked not held and keeps the reference; gender (C alone
+    # reaches B's 100 %) is held as usual.
+    short = choose_weights([read_evaluation(evals[m]) for m in "AC"], hold=["photos"],
+                           baseline=read_evaluation(evals["B"]))
+    assert not short.tasks["age"].held and short.tasks["age"].weights == pytest.approx((0.5, 0.5))
+    assert short.tasks["age"].figures["photos"] > short.tasks["age"].baseline["photos"] == 0.0
+    assert short.tasks["gender"].held and short.tasks["gender"].figures["photos"] == 100.0
+    assert "no weights on the grid keep the baseline's figures on photos" in report_text(short)
     with pytest.raises(ConfigError, match="weigh.baseline: give the sources"):
         choose_weights(two, baseline=read_evaluation(evals["C"]))
     odd = make_eval(tmp_path / "odd", "C")
@@ -309,8 +319,12 @@ def test_a_baseline_sets_the_held_figures_in_place_of_the_references(evals, tmp_
                f"hydra.run.dir={run_dir}") == 0
     record = json.loads((run_dir / "weights.json").read_text())
     assert record["baseline"] == str(evals["B"]) and record["baseline_figures"]["age"]["photos"] == 0.0
-    assert record["weights"]["age"] == [0.0, 1.0]
+    assert record["weights"]["age"] == [0.0, 1.0] and record["not_held"] == []
     capsys.readouterr()
+    assert cli("weigh", evals["A"], evals["C"], "--hold", "photos", "--baseline", evals["B"],
+               f"hydra.run.dir={tmp_path / 'short'}") == 0
+    assert json.loads((tmp_path / "short" / "weights.json").read_text())["not_held"] == ["age"]
+    assert "warning: no weights keep the baseline's figures for age" in capsys.readouterr().out
     assert cli("weigh", evals["A"], evals["B"], "--hold", "photos", "--baseline", tmp_path / "nowhere",
                f"hydra.run.dir={tmp_path / 'bad'}") == 2
     err = capsys.readouterr().err.strip()

@@ -61,6 +61,9 @@ def handle(cfg: DictConfig, run_dir: Path) -> dict:
     summary = weigh_folders(weigh["evals"], weigh["reference"], weigh["hold"], weigh["step"], run_dir,
                             weigh["race_metric"], weigh["baseline"])
     print(summary["table"])
+    if summary["not_held"]:
+        print(f"warning: no weights keep the baseline's figures for {', '.join(summary['not_held'])}; "
+              "the line below gives those tasks the reference weights, which do not keep them either")
     if summary["command"]:
         print(f"To build it:\n{summary['command']}")
     else:

@@ -78,12 +78,14 @@ def units(race_metric: str = "accuracy") -> dict[str, str]:
 class TaskChoice:
     """One task's chosen weights (one per member, summing to 1) with their figures per source,
     the reference weights' figures per source and, with a baseline, the baseline's (units:
-    :data:`UNITS`; NaN: no labelled face)."""
+    :data:`UNITS`; NaN: no labelled face). ``held``: False when no weights on the grid keep the
+    baseline's figures on the held sources; the reference weights stand in for them then."""
 
     weights: tuple[float, ...]
     figures: dict[str, float]
     reference: dict[str, float]
     baseline: dict[str, float] | None = None
+    held: bool = True
 
 
 @dataclass(frozen=True)
@@ -225,9 +227,10 @@ def check_request(n_members: int, reference: Sequence[float] | None, hold: Seque
 
 
 def _choose(task: str, candidates: np.ndarray, stacks: Mapping[str, _Stack], hold: Sequence[str],
-            race_metric: str = "accuracy", bar: Mapping[str, float] | None = None) -> int:
-    """The row of ``candidates`` (G, M; row 0 the reference) the rule picks for ``task``; ``bar``:
-    the figures per source a held source must reach (None: the reference's)."""
+            race_metric: str = "accuracy", bar: Mapping[str, float] | None = None) -> tuple[int, bool]:
+    """The row of ``candidates`` (G, M; row 0 the reference) the rule picks for ``task``, and
+    whether any row holds the bar; ``bar``: the figures per source a held source must reach (None:
+    the reference's, which row 0 always holds). No row holding it: row 0 and False."""
     names = list(stacks)
     figures = np.column_stack([task_figures(task, candidates, stacks[s], race_metric) for s in names])  # (G, S)
     loss = figures if LOWER_IS_BETTER[task] else -figures
@@ -240,12 +243,14 @@ def _choose(task: str, candidates: np.ndarray, stacks: Mapping[str, _Stack], hol
     scored = loss[:, judged]
     counted = (~np.isnan(scored)).sum(axis=1)
     if not counted.any():
-        return 0  # no labelled face for this task anywhere: keep the reference
+        return 0, True  # no labelled face for this task anywhere: keep the reference
+    if not allowed.any():
+        return 0, False
     objective = np.where(np.isnan(scored), 0.0, scored).sum(axis=1) / np.maximum(counted, 1)
     objective = np.where(allowed, objective, np.inf)
     tied = objective <= objective.min() + TOLERANCE
     distance = np.abs(candidates - candidates[0]).sum(axis=1)
-    return int(np.argmin(np.where(tied, distance, np.inf)))
+    return int(np.argmin(np.where(tied, distance, np.inf))), True
 
 
 def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float] | None = None,
@@ -277,9 +282,10 @@ def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float]
     tasks = {}
     for task in TASKS:
         bar = baseline_figures(task)
-        picked = candidates[_choose(task, candidates, stacks, hold, race_metric, bar)]
+        row, held = _choose(task, candidates, stacks, hold, race_metric, bar)
+        picked = candidates[row]
         tasks[task] = TaskChoice(tuple(float(w) for w in picked), figures_of(picked, task), figures_of(ref, task),
-                                 bar)
+                                 bar, held)
     members = [{task: figures_of(np.eye(len(evaluations))[i], task) for task in TASKS}
                for i in range(len(evaluations))]
     return WeighResult({s: len(stacks[s].truth.keys) for s in names}, tuple(float(w) for w in ref),
@@ -341,6 +347,9 @@ def report_text(result: WeighResult) -> str:
              + (f", at the baseline's figures ({result.baseline})" if result.baseline else "")]
     for task, choice in result.tasks.items():
         lines.append(f"{task} ({units(result.race_metric)[task]}): weights {_listed(choice.weights)}")
+        if not choice.held:
+            lines.append(f"  no weights on the grid keep the baseline's figures on {', '.join(result.hold)}: "
+                         "these are the reference weights")
         for source, n in result.sources.items():
             held = " (held)" if source in result.hold else ""
             line = (f"  {source + held:<24} n={n:<6} {_shown(choice.reference[source], task):>9} -> "
@@ -374,6 +383,7 @@ def weigh_folders(folders: Sequence[str | Path], reference: Sequence[float] | No
         "figures": {task: c.figures for task, c in result.tasks.items()},
         "reference_figures": {task: c.reference for task, c in result.tasks.items()},
         "baseline_figures": ({task: c.baseline for task, c in result.tasks.items()} if result.baseline else None),
+        "not_held": [task for task, c in result.tasks.items() if not c.held],
         "members": [{"evaluation": str(folder), "model": model, "figures": figures}
                     for folder, model, figures in zip(folders, models, result.members, strict=True)],
         "command": command,
