@@ -164,9 +164,15 @@ def test_archive_extracted_once(tmp_path, fake_utkface, kind):
     (folder / "junk.txt").write_text("left by a crash")
     assert resolve_image_folder(archive, extract_dir) == folder
     assert marker.is_file() and not (folder / "junk.txt").exists()
-    # A changed archive (new mtime) is extracted afresh into its own folder.
+    # Touched (a new modification time, the same bytes: a fresh copy): hashed once and reused.
     os.utime(archive, ns=(before + 10**9, before + 10**9))
-    assert resolve_image_folder(archive, extract_dir).parent != folder.parent
+    assert resolve_image_folder(archive, extract_dir) == folder
+    # A changed archive (one image more) is extracted afresh into its own folder.
+    first = sorted(base.glob("*.jpg"))[0]
+    shutil.copy(first, first.with_name("1" + first.name))
+    shutil.make_archive(str(base), "gztar" if kind == "tar.gz" else "zip", tmp_path, "UTKFace")
+    fresh = resolve_image_folder(archive, extract_dir)
+    assert fresh.parent != folder.parent and len(list(fresh.glob("*.jpg"))) == 61
 
 
 # ---------------------------------------------------------------------------- indexing
