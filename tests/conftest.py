@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -195,6 +196,12 @@ def save_tiny_cnn(model_dir: Path, size: int) -> Path:
                             "residual": True, "dropout": 0.0, "heads": heads_cfg})
     save_model(model_dir, ModelInfo(model_type="cnn", input_size=size), build_cnn(cfg))
     return model_dir
+
+
+def default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it, for ``subprocess.Popen(preexec_fn=...)``: a pytest-xdist
+    worker ignores SIGINT, and a child would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def one_error_line(res: subprocess.CompletedProcess) -> str:

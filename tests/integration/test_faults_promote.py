@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import save_tiny_cnn
+from conftest import default_sigint, save_tiny_cnn
 from faceattr import writes
 from faceattr.training.promote import promote
 
@@ -99,7 +99,7 @@ def test_a_signal_during_promote_changes_nothing(tmp_path, tiny_run, shipped, si
     before = snapshot(shipped)
     files = len(list(run.iterdir()))
     proc = subprocess.Popen(promote_cli(run, shipped, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     staged = None
     while time.monotonic() < deadline and proc.poll() is None:  # the copy is made, the check has begun

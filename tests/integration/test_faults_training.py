@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import make_fake_utkface
+from conftest import default_sigint, make_fake_utkface
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "src" / "main.py"
@@ -36,11 +36,6 @@ def train_args(tmp_path_factory) -> list[str]:
     return ["train", "--model_type", "cnn", "debug=smoke", f"data.path={base / 'UTKFace'}", "data.limit=60",
             f"paths.cache={base / 'cache'}", f"train.epochs={EPOCHS}", "train.batch_size=16",
             "train.early_stopping_patience=20", *TINY_CNN]
-
-
-def default_sigint() -> None:
-    """Ctrl-C as a terminal delivers it: a pytest-xdist worker ignores SIGINT, and a child would inherit that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start(args: list[str], log_dir: Path) -> subprocess.Popen:

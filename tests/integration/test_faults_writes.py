@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import main_py, one_error_line
+from conftest import default_sigint, main_py, one_error_line
 from faceattr import writes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def test_a_signal_mid_folder_keeps_what_was_done(tmp_path, sig, code):
     cmd = [sys.executable, str(ROOT / "src" / "main.py"), "run", "--img", inputs, "--output", output, *model,
            "--no-display", "detector=none", "run.batch_size=8", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen(list(map(str, cmd)), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            text=True, preexec_fn=default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if annotated.is_dir() and len(os.listdir(annotated)) >= 24:

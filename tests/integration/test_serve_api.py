@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import default_sigint
+
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
@@ -861,10 +863,9 @@ def test_ctrl_c_stops_serve_with_interrupted_and_exit_130(tmp_path):
 
     argv = [sys.executable, str(ROOT / "src" / "main.py"), "serve", "--model_type", "cnn", "serve.port=0",
             f"serve.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    # A terminal's Ctrl-C: SIGINT at its default (a pytest-xdist worker ignores it, and a child inherits that).
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=default_sigint)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
