@@ -273,11 +273,14 @@ def choose_weights(evaluations: Sequence[Evaluation], reference: Sequence[float]
     def figures_of(weights: np.ndarray, task: str) -> dict[str, float]:
         return {s: float(task_figures(task, weights[None], stacks[s], race_metric)[0]) for s in names}
 
+    # The baseline as a one-member ensemble of weight 1: its figures come from the same scoring.
+    baseline_stacks = {s: _stack([baseline.sources[s]]) for s in names} if baseline is not None else None
+
     def baseline_figures(task: str) -> dict[str, float] | None:
-        if baseline is None:
+        if baseline_stacks is None:
             return None
-        return {s: float(task_figures(task, np.ones((1, 1)), _stack([baseline.sources[s]]), race_metric)[0])
-                for s in names}
+        return {s: float(task_figures(task, np.ones((1, 1)), stack, race_metric)[0])
+                for s, stack in baseline_stacks.items()}
 
     tasks = {}
     for task in TASKS:
