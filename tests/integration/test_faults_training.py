@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from conftest import default_sigint, make_fake_utkface
+from faceattr.models.info import load_keras_file
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "src" / "main.py"
@@ -71,12 +72,10 @@ def finish(cmd: list[str], log_dir: Path) -> subprocess.CompletedProcess:
 
 def assert_trained(run: Path, epochs: int = EPOCHS) -> None:
     """Each epoch once in history.csv (and the model's copy), the summary agrees, the model loads."""
-    import keras
-
     for history in (run / "history.csv", run / "model" / "history.csv"):
         assert list(pd.read_csv(history)["epoch"]) == list(range(epochs)), history
     assert json.loads((run / "train_summary.json").read_text())["epochs_run"] == epochs
-    model = keras.saving.load_model(run / "model" / "model.keras", safe_mode=True, compile=False)
+    model = load_keras_file(run / "model" / "model.keras")
     out = model.predict_on_batch(np.zeros((1, 32, 32, 3), np.float32))
     assert np.isfinite(np.asarray(out["age"])).all()
     assert not (run / "backup").exists()  # a finished run keeps no backups

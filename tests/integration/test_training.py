@@ -28,6 +28,7 @@ from conftest import (
 )
 from faceattr.config import group_node
 from faceattr.errors import ConfigError
+from faceattr.models.info import load_keras_file
 
 ASTRONAUT = ROOT / "examples" / "astronaut.jpg"
 
@@ -81,7 +82,6 @@ def test_normal_trains_saves_and_evaluates(cnn_run, fake_data, shared_cache, tmp
 @pytest.mark.slow
 def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_split(cnn_run, fake_data,
                                                                                    shared_cache, tmp_path):
-    import keras
     import numpy as np
     from omegaconf import OmegaConf
 
@@ -93,7 +93,7 @@ def test_continue_training_from_a_model_but_never_from_one_that_saw_the_test_spl
                             "train": {"init_from": str(first / "model")}})
     split = pd.read_csv(first / "split.csv")
     trainer = make_trainer(cfg, split)
-    saved = keras.models.load_model(first / "model" / "model.keras", compile=False)
+    saved = load_keras_file(first / "model" / "model.keras")
     for mine, theirs in zip(trainer.model.get_weights(), saved.get_weights(), strict=True):
         np.testing.assert_array_equal(mine, theirs)
     # ...unless one of its training images is held out in this run.
@@ -148,7 +148,7 @@ def test_facenet_second_run_reuses_cached_features(facenet_run, facenet_cache, f
     run_command("train", *args, "model.finetune_blocks=1", "model.heads_epochs=0", "train.epochs=1",
                 "model.finetune_learning_rate=0", f"train.init_from={second / 'model'}", run_dir=deeper)
     assert "stages before its cut from FaceNet" in (deeper / "app.log").read_text()
-    before, after = (keras.saving.load_model(d / "model" / "top.keras", safe_mode=True) for d in (second, deeper))
+    before, after = (load_keras_file(d / "model" / "top.keras") for d in (second, deeper))
     for name in ("race", "gender", "age", "race_dense0"):
         for w0, w1 in zip(before.get_layer(name).get_weights(), after.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(w0, w1)
@@ -192,7 +192,6 @@ def test_promote_moves_the_previous_model_aside(cnn_run, tmp_path):
 
 @pytest.mark.slow
 def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fake_data, shared_cache, tmp_path):
-    import keras
     import numpy as np
 
     # Two members from different seeds on one split (data.split.seed fixed), one on another split:
@@ -212,7 +211,7 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fak
     info = json.loads((out / "model" / "model_info.json").read_text())
     assert info["model_type"] == "cnn" and len(info["ensemble"]["members"]) == 2
     # Its outputs are the members' mean (a real forward pass through all three saved models).
-    load = lambda d: keras.models.load_model(d / "model" / "model.keras", safe_mode=True, compile=False)  # noqa: E731
+    load = lambda d: load_keras_file(d / "model" / "model.keras")  # noqa: E731
     faces = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     got, one, two = (load(d).predict_on_batch(faces) for d in (out, runs[0], runs[1]))
     for key in ("age", "gender", "race"):

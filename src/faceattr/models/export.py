@@ -9,8 +9,9 @@ the export is the same end-to-end network (``models.io.load_model``): float32 RG
 
 Quantization:
 - ``dynamic``: weights stored as int8, activations stay float (no calibration data needed).
-  About a quarter of the float32 size, which also keeps the shipped FaceNet file under the
-  repository's 50 MB limit; its test-split metrics are reported next to Keras'.
+  About a quarter of the float32 size, which also keeps the shipped FaceNet file under the 50 MB
+  at which code hosts warn about a file; its test-split metrics are reported next to Keras'.
+  The Keras files store their kernels as int8 the same way (``models.weight_storage``).
 - ``float32``: the Keras numbers exactly (to ~1e-6).
 
 The export records the sha256 of the Keras file it came from in ``model_info.json``

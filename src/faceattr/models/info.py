@@ -1,8 +1,9 @@
 """What a model folder holds, written and read without knowing its family.
 
 ``model_info.json`` (:class:`ModelInfo`, checked against ``INFO_SCHEMA`` when read) and Keras
-files loaded with ``safe_mode=True``, their weights stored as float16 (``STORAGE_DTYPE``: half
-the size; the served export is int8 anyway) and loaded into the model's float32 variables.
+files loaded with ``safe_mode=True``, their kernels stored as int8 and other weights as float16
+(``models.weight_storage``: the served export is int8 anyway) and loaded into the model's
+float32 variables.
 Which file a family's training produces, and how it becomes an end-to-end model, is the
 family's business (``models.families``); ``models.io`` puts the two together.
 """
@@ -12,20 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from faceattr import writes
 from faceattr.config import canonical_family, family_entry, family_names
 from faceattr.errors import ModelError
 from faceattr.labels import AGE_UNIT, GENDERS, RACES
 from faceattr.landmarks import LANDMARK_NAMES
+from faceattr.models.weight_storage import as_stored, dequantized_copy, has_int8_kernels, store_weights
 
 if TYPE_CHECKING:
     import keras
@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 MODEL_INFO = "model_info.json"
 #: The layout of ``model_info.json`` this code writes; a folder written with a newer one is refused.
 FORMAT_VERSION = 1
-#: The dtype of the weights in a saved Keras file; loading casts them to the model's float32.
-STORAGE_DTYPE = "float16"
 MAX_SHOWN = 60  # characters of a bad value quoted in an error message
 
 
@@ -177,19 +175,18 @@ def save_keras(model_dir: Path, info: ModelInfo, keras_model: keras.Model, file_
     """Write ``keras_model`` as ``file_name`` (the family's ``trainable_file``: whole CNN, or
     FaceNet's trained top) and ``model_info.json`` into ``model_dir``.
 
-    ``keras_model`` is left holding its weights as stored (rounded to ``STORAGE_DTYPE``), so what
+    ``keras_model`` is left holding its weights as stored (``weight_storage.as_stored``), so what
     it predicts afterwards (the evaluation at the end of training) is what the saved model does.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     name = file_name
-    keras_model.set_weights([w.astype(STORAGE_DTYPE).astype(np.float32) if w.dtype == np.float32 else w
-                             for w in map(np.asarray, keras_model.get_weights())])
+    keras_model.set_weights([as_stored(w) for w in keras_model.get_weights()])
     # An uncompiled clone carries the weights without the optimizer's state (3x the size).
     clean = keras_model.__class__.from_config(keras_model.get_config())
     clean.set_weights(keras_model.get_weights())
     clean.save(model_dir / name)
-    store_weights_as(model_dir / name, STORAGE_DTYPE)  # half the file; the served export is int8 anyway
+    store_weights(model_dir / name)  # a quarter of float32's bytes; the served export is int8 anyway
     write_info(model_dir, info)
     log.info("Saved %s model to %s", info.model_type, model_dir)
     return model_dir
@@ -217,7 +214,10 @@ def load_keras_file(path: Path) -> keras.Model:
     import faceattr.models.layers  # deferred: registers custom layers; imports Keras (TensorFlow, seconds)  # noqa: F401
 
     try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
+        if not has_int8_kernels(path):  # float16 or float32 weights: Keras reads them as they are
+            return keras.models.load_model(path, safe_mode=True, compile=False)
+        with tempfile.TemporaryDirectory(prefix="faceattr-weights-") as folder:
+            return keras.models.load_model(dequantized_copy(path, Path(folder)), safe_mode=True, compile=False)
     except Exception as exc:  # corrupt zip, unknown layer, unsafe content
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
         raise ModelError(f"{path}: cannot load model ({type(exc).__name__}: {first[:300]})") from None
@@ -245,42 +245,6 @@ def lambda_layers(path: Path) -> list[str]:
 
     walk(config)
     return found
-
-
-def store_weights_as(keras_file: Path, dtype: str = STORAGE_DTYPE) -> None:
-    """Rewrite the float32 weights inside a ``.keras`` archive as ``dtype``, in place.
-
-    The model's config is untouched: loading casts the stored values back into its float32
-    variables, so computation stays float32 (no float16 graph is ever built).
-    """
-    import h5py  # deferred: h5py, only to rewrite a saved file's weights
-
-    def copy(source: h5py.Group, target: h5py.Group) -> None:
-        target.attrs.update(source.attrs)
-        for key, item in source.items():
-            if isinstance(item, h5py.Group):
-                copy(item, target.create_group(key))
-                continue
-            data = item[()]
-            stored = target.create_dataset(key, data=data.astype(dtype) if data.dtype == np.float32 else data)
-            stored.attrs.update(item.attrs)
-
-    keras_file = Path(keras_file)
-    with zipfile.ZipFile(keras_file) as archive:
-        entries = [(info, archive.read(info.filename)) for info in archive.infolist()]
-    rewritten = []
-    for info, data in entries:
-        if info.filename.endswith(".weights.h5"):
-            out = BytesIO()
-            with h5py.File(BytesIO(data), "r") as source, h5py.File(out, "w") as target:
-                copy(source, target)
-            data = out.getvalue()
-        rewritten.append((info, data))
-    tmp = keras_file.with_name(keras_file.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w") as archive:
-        for info, data in rewritten:
-            archive.writestr(info, data)
-    tmp.replace(keras_file)
 
 
 def write_info(model_dir: Path, info: ModelInfo) -> None:

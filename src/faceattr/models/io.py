@@ -1,8 +1,9 @@
 """Saving and loading trained models (``commands.promote`` ships one into ``saved_model/``).
 
 A model folder holds ``model_info.json`` (what the model is and how to feed it) and Keras
-files loaded with ``safe_mode=True``, their weights stored as float16 (``STORAGE_DTYPE``: half
-the size; the served export is int8 anyway) and loaded into the model's float32 variables:
+files loaded with ``safe_mode=True``, their kernels stored as int8 and other weights as float16
+(``models.weight_storage``: the served export is int8 anyway) and loaded into the model's
+float32 variables:
 
 - ``model=cnn``: ``model.keras``, the whole network.
 - ``model=facenet``: ``top.keras``, only what was trained (heads, plus any fine-tuned

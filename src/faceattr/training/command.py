@@ -82,7 +82,7 @@ def make_trainer(cfg: DictConfig, frame: pd.DataFrame | None = None) -> Trainer:
 #: Room a training run folder needs beyond its model's share: statistics, plots, logs, history (bytes).
 ROOM_MARGIN = 20_000_000
 #: Bytes per model parameter a run writes: the best checkpoint (float32), two backup slots of the
-#: model and its Adam state (4 float32 each), the saved model (float16) and its export, rounded up.
+#: model and its Adam state (4 float32 each), the saved model (int8 kernels) and its export, rounded up.
 ROOM_PER_PARAMETER = 48
 
 
