@@ -246,6 +246,8 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fak
                     f"paths.cache={shared_cache}", run_dir=tmp_path / "bad_weights")
     # It evaluates on the members' test split, as any model folder.
     ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "training_curves_member5.png").write_bytes(b"a model evaluated here before had six members")
     run_command("evaluate", f"model_path={out / 'model'}", *smoke(fake_data, shared_cache), "evaluation.plots=true",
                 run_dir=ev)
     split = pd.read_csv(runs[0] / "split.csv")
@@ -255,6 +257,8 @@ def test_ensemble_averages_members_of_one_split_and_refuses_another(cnn_run, fak
         kept = pd.read_csv(out / "model" / f"history_member{i}.csv")
         pd.testing.assert_frame_equal(kept, pd.read_csv(member / "history.csv"))
         assert (ev / f"training_curves_member{i}.png").stat().st_size > 0
+    assert sorted(p.name for p in ev.glob("training_curves_member*")) == [f"training_curves_member{i}.png"
+                                                                          for i in range(2)]  # no stale curves
     # A member trained on another split may have trained on this one's test faces: refused in one line.
     with pytest.raises(ConfigError, match="split.csv puts 1 face.s. in another split than"):
         run_command("ensemble", members(runs[0], runs[2]), f"paths.cache={shared_cache}", run_dir=tmp_path / "bad")

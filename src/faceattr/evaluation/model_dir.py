@@ -122,6 +122,10 @@ def evaluate_model_dir(cfg: DictConfig, model_dir: Path, run_dir: Path) -> dict:
         scorer = ServedModel(predictor)
     history = history_of(model_dir)
     metrics = evaluate_split(scorer, scored, eval_cfg, run_dir, history, split, calibration)
+    # A model evaluated into this folder before may have had other members: their curves would
+    # sit beside this model's as if they were its own (statistics/ is rewritten so).
+    for stale in run_dir.glob("training_curves_member*"):
+        stale.unlink()
     if history is None and cfg.evaluation.plots:  # an ensemble: curves per member (training_curves_member<i>)
         for member in sorted(model_dir.glob(f"{MEMBER_HISTORY_PREFIX}*.csv")):
             plot_training_curves(member, run_dir / f"training_curves_{member.stem.removeprefix('history_')}",
